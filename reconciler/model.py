@@ -1,0 +1,166 @@
+"""Plain values: manifests as applied, their typed specs with defaults, and status."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+API_VERSION = "sol/v1"
+KINDS = ("World", "Writ", "Caravan")
+NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+DURATION_RE = re.compile(r"^([0-9]+)(s|m|h)$")
+
+# Writ phases (DESIGN section 5).
+PENDING, WORKING, RESOLVED, MERGING, MERGED = "Pending", "Working", "Resolved", "Merging", "Merged"
+DONE, FAILED, CANCELLED, ORPHANED = "Done", "Failed", "Cancelled", "Orphaned"
+TERMINAL = frozenset({MERGED, DONE, FAILED, CANCELLED})
+# World phases.
+READY, ERROR = "Ready", "Error"
+
+
+def parse_duration(text: str) -> float:
+    """`30s`, `10m`, `2h` to seconds; ValueError otherwise."""
+    match = DURATION_RE.match(str(text))
+    if not match:
+        raise ValueError(f"bad duration {text!r}: use a number and s, m or h, like 30s or 10m")
+    return int(match.group(1)) * {"s": 1, "m": 60, "h": 3600}[match.group(2)]
+
+
+def generation(spec: dict[str, Any]) -> str:
+    """The hash of a spec: what a status was computed for."""
+    canonical = json.dumps(spec, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a node was written: 1-based line and column."""
+
+    file: str
+    line: int
+    col: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.col}"
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """One desired object as loaded from a specs directory."""
+
+    kind: str
+    name: str
+    world: str  # "" for a World
+    spec: dict[str, Any]
+    origin: Origin = Origin("", 0, 0)
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.kind, self.world, self.name)
+
+    @property
+    def generation(self) -> str:
+        return generation(self.spec)
+
+
+@dataclass(frozen=True)
+class Runtime:
+    name: str = "claude"
+    model: str | None = None
+    command: str | None = None
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any] | None) -> Runtime:
+        spec = spec or {}
+        return cls(spec.get("name", "claude"), spec.get("model"), spec.get("command"))
+
+
+@dataclass(frozen=True)
+class Gate:
+    name: str
+    run: str
+    timeout: float = 600.0
+
+
+@dataclass(frozen=True)
+class WorldSpec:
+    source: str
+    branch: str = "main"
+    push: bool = False
+    runtime: Runtime = field(default_factory=Runtime)
+    max_active: int = 4
+    strategy: str = "squash"
+    max_attempts: int = 3
+    gates: tuple[Gate, ...] = ()
+    stall_after: float = 900.0
+    max_respawns: int = 3
+    suspend: bool = False
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> WorldSpec:
+        forge = spec.get("forge") or {}
+        sentinel = spec.get("sentinel") or {}
+        gates = tuple(
+            Gate(g["name"], g["run"], parse_duration(g.get("timeout", "10m")))
+            for g in forge.get("gates") or ()
+        )
+        return cls(
+            source=spec["source"],
+            branch=spec.get("branch", "main"),
+            push=bool(spec.get("push", False)),
+            runtime=Runtime.from_spec(spec.get("runtime")),
+            max_active=int((spec.get("capacity") or {}).get("maxActive", 4)),
+            strategy=forge.get("strategy", "squash"),
+            max_attempts=int(forge.get("maxAttempts", 3)),
+            gates=gates,
+            stall_after=parse_duration(sentinel.get("stallAfter", "15m")),
+            max_respawns=int(sentinel.get("maxRespawns", 3)),
+            suspend=bool(spec.get("suspend", False)),
+        )
+
+
+@dataclass(frozen=True)
+class WritSpec:
+    title: str
+    description: str = ""
+    kind: str = "code"
+    priority: int = 2
+    depends_on: tuple[str, ...] = ()
+    runtime: Runtime | None = None
+    suspend: bool = False
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> WritSpec:
+        return cls(
+            title=spec["title"],
+            description=spec.get("description", ""),
+            kind=spec.get("kind", "code"),
+            priority=int(spec.get("priority", 2)),
+            depends_on=tuple(spec.get("dependsOn") or ()),
+            runtime=Runtime.from_spec(spec["runtime"]) if spec.get("runtime") else None,
+            suspend=bool(spec.get("suspend", False)),
+        )
+
+
+@dataclass(frozen=True)
+class CaravanSpec:
+    phases: tuple[tuple[str, ...], ...]
+    commissioned: bool = True
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> CaravanSpec:
+        return cls(
+            phases=tuple(tuple(p) for p in spec.get("phases") or ()),
+            commissioned=bool(spec.get("commissioned", True)),
+        )
+
+
+def split_ref(ref: str, world: str) -> tuple[str, str]:
+    """A dependsOn entry (`name` or `other-world/name`) as (world, name)."""
+    if "/" in ref:
+        other, name = ref.split("/", 1)
+        return other, name
+    return world, ref
