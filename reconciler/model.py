@@ -17,6 +17,7 @@ DURATION_RE = re.compile(r"^([0-9]+)(s|m|h)$")
 PENDING, WORKING, RESOLVED, MERGING, MERGED = "Pending", "Working", "Resolved", "Merging", "Merged"
 DONE, FAILED, CANCELLED, ORPHANED = "Done", "Failed", "Cancelled", "Orphaned"
 TERMINAL = frozenset({MERGED, DONE, FAILED, CANCELLED})
+ALL_WRIT_PHASES = (PENDING, WORKING, RESOLVED, MERGING, MERGED, DONE, FAILED, CANCELLED)
 # World phases.
 READY, ERROR = "Ready", "Error"
 

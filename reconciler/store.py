@@ -276,6 +276,10 @@ class Store:
                 (int(orphaned), time.time(), *key),
             )
 
+    def delete(self, key: tuple[str, str, str]) -> None:
+        with self.transaction():
+            self.db.execute("DELETE FROM objects WHERE kind=? AND world=? AND name=?", key)
+
     def get(self, kind: str, world: str, name: str) -> Record | None:
         row = self.db.execute(
             "SELECT * FROM objects WHERE kind=? AND world=? AND name=?", (kind, world, name)

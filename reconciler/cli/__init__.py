@@ -1,0 +1,47 @@
+"""The `sol` command: thin. Parse, call, render, and map errors to exit codes.
+
+No traceback reaches a user for their own mistake: every SolError is printed as one
+sentence on stderr and becomes exit 1 (or the code it carries).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from ..errors import SolError
+
+
+class SolGroup(click.Group):
+    """Renders SolError once, at the edge."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except SolError as exc:
+            click.echo(f"error: {exc.message}" if "\n" not in exc.message else exc.message,
+                       err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=SolGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="sol", prog_name="sol")
+def main() -> None:
+    """sol: run many AI coding agents on one git repository and land their work safely."""
+
+
+def _register() -> None:
+    """The commands, listed explicitly (no registration by import side effect)."""
+    from . import admin, specs, view
+
+    for module in (admin, specs, view):
+        for command in module.COMMANDS:
+            main.add_command(command)
+
+
+_register()

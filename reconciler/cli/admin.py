@@ -1,0 +1,112 @@
+"""Commands about the sphere itself: init, doctor."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+
+import click
+from rich.table import Table
+
+from ..home import Home
+from ..model import Runtime
+from .common import console
+
+
+@click.command()
+def init() -> None:
+    """Create SOL_HOME."""
+    home = Home.from_env()
+    home.init()
+    from ..store import Store
+
+    Store.open(home).close()
+    click.echo(f"SOL_HOME ready at {home.root}")
+
+
+def _check_git() -> tuple[bool, str]:
+    path = shutil.which("git")
+    if not path:
+        return False, "git not found on PATH: install git"
+    out = subprocess.run(["git", "--version"], capture_output=True, text=True).stdout.strip()
+    return True, out
+
+
+def _check_tmux() -> tuple[bool, str]:
+    from ..sessions import tmux_version
+
+    version = tmux_version()
+    if version is None:
+        return False, "tmux not found on PATH: install tmux 3.2 or newer (apt-get install tmux)"
+    if version < (3, 2):
+        return False, f"tmux {version[0]}.{version[1]} is too old: sol needs 3.2 or newer"
+    return True, f"tmux {version[0]}.{version[1]}"
+
+
+def _check_wal() -> tuple[bool, str]:
+    with tempfile.TemporaryDirectory() as tmp:
+        db = sqlite3.connect(os.path.join(tmp, "t.db"))
+        mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        db.close()
+    ok = mode.lower() == "wal"
+    return ok, f"SQLite {sqlite3.sqlite_version}, journal mode {mode}"
+
+
+def _check_home(home: Home) -> tuple[bool, str]:
+    try:
+        home.init()
+        probe = home.root / ".doctor-probe"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        return False, f"{home.root} is not writable ({exc.strerror}): set SOL_HOME elsewhere"
+    return True, str(home.root)
+
+
+def _runtime_checks(home: Home) -> list[tuple[str, bool, str]]:
+    if not home.db.exists():
+        return []
+    from ..runtimes import check
+    from ..store import Store
+
+    store = Store(home.db)
+    seen: dict[str, Runtime] = {}
+    for world in store.list("World"):
+        runtime = Runtime.from_spec(world.spec.get("runtime"))
+        seen.setdefault(runtime.name, runtime)
+    for writ in store.list("Writ"):
+        if writ.spec.get("runtime"):
+            runtime = Runtime.from_spec(writ.spec["runtime"])
+            seen.setdefault(runtime.name, runtime)
+    store.close()
+    rows = []
+    for name, runtime in sorted(seen.items()):
+        try:
+            check(runtime)
+            rows.append((f"runtime {name}", True, "found"))
+        except Exception as exc:  # noqa: BLE001 - reported as a row, never raised
+            rows.append((f"runtime {name}", False, getattr(exc, "message", str(exc))))
+    return rows
+
+
+@click.command()
+def doctor() -> None:
+    """Check git, tmux, SQLite, SOL_HOME and the runtimes the applied worlds use."""
+    home = Home.from_env()
+    rows = [("git", *_check_git()), ("tmux", *_check_tmux()), ("sqlite", *_check_wal()),
+            ("SOL_HOME", *_check_home(home))]
+    rows += _runtime_checks(home)
+    table = Table(box=None, header_style="bold")
+    for column in ("CHECK", "OK", "DETAIL"):
+        table.add_column(column)
+    for name, ok, detail in rows:
+        table.add_row(name, "ok" if ok else "FAIL", detail)
+    console().print(table)
+    sys.exit(0 if all(ok for _, ok, _ in rows) else 1)
+
+
+COMMANDS = [init, doctor]

@@ -1,0 +1,94 @@
+"""Text renderings of one object (`sol describe`) and of the sphere (`sol status`)."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from io import StringIO
+from typing import Any
+
+from ruamel.yaml import YAML
+
+from ..sphere import Sphere
+from ..store import Record
+
+PHASE_ORDER = ["Pending", "Working", "Resolved", "Merging", "Merged", "Done", "Failed",
+               "Cancelled"]
+
+
+def _yaml(data: Any, indent: str = "  ") -> str:
+    yaml = YAML()
+    yaml.default_flow_style = False
+    buffer = StringIO()
+    yaml.dump(json.loads(json.dumps(data, default=str)), buffer)
+    return "\n".join(indent + line for line in buffer.getvalue().rstrip().splitlines())
+
+
+def render_describe(sphere: Sphere, record: Record, obj: dict[str, Any]) -> str:
+    status = obj["status"]
+    lines = [
+        f"Name:        {record.name}",
+        *([f"World:       {record.world}"] if record.world else []),
+        f"Kind:        {record.kind}",
+        f"Phase:       {status['phase']}" + (" (orphaned: not in the manifests)"
+                                             if record.orphaned else ""),
+        f"Reason:      {status.get('reason') or '-'}",
+        f"Message:     {status.get('message') or '-'}",
+        f"Generation:  {record.generation} (status observed "
+        f"{status.get('observedGeneration') or '-'})",
+        f"Source:      {record.origin or '-'}",
+        "Spec:",
+        _yaml(record.spec),
+    ]
+    extra = {k: v for k, v in record.status.items() if k not in ("conditions", "attempts")}
+    if extra:
+        lines += ["Status:", _yaml(extra)]
+    conditions = record.status.get("conditions") or []
+    if conditions:
+        lines.append("Conditions:")
+        for cond in conditions:
+            lines.append(f"  {cond.get('type')}={cond.get('status')}  {cond.get('reason', '')}:"
+                         f" {cond.get('message', '')}")
+    attempts = record.status.get("attempts") or []
+    if attempts:
+        lines.append("Attempts:")
+        for a in attempts:
+            lines.append(f"  #{a.get('attempt')}: {a.get('outcome', '-')}"
+                         f"  {a.get('message', '')}")
+            if a.get("log"):
+                lines.append(f"      log: {a['log']}")
+            for tail in (a.get("tail") or "").splitlines()[-10:]:
+                lines.append(f"      | {tail}")
+    lines.append("Events:")
+    for e in obj.get("events", []):
+        lines.append(f"  {e['time']}  {e['type']:<12} {e['message']}")
+    if not obj.get("events"):
+        lines.append("  (none)")
+    return "\n".join(lines)
+
+
+def render_status(sphere: Sphere, only: str | None = None) -> str:
+    store = sphere.store
+    worlds = [w for w in store.list("World") if not only or w.name == only]
+    lines: list[str] = []
+    notice = store.get_meta("specs_invalid")
+    if notice:
+        lines.append(f"specs invalid: {notice}")
+    if not worlds:
+        lines.append("No worlds applied yet: write a World manifest and run `sol apply -f PATH`.")
+        return "\n".join(lines)
+    for world in worlds:
+        writs = store.list("Writ", world.name)
+        counts = Counter(w.phase for w in writs)
+        summary = ", ".join(f"{counts[p]} {p}" for p in PHASE_ORDER if counts.get(p))
+        lines.append(f"World {world.name}: {world.phase}  {world.message}")
+        lines.append(f"  writs: {summary or 'none'}")
+        for writ in writs:
+            if writ.phase in ("Merged", "Done", "Cancelled"):
+                continue
+            agent = writ.status.get("agent")
+            where = f" [{agent}]" if agent else ""
+            lines.append(f"    {writ.name:<28} {writ.phase:<9}{where} {writ.message}")
+        for caravan in store.list("Caravan", world.name):
+            lines.append(f"  caravan {caravan.name}: {caravan.phase} {caravan.message}")
+    return "\n".join(lines)

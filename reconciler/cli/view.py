@@ -1,0 +1,188 @@
+"""Commands that show state: get, describe, status."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import click
+from rich.table import Table
+
+from ..errors import SolError
+from ..store import Record, Store
+from .common import console, emit, output_option, sphere
+
+KIND_ALIASES = {
+    "world": "World", "worlds": "World",
+    "writ": "Writ", "writs": "Writ",
+    "caravan": "Caravan", "caravans": "Caravan",
+    "agent": "Agent", "agents": "Agent",
+    "mr": "MergeRequest", "mrs": "MergeRequest", "mergerequest": "MergeRequest",
+}
+
+
+def canonical_kind(kind: str) -> str:
+    found = KIND_ALIASES.get(kind.lower())
+    if found is None:
+        raise SolError(f"unknown kind {kind!r}: use worlds, writs, caravans, agents or mrs")
+    return found
+
+
+def age(ts: float) -> str:
+    seconds = max(0, int(time.time() - ts))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def agent_objects(store: Store, world: str | None = None) -> list[dict[str, Any]]:
+    return [{
+        "apiVersion": "sol/v1", "kind": "Agent",
+        "metadata": {"name": a.name, "world": a.world},
+        "spec": {"runtime": a.runtime},
+        "status": {"phase": "Working" if a.writ else "Idle", "writ": a.writ,
+                   "session": a.session, "state": a.state},
+    } for a in store.agents(world)]
+
+
+def mr_objects(store: Store, world: str | None = None) -> list[dict[str, Any]]:
+    return [{
+        "apiVersion": "sol/v1", "kind": "MergeRequest",
+        "metadata": {"name": str(m.id), "world": m.world},
+        "spec": {"writ": m.writ, "branch": m.branch, "base": m.base, "agent": m.agent,
+                 "attempt": m.attempt, "priority": m.priority},
+        "status": {"phase": m.state, "message": m.message, "mergeCommit": m.merge_commit,
+                   "created": m.created_at},
+    } for m in store.mrs(world)]
+
+
+def objects(store: Store, kind: str, name: str | None = None,
+            world: str | None = None) -> list[dict[str, Any]]:
+    if kind == "Agent":
+        found = agent_objects(store, world)
+    elif kind == "MergeRequest":
+        found = mr_objects(store, world)
+    else:
+        records = store.list(kind, world if kind != "World" else None)
+        found = [r.to_object() for r in records]
+    if name:
+        found = [o for o in found if o["metadata"]["name"] == name]
+    return found
+
+
+def _writ_detail(obj: dict[str, Any]) -> str:
+    status = obj["status"]
+    text = status.get("message") or status.get("reason") or ""
+    if status.get("orphaned"):
+        text = f"orphaned (not in the manifests); {text}"
+    for cond in status.get("conditions", []):
+        if cond.get("type") == "Escalated" and cond.get("status") == "True":
+            text = f"ESCALATED: {cond.get('message', '')}; {text}"
+    return text
+
+
+def table(kind: str, objs: list[dict[str, Any]]) -> Table:
+    t = Table(box=None, pad_edge=False, header_style="bold")
+    columns = {
+        "World": ["NAME", "PHASE", "BRANCH", "SOURCE", "MESSAGE"],
+        "Writ": ["WORLD", "NAME", "PHASE", "AGENT", "ATTEMPT", "MESSAGE"],
+        "Caravan": ["WORLD", "NAME", "PHASE", "PHASES", "MESSAGE"],
+        "Agent": ["WORLD", "NAME", "PHASE", "WRIT", "SESSION"],
+        "MergeRequest": ["WORLD", "ID", "WRIT", "PHASE", "ATTEMPT", "BRANCH", "MESSAGE"],
+    }[kind]
+    for column in columns:
+        t.add_column(column, overflow="fold")
+    for o in objs:
+        md, spec, st = o["metadata"], o["spec"], o["status"]
+        if kind == "World":
+            row = [md["name"], st["phase"], spec.get("branch", "main"), spec.get("source", ""),
+                   st.get("message", "")]
+        elif kind == "Writ":
+            row = [md["world"], md["name"], st["phase"], st.get("agent") or "-",
+                   str(st.get("attempt", "-")), _writ_detail(o)]
+        elif kind == "Caravan":
+            phases = " | ".join(", ".join(p) for p in spec.get("phases", []))
+            row = [md["world"], md["name"], st["phase"], phases, st.get("message", "")]
+        elif kind == "Agent":
+            row = [md["world"], md["name"], st["phase"], st.get("writ") or "-",
+                   st.get("session") or "-"]
+        else:
+            row = [md["world"], md["name"], spec["writ"], st["phase"], str(spec["attempt"]),
+                   spec["branch"], st.get("message", "")]
+        t.add_row(*row)
+    return t
+
+
+@click.command()
+@click.argument("kind")
+@click.argument("name", required=False)
+@click.option("--world", "-w", help="Only objects of this world.")
+@output_option()
+def get(kind: str, name: str | None, world: str | None, output: str) -> None:
+    """List worlds, writs, caravans, agents or mrs."""
+    kind = canonical_kind(kind)
+    sp = sphere()
+    objs = objects(sp.store, kind, name, world)
+    if name and not objs:
+        raise SolError(f"no {kind.lower()} named {name!r}; `sol get {kind.lower()}s` lists them")
+    if output != "table":
+        emit(objs, output)
+        return
+    if not objs:
+        click.echo(f"No {kind.lower()}s.")
+        return
+    console().print(table(kind, objs))
+
+
+def _find(store: Store, kind: str, name: str) -> Record:
+    world, _, short = name.rpartition("/")
+    matches = [r for r in store.list(kind) if r.name == short and (not world or r.world == world)]
+    if not matches:
+        raise SolError(f"no {kind.lower()} named {name!r}; `sol get {kind.lower()}s` lists them")
+    if len(matches) > 1:
+        names = ", ".join(f"{r.world}/{r.name}" for r in matches)
+        raise SolError(f"{name!r} is ambiguous ({names}); name it as WORLD/NAME")
+    return matches[0]
+
+
+@click.command()
+@click.argument("kind")
+@click.argument("name")
+@output_option()
+def describe(kind: str, name: str, output: str) -> None:
+    """One object: spec, status, conditions, recent events."""
+    kind = canonical_kind(kind)
+    sp = sphere()
+    if kind in ("Agent", "MergeRequest"):
+        objs = objects(sp.store, kind, name.rpartition("/")[2])
+        if not objs:
+            raise SolError(f"no {kind.lower()} named {name!r}")
+        emit(objs[0], "yaml" if output == "table" else output)
+        return
+    record = _find(sp.store, kind, name)
+    obj = record.to_object()
+    events = sp.store.events(world=record.world or record.name, name=record.name, limit=20)
+    obj["events"] = [
+        {"time": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.ts)), "type": e.type,
+         "message": e.message} for e in events
+    ]
+    if output != "table":
+        emit(obj, output)
+        return
+    from .describe import render_describe
+
+    click.echo(render_describe(sp, record, obj))
+
+
+@click.command()
+@click.argument("world", required=False)
+def status(world: str | None) -> None:
+    """The sphere at a glance."""
+    from .describe import render_status
+
+    sp = sphere()
+    click.echo(render_status(sp, world))
+
+
+COMMANDS = [get, describe, status]

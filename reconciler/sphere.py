@@ -1,0 +1,38 @@
+"""What every reconciler and command is handed: the layout, the store, the sessions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+
+from .config import Config, load_config
+from .home import Home
+from .store import Store
+
+
+@dataclass
+class Sphere:
+    """Everything under one SOL_HOME, opened once per process."""
+
+    home: Home
+    store: Store = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.store = Store.open(self.home)
+
+    @classmethod
+    def from_env(cls) -> Sphere:
+        return cls(Home.from_env())
+
+    @cached_property
+    def config(self) -> Config:
+        return load_config(self.home)
+
+    @cached_property
+    def sessions(self):  # noqa: ANN201 - SessionBackend, imported lazily (tmux is optional)
+        from .sessions import TmuxSessions
+
+        return TmuxSessions(self.home.socket_name, hook_file=self.home.run / "tmux-events")
+
+    def close(self) -> None:
+        self.store.close()
