@@ -89,8 +89,10 @@ def is_clone(repo: Path) -> bool:
 
 def rev(repo: Path, ref: str) -> str | None:
     """The commit sha ref names in repo, or None when it names no commit."""
-    status, out, _ = _run(repo, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}",
-                          check=False)
+    status, out, err = _run(repo, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}",
+                            check=False)
+    if status not in (0, 1):
+        raise SolError(f"cannot read {ref} in {repo}: {_reason(err)}")
     return out.strip() if status == 0 else None
 
 
@@ -241,9 +243,10 @@ def add_worktree(repo: Path, path: Path, branch: str, base: str) -> str:
                        "fetch the world and retry")
     path.parent.mkdir(parents=True, exist_ok=True)
     if branch_exists(repo, branch):
-        args = ["worktree", "add", "--quiet", str(path), branch]
+        args = ["worktree", "add", "--quiet", str(path.absolute()), branch]
     else:
-        args = ["worktree", "add", "--quiet", "--no-track", "-b", branch, str(path), base]
+        args = ["worktree", "add", "--quiet", "--no-track", "-b", branch, str(path.absolute()),
+                base]
     status, _, err = _run(repo, *args, check=False)
     if status != 0 and _worktrees(repo).get(target) != branch:
         raise SolError(f"cannot make a worktree at {path} on {branch}: {_reason(err)}")
@@ -268,7 +271,7 @@ def remove_worktree(repo: Path, path: Path, *, force: bool = False) -> None:
     _run(repo, "worktree", "prune", what=f"cannot prune worktrees of {repo}")
     if path.resolve() not in _worktrees(repo):
         return
-    args = ["worktree", "remove", *(["--force"] if force else []), str(path)]
+    args = ["worktree", "remove", *(["--force"] if force else []), str(path.absolute())]
     _run(repo, *args, what=f"cannot remove worktree {path}")
 
 
