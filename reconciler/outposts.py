@@ -1,0 +1,203 @@
+"""Outposts: cast a writ (outpost name, worktree, tether, persona, session) and release it.
+
+Every step of a cast is undone if a later one fails, so there is never a tether without
+a session record nor a session without a tether. Casts in one world are serialised by a
+file lock, and capacity is counted from live tmux sessions under that lock, so no path
+that casts can exceed it.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+
+from . import runtimes, tether, worktrees
+from .errors import Retry, SolError
+from .home import session_name
+from .locks import flock
+from .model import PENDING, WORKING, Runtime, WorldSpec, WritSpec
+from .sphere import Sphere
+from .store import Record
+
+POOL = (
+    "vega rigel deneb altair sirius castor pollux spica antares capella arcturus mira "
+    "nova lyra orion atlas electra maia merope alcor mizar polaris hadar acrux mimosa "
+    "shaula bellatrix alnilam saiph naos wezen adhara izar kochab dubhe merak phecda "
+    "alioth alkaid thuban"
+).split()
+
+
+def parse_session(name: str) -> tuple[str, str] | None:
+    """`sol-<world>-<agent>` to (world, agent); agent names never hold a hyphen."""
+    if not name.startswith("sol-") or name.count("-") < 2:
+        return None
+    world, _, agent = name[4:].rpartition("-")
+    return world, agent
+
+
+def live_counts(sphere: Sphere) -> dict[str, int]:
+    """Live outpost sessions per world, from tmux itself (one tmux call)."""
+    counts: dict[str, int] = {}
+    for name, alive in sphere.sessions.list("sol-").items():
+        parsed = parse_session(name)
+        if alive and parsed and not parsed[1].startswith("envoy"):
+            counts[parsed[0]] = counts.get(parsed[0], 0) + 1
+    return counts
+
+
+def agent_name(sphere: Sphere, world: str, writ: str) -> str:
+    """The writ's own outpost if it has one (so its worktree is reused), else the first
+    free name of the pool."""
+    existing = sphere.store.agent_for(world, writ)
+    if existing:
+        return existing.name
+    taken = {a.name for a in sphere.store.agents(world) if a.writ}
+    taken |= {p.name for p in sphere.home.outposts(world).glob("*")
+              if (p / "tether.json").exists()}
+    for name in POOL:
+        if name not in taken:
+            return name
+    n = 2
+    while True:
+        for name in POOL:
+            if f"{name}{n}" not in taken:
+                return f"{name}{n}"
+        n += 1
+
+
+def writ_tether(sphere: Sphere, world: Record, writ: Record, agent: str, session: str,
+                base: str) -> tether.Tether:
+    wspec = WorldSpec.from_spec(world.spec)
+    spec = WritSpec.from_spec(writ.spec)
+    runtime = runtimes.effective_runtime(wspec, spec)
+    now = time.time()
+    return tether.Tether(
+        world=world.name, writ=writ.name, agent=agent, title=spec.title,
+        description=spec.description, kind=spec.kind, branch=f"sol/{writ.name}",
+        base=base, attempt=int(writ.status.get("attempt", 1)), generation=writ.generation,
+        session=session,
+        runtime={"name": runtime.name, "model": runtime.model, "command": runtime.command},
+        gates=[{"name": g.name, "run": g.run, "timeout": g.timeout} for g in wspec.gates],
+        feedback=writ.status.get("feedback"), created_at=now, updated_at=now,
+    )
+
+
+def start_session(sphere: Sphere, world: Record, t: tether.Tether) -> None:
+    """Start (or restart) the agent's session from its tether; used by cast and respawn."""
+    wspec = WorldSpec.from_spec(world.spec)
+    runtime = Runtime(t.runtime.get("name") or wspec.runtime.name, t.runtime.get("model"),
+                      t.runtime.get("command")) if t.runtime else wspec.runtime
+    worktree = sphere.home.worktree(t.world, t.agent)
+    launch = runtimes.launch(runtime, tether=t, home=sphere.home, agent=t.agent,
+                             tether_path=sphere.home.tether(t.world, t.agent),
+                             worktree=worktree, target=wspec.branch)
+    if launch.exclude:
+        worktrees.exclude(worktree, launch.exclude)
+    for rel, content in launch.files.items():
+        path = worktree / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(content)
+    sphere.sessions.start(session_name(t.world, t.agent), launch.argv, cwd=worktree,
+                          env=launch.env, log=sphere.home.agent_log(t.world, t.agent))
+
+
+def cast(sphere: Sphere, world_name: str, writ_name: str) -> None:
+    """Dispatch one Pending writ; raises Retry for capacity, SolError after recording it."""
+    store = sphere.store
+    key = ("Writ", world_name, writ_name)
+    with flock(sphere.home.run / f"cast-{world_name}.lock"):
+        world = store.get("World", "", world_name)
+        writ = store.get(*key)
+        if world is None or writ is None or writ.phase != PENDING:
+            return
+        wspec = WorldSpec.from_spec(world.spec)
+        live = live_counts(sphere).get(world_name, 0)
+        if wspec.max_active and live >= wspec.max_active:
+            raise Retry(f"capacity {live}/{wspec.max_active}")
+        runtime = runtimes.effective_runtime(wspec, WritSpec.from_spec(writ.spec))
+        try:
+            runtimes.check(runtime)
+        except SolError as exc:
+            _fail(sphere, writ, exc.message)
+            raise
+        agent = agent_name(sphere, world_name, writ_name)
+        session = uuid.uuid4().hex[:12]
+        attempt = int(writ.status.get("attempt", 1))
+        claimed = store.set_status(
+            key, phase=WORKING, reason="Cast", message=f"agent {agent} working",
+            expect_version=writ.version, agent=agent, branch=f"sol/{writ_name}",
+            session=session, attempt=attempt, respawns=0,
+        )
+        if claimed is None:
+            return  # another process cast it first
+        made: list[str] = []
+        try:
+            store.put_agent(world_name, agent, writ=writ_name, session=session,
+                            runtime=runtime.name, state="working")
+            made.append("agent")
+            repo = sphere.home.repo(world_name)
+            worktree = sphere.home.worktree(world_name, agent)
+            existed = worktree.exists()
+            base = worktrees.add_worktree(repo, worktree, f"sol/{writ_name}",
+                                          f"refs/heads/{wspec.branch}")
+            if not existed:
+                made.append("worktree")
+            t = writ_tether(sphere, world, claimed, agent, session, base)
+            tether.write(sphere.home.tether(world_name, agent), t)
+            made.append("tether")
+            start_session(sphere, world, t)
+        except (SolError, OSError) as exc:
+            message = getattr(exc, "message", None) or str(exc)
+            _undo(sphere, world_name, agent, writ_name, made)
+            store.set_status(key, phase=PENDING, reason="CastFailed",
+                             message=f"cast failed: {message}", expect_phases=[WORKING],
+                             agent=None, session=None)
+            store.event("cast-failed", kind="Writ", world=world_name, name=writ_name,
+                        message=message)
+            raise SolError(f"cannot cast writ {world_name}/{writ_name}: {message}") from exc
+        store.set_status(key, base=base)
+        store.event("cast", kind="Writ", world=world_name, name=writ_name,
+                    message=f"agent {agent} on sol/{writ_name} (attempt {attempt})",
+                    agent=agent, session=session, attempt=attempt)
+
+
+def _fail(sphere: Sphere, writ: Record, message: str) -> None:
+    if writ.message != message:
+        sphere.store.set_status(writ.key, reason="CastFailed", message=message,
+                                expect_phases=[PENDING])
+        sphere.store.event("cast-failed", kind="Writ", world=writ.world, name=writ.name,
+                           message=message)
+
+
+def _undo(sphere: Sphere, world: str, agent: str, writ: str, made: list[str]) -> None:
+    """Reverse a half-made cast, newest step first; the branch is always kept."""
+    sphere.sessions.stop(session_name(world, agent))
+    if "tether" in made:
+        tether.clear(sphere.home.tether(world, agent))
+    if "worktree" in made:
+        try:
+            worktrees.remove_worktree(sphere.home.repo(world), sphere.home.worktree(world, agent),
+                                      force=True)
+        except SolError:
+            pass
+    if "agent" in made:
+        sphere.store.free_agent(world, agent)
+
+
+def release(sphere: Sphere, world: str, writ: str, *, reason: str) -> None:
+    """Stop a writ's session and clear its tether; worktree and branch are kept."""
+    agent = sphere.store.agent_for(world, writ)
+    if agent is None:
+        return
+    sphere.sessions.stop(session_name(world, agent.name))
+    tether.clear(sphere.home.tether(world, agent.name))
+    sphere.store.put_agent(world, agent.name, writ=writ, session="", runtime=agent.runtime,
+                           state="stopped")
+    sphere.store.event("released", kind="Writ", world=world, name=writ, message=reason,
+                       agent=agent.name)
+
+
+def tether_path_for(sphere: Sphere, world: str, writ: str) -> Path | None:
+    agent = sphere.store.agent_for(world, writ)
+    return sphere.home.tether(world, agent.name) if agent else None
