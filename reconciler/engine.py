@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from . import worlds
+from . import consul, outposts, worlds
 from .locks import flock
 from .model import Manifest
 from .plan import Action
@@ -38,6 +38,13 @@ def plan_all(sphere: Sphere, manifests: Sequence[Manifest] | None, *, prune: boo
     world_records = [r for r in desired if r.kind == "World"]
     observed = worlds.observe(sphere, world_records, refresh=False)
     actions += worlds.plan_worlds(world_records, observed)
+    snap = consul.Snapshot(
+        worlds={r.name: r for r in world_records},
+        writs={(r.world, r.name): r for r in desired if r.kind == "Writ"},
+        caravans=tuple(r for r in desired if r.kind == "Caravan"),
+        live=outposts.live_counts(sphere),
+    )
+    actions += consul.cast_actions(consul.plan_dispatch(snap))
     return actions
 
 
@@ -52,14 +59,20 @@ def record(sphere: Sphere, manifests: Sequence[Manifest], *, prune: bool = False
     return actions
 
 
-def reconcile_once(sphere: Sphere) -> list[Action]:
+def reconcile_once(sphere: Sphere, *, forge: bool = True) -> list[Action]:
     """Every reconciler that exists, once, in dependency order."""
-    return worlds.reconcile(sphere)
+    actions = worlds.reconcile(sphere)
+    actions += consul.reconcile(sphere)
+    return actions
 
 
 def apply(sphere: Sphere, manifests: Sequence[Manifest], *, prune: bool = False
           ) -> list[Action]:
-    """`sol apply`: record, then one pass. Returns every action performed."""
+    """`sol apply`: record, then one pass (dispatch included, the forge left to the loop)."""
     actions = record(sphere, manifests, prune=prune)
-    actions += reconcile_once(sphere)
+    for action in actions:
+        if action.kind == "cancel":
+            outposts.release(sphere, action.data["world"], action.data["name"],
+                             reason="cancelled: removed from the manifests")
+    actions += reconcile_once(sphere, forge=False)
     return actions

@@ -1,0 +1,171 @@
+"""The consul: sphere-wide dispatch. Which Pending writs are ready, in what order, and why
+the others wait. `plan_dispatch` is pure; `reconcile` observes, plans and casts."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from .errors import Retry, SolError
+from .model import (
+    DONE,
+    MERGED,
+    PENDING,
+    READY,
+    CaravanSpec,
+    WorldSpec,
+    WritSpec,
+    split_ref,
+)
+from .plan import CREATE, Action
+from .specs import target
+from .store import Record
+
+WritKey = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything dispatch looks at, as plain values."""
+
+    worlds: dict[str, Record]
+    writs: dict[WritKey, Record]
+    caravans: tuple[Record, ...] = ()
+    live: dict[str, int] = field(default_factory=dict)  # world -> live outpost sessions
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    ready: tuple[Record, ...]          # to cast now, in order
+    waiting: dict[WritKey, str]        # pending writ -> why it waits
+
+
+def _finished(record: Record | None) -> bool:
+    if record is None:
+        return False
+    wanted = DONE if record.spec.get("kind") == "analysis" else MERGED
+    return record.phase == wanted
+
+
+def _caravan_index(caravans: Iterable[Record]) -> dict[WritKey, tuple[Record, int]]:
+    index: dict[WritKey, tuple[Record, int]] = {}
+    for caravan in caravans:
+        if caravan.orphaned:
+            continue
+        for number, phase in enumerate(CaravanSpec.from_spec(caravan.spec).phases):
+            for name in phase:
+                index[(caravan.world, name)] = (caravan, number)
+    return index
+
+
+def why_waiting(snapshot: Snapshot, writ: Record,
+                caravans: dict[WritKey, tuple[Record, int]]) -> str | None:
+    """The reason a Pending writ is not ready (capacity aside), or None if it is."""
+    world = snapshot.worlds.get(writ.world)
+    if world is None or world.orphaned:
+        return f"world {writ.world} is not applied"
+    if writ.orphaned:
+        return "not in the manifests; not dispatched"
+    if world.phase != READY:
+        return f"world {writ.world} is not ready ({world.phase}: {world.message or 'cloning'})"
+    if WorldSpec.from_spec(world.spec).suspend:
+        return "world suspended"
+    spec = WritSpec.from_spec(writ.spec)
+    if spec.suspend:
+        return "writ suspended"
+    for ref in spec.depends_on:
+        dep = snapshot.writs.get(split_ref(ref, writ.world))
+        if not _finished(dep):
+            state = f" ({dep.phase})" if dep is not None and dep.phase != PENDING else ""
+            return f"waiting for {ref}{state}"
+    found = caravans.get((writ.world, writ.name))
+    if found:
+        caravan, number = found
+        cspec = CaravanSpec.from_spec(caravan.spec)
+        if not cspec.commissioned:
+            return f"caravan {caravan.name} is in drydock"
+        for earlier in cspec.phases[:number]:
+            for name in earlier:
+                if not _finished(snapshot.writs.get((writ.world, name))):
+                    return f"waiting for {name} (caravan {caravan.name} phase {number - 1})"
+    return None
+
+
+def plan_dispatch(snapshot: Snapshot) -> Dispatch:
+    """Pure: ready writs in order of priority, caravan phase, name; capacity applied."""
+    caravans = _caravan_index(snapshot.caravans)
+    candidates: list[tuple[tuple[int, int, str, str], Record]] = []
+    waiting: dict[WritKey, str] = {}
+    for key, writ in snapshot.writs.items():
+        if writ.phase != PENDING:
+            continue
+        reason = why_waiting(snapshot, writ, caravans)
+        if reason:
+            waiting[key] = reason
+            continue
+        phase = caravans.get(key, (None, 0))[1]
+        order = (WritSpec.from_spec(writ.spec).priority, phase, writ.world, writ.name)
+        candidates.append((order, writ))
+    ready = []
+    used = dict(snapshot.live)
+    for _, writ in sorted(candidates, key=lambda c: c[0]):
+        limit = WorldSpec.from_spec(snapshot.worlds[writ.world].spec).max_active
+        count = used.get(writ.world, 0)
+        if limit and count >= limit:
+            waiting[(writ.world, writ.name)] = f"capacity {count}/{limit}"
+            continue
+        used[writ.world] = count + 1
+        ready.append(writ)
+    return Dispatch(tuple(ready), waiting)
+
+
+def cast_actions(dispatch: Dispatch) -> list[Action]:
+    return [
+        Action(CREATE, "cast", target("Writ", w.world, w.name),
+               f"cast an agent on sol/{w.name} (attempt {w.status.get('attempt', 1)})",
+               {"world": w.world, "name": w.name})
+        for w in dispatch.ready
+    ]
+
+
+def snapshot(sphere) -> Snapshot:  # noqa: ANN001 - Sphere, kept import-light
+    """Observe: the store's view plus live tmux sessions per world."""
+    from .outposts import live_counts
+
+    store = sphere.store
+    return Snapshot(
+        worlds={w.name: w for w in store.list("World")},
+        writs={(w.world, w.name): w for w in store.list("Writ")},
+        caravans=tuple(store.list("Caravan")),
+        live=live_counts(sphere),
+    )
+
+
+def record_waiting(sphere, dispatch: Dispatch) -> None:  # noqa: ANN001
+    """Keep every pending writ's reason true (a status write, not an action)."""
+    for (world, name), reason in dispatch.waiting.items():
+        sphere.store.set_status(("Writ", world, name), reason="Waiting", message=reason,
+                                expect_phases=[PENDING])
+
+
+def reconcile(sphere, *, dry_run: bool = False) -> list[Action]:  # noqa: ANN001
+    """One dispatch pass: cast every ready writ the capacity allows."""
+    from .outposts import cast
+
+    dispatch = plan_dispatch(snapshot(sphere))
+    actions = cast_actions(dispatch)
+    if dry_run:
+        return actions
+    record_waiting(sphere, dispatch)
+    done = []
+    for action in actions:
+        try:
+            cast(sphere, action.data["world"], action.data["name"])
+            done.append(action)
+        except Retry as exc:
+            sphere.store.set_status(("Writ", action.data["world"], action.data["name"]),
+                                    reason="Waiting", message=exc.message,
+                                    expect_phases=[PENDING])
+        except SolError:
+            continue  # cast recorded the error as the writ's reason
+    return done
