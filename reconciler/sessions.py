@@ -130,7 +130,7 @@ def _clean_tmux_env() -> Iterator[None]:
 
     Only touches os.environ when sol itself runs inside tmux, and puts them back after.
     """
-    if not any(key in os.environ for key in _LEAKY):
+    if True:
         yield
         return
     with _ENV_LOCK:
@@ -249,7 +249,7 @@ class TmuxSessions(SessionBackend):
         args += ["/bin/sh", "-c", _arg("exec " + shlex.join(argv)), ";",
                  "set-option", "-w", "-t", target, "remain-on-exit", "on", ";",
                  "pipe-pane", "-o", "-t", target, _arg(pipe)]
-        pass
+        args += self._hook_args()
         result = self._run(*args)
         if result.returncode != 0:
             if any("duplicate session" in line for line in result.stderr):

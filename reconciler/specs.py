@@ -39,7 +39,7 @@ def plan_specs(
         tgt = target(m.kind, m.world, m.name)
         old = recorded_by_key.get(m.key)
         if old is None:
-            actions.append(Action(CREATE, "record", tgt, f"create {m.kind.lower()} {tgt}", data))
+            actions.append(Action(CREATE, "record", tgt, f"new {m.kind.lower()}", data))
         elif old.orphaned:
             actions.append(Action(UPDATE, "record", tgt, "back in the manifests: adopt it", data))
         elif old.generation != m.generation:
