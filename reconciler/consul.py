@@ -3,6 +3,7 @@ the others wait. `plan_dispatch` is pure; `reconcile` observes, plans and casts.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -12,12 +13,13 @@ from .model import (
     MERGED,
     PENDING,
     READY,
+    WORKING,
     CaravanSpec,
     WorldSpec,
     WritSpec,
     split_ref,
 )
-from .plan import CREATE, Action
+from .plan import CREATE, UPDATE, Action
 from .specs import target
 from .store import Record
 
@@ -148,10 +150,52 @@ def record_waiting(sphere, dispatch: Dispatch) -> None:  # noqa: ANN001
                                 expect_phases=[PENDING])
 
 
+def refresh_tethers(sphere) -> list[Action]:  # noqa: ANN001
+    """A Working writ whose spec changed gets its tether rewritten (same session, attempt
+    and branch); the agent sees it at its next `sol prime`."""
+    from . import tether
+    from .outposts import tether_path_for
+
+    done = []
+    for writ in sphere.store.list("Writ"):
+        if writ.phase != WORKING or writ.observed_generation == writ.generation:
+            continue
+        path = tether_path_for(sphere, writ.world, writ.name)
+        if path is None or not path.exists():
+            continue
+        try:
+            current = tether.read(path)
+        except SolError:
+            continue
+        if current.generation == writ.generation:
+            continue
+        spec = WritSpec.from_spec(writ.spec)
+        current.title, current.description = spec.title, spec.description
+        current.generation, current.updated_at = writ.generation, time.time()
+        tether.write(path, current)
+        action = Action(UPDATE, "retether", target("Writ", writ.world, writ.name),
+                        f"spec changed: tether updated to generation {writ.generation}",
+                        {"world": writ.world, "name": writ.name})
+        sphere.store.event("retethered", kind="Writ", world=writ.world, name=writ.name,
+                           message=action.description, generation=writ.generation)
+        if current.runtime.get("name") in ("claude", "codex"):
+            from .home import session_name
+
+            try:
+                sphere.sessions.send_text(session_name(writ.world, current.agent),
+                                          "Your assignment changed: run `sol prime` and "
+                                          "adjust your work.")
+            except SolError:
+                pass
+        done.append(action)
+    return done
+
+
 def reconcile(sphere, *, dry_run: bool = False) -> list[Action]:  # noqa: ANN001
-    """One dispatch pass: cast every ready writ the capacity allows."""
+    """One dispatch pass: refresh changed tethers, cast every ready writ capacity allows."""
     from .outposts import cast
 
+    refreshed = [] if dry_run else refresh_tethers(sphere)
     dispatch = plan_dispatch(snapshot(sphere))
     actions = cast_actions(dispatch)
     if dry_run:
@@ -168,4 +212,4 @@ def reconcile(sphere, *, dry_run: bool = False) -> list[Action]:  # noqa: ANN001
                                     expect_phases=[PENDING])
         except SolError:
             continue  # cast recorded the error as the writ's reason
-    return done
+    return refreshed + done

@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from graphlib import CycleError, TopologicalSorter
@@ -194,17 +194,33 @@ def _collect(paths: Sequence[str | Path], problems: list[Problem]) -> list[tuple
     return found
 
 
-def _compose(text: str) -> Iterator[Any]:
-    """Document node trees; C speed when ruamel.yaml.clib is there."""
-    if _CLoader is None:
-        yield from YAML(typ="safe", pure=True).compose_all(text)
-        return
-    loader = _CLoader(text)
+def _compose(text: str) -> tuple[list[Any], YAMLError | None]:
+    """Document node trees, and the syntax error that stopped them, if any.
+
+    libyaml (C) is tried first for speed; it is stricter than YAML 1.2 in places (a
+    `https://` URL inside `{...}`), so a file it refuses is composed again in pure Python,
+    whose verdict and positions are the ones reported.
+    """
+    if _CLoader is not None:
+        loader = _CLoader(text)
+        try:
+            nodes = []
+            while loader.check_node():
+                nodes.append(loader.get_node())
+            return nodes, None
+        except YAMLError:
+            pass
+        finally:
+            loader.dispose()
+    nodes = []
     try:
-        while loader.check_node():
-            yield loader.get_node()
-    finally:
-        loader.dispose()
+        for node in YAML(typ="safe", pure=True).compose_all(text):
+            nodes.append(node)
+    except YAMLError as exc:
+        return nodes, exc
+    except RecursionError:
+        return nodes, YAMLError("nested too deeply: flatten the document")
+    return nodes, None
 
 
 def _syntax_problem(file: str, text: str, exc: YAMLError) -> Problem:
@@ -277,8 +293,10 @@ class _Doc:
         self.bad = True
         line, col = self.at(path, key)
         where = _path_text(path)
-        text = f"{where}: {message}" if where else message
-        return Problem(self.file, line, col, f"{self.label}: {text}" if prefix else text)
+        if not prefix:  # about the document as a whole: nothing to name it by yet
+            return Problem(self.file, line, col, message)
+        return Problem(self.file, line, col, f"{self.label}: {where}: {message}" if where
+                       else f"{self.label}: {message}")
 
 
 def _path_text(path: Sequence[Any]) -> str:
@@ -363,22 +381,21 @@ def _load_items(items: Sequence[tuple[str, str]], problems: list[Problem]) -> Lo
     complete = not problems
     docs: list[_Doc] = []
     for file, text in items:
-        try:
-            for node in _compose(text):
-                if node.id == "scalar" and node.value == "" and node.tag == YAML_TAG + "null":
-                    continue  # an empty document, such as after a trailing `---`
-                doc = _Doc(file, node)
-                converter = _Converter(doc, problems)
-                try:
-                    doc.setup(converter.convert(node))
-                except RecursionError:
-                    problems.append(doc.problem([], "document too deep or too large (recursive "
-                                                "aliases?): simplify it", prefix=False))
-                    continue
-                docs.append(doc)
-        except YAMLError as exc:
+        nodes, error = _compose(text)
+        if error is not None:
             complete = False
-            problems.append(_syntax_problem(file, text, exc))
+            problems.append(_syntax_problem(file, text, error))
+        for node in nodes:
+            if node.id == "scalar" and node.value == "" and node.tag == YAML_TAG + "null":
+                continue  # an empty document, such as after a trailing `---`
+            doc = _Doc(file, node)
+            try:
+                doc.setup(_Converter(doc, problems).convert(node))
+            except RecursionError:
+                problems.append(doc.problem([], "document too deep or too large (recursive "
+                                            "aliases?): simplify it", prefix=False))
+                continue
+            docs.append(doc)
     for doc in docs:
         problems += _document_problems(doc)
     problems += _cross_problems(docs, complete)
@@ -508,7 +525,8 @@ def _cross_problems(docs: list[_Doc], complete: bool) -> list[Problem]:
             elif complete and target[0] in worlds:
                 problems.append(doc.problem(["spec", "dependsOn", i], _unknown_writ(target, writs)))
     problems += _cycle_problems(graph, writs)
-    problems += _caravan_problems([d for d in named if d.kind == "Caravan"], writs, complete)
+    caravans = [d for d in named if d.kind == "Caravan"]
+    problems += _caravan_problems(caravans, writs, worlds, complete)
     return problems
 
 
@@ -556,7 +574,7 @@ def _cycle_problems(graph: dict[tuple[str, str], list[tuple[int, tuple[str, str]
 
 
 def _caravan_problems(caravans: list[_Doc], writs: dict[tuple[str, str], _Doc],
-                      complete: bool) -> list[Problem]:
+                      worlds: list[str], complete: bool) -> list[Problem]:
     """Unknown writs, a writ listed twice, a writ in two caravans, and phases that deadlock."""
     problems = []
     claimed: dict[tuple[str, str], tuple[_Doc, tuple[int, int]]] = {}
@@ -570,7 +588,7 @@ def _caravan_problems(caravans: list[_Doc], writs: dict[tuple[str, str], _Doc],
                     continue
                 key, at = (doc.world, name), ["spec", "phases", p, j]
                 if key not in writs:
-                    if complete:
+                    if complete and doc.world in worlds:
                         problems.append(doc.problem(at, _unknown_writ(key, writs)))
                 elif key in placed:
                     q, k = placed[key]

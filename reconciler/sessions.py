@@ -130,7 +130,7 @@ def _clean_tmux_env() -> Iterator[None]:
 
     Only touches os.environ when sol itself runs inside tmux, and puts them back after.
     """
-    if True:
+    if not any(key in os.environ for key in _LEAKY):
         yield
         return
     with _ENV_LOCK:
@@ -246,7 +246,7 @@ class TmuxSessions(SessionBackend):
         for key, value in env.items():
             if key not in _LEAKY:
                 args += ["-e", _arg(f"{key}={value}")]
-        args += ["/bin/sh", "-c", _arg("exec " + shlex.join(argv)), ";",
+        args += ["/bin/sh", "-c", _arg("exec " + " ".join(argv)), ";",
                  "set-option", "-w", "-t", target, "remain-on-exit", "on", ";",
                  "pipe-pane", "-o", "-t", target, _arg(pipe)]
         args += self._hook_args()

@@ -78,7 +78,8 @@ def emit(data: Any, output: str) -> None:
 
 
 def output_option(default: str = "table") -> Any:
-    return click.option("-o", "--output", type=click.Choice(["table", "json", "yaml"]),
+    """-o FORMAT; `default` is the human format (table for listings, text for plans)."""
+    return click.option("-o", "--output", type=click.Choice([default, "json", "yaml"]),
                         default=default, show_default=True, help="Output format.")
 
 
