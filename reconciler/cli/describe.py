@@ -89,6 +89,10 @@ def render_status(sphere: Sphere, only: str | None = None) -> str:
             agent = writ.status.get("agent")
             where = f" [{agent}]" if agent else ""
             lines.append(f"    {writ.name:<28} {writ.phase:<9}{where} {writ.message}")
+            for cond in writ.status.get("conditions") or []:
+                if cond.get("status") == "True" and cond.get("type") in ("Escalated",
+                                                                          "Stalled"):
+                    lines.append(f"      {cond['type'].upper()}: {cond.get('message', '')}")
         for caravan in store.list("Caravan", world.name):
             lines.append(f"  caravan {caravan.name}: {caravan.phase} {caravan.message}")
     return "\n".join(lines)
