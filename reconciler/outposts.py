@@ -126,7 +126,8 @@ def cast(sphere: Sphere, world_name: str, writ_name: str) -> None:
         attempt = int(writ.status.get("attempt", 1))
         claimed = store.set_status(
             key, phase=WORKING, reason="Cast", message=f"agent {agent} working",
-            observed_generation=writ.generation, expect_version=writ.version, agent=agent, branch=f"sol/{writ_name}",
+            observed_generation=writ.generation, expect_version=writ.version, agent=agent,
+            branch=f"sol/{writ_name}",
             session=session, attempt=attempt, respawns=0,
         )
         if claimed is None:

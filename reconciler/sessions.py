@@ -246,7 +246,7 @@ class TmuxSessions(SessionBackend):
         for key, value in env.items():
             if key not in _LEAKY:
                 args += ["-e", _arg(f"{key}={value}")]
-        args += ["/bin/sh", "-c", _arg("exec " + " ".join(argv)), ";",
+        args += ["/bin/sh", "-c", _arg("exec " + shlex.join(argv)), ";",
                  "set-option", "-w", "-t", target, "remain-on-exit", "on", ";",
                  "pipe-pane", "-o", "-t", target, _arg(pipe)]
         args += self._hook_args()

@@ -32,7 +32,8 @@ def test_writ_becomes_agent_that_resolves_with_commits_on_its_branch(
     clone = sol_home.repo("shop")
     assert git(clone, "show", "sol/hello:hello.txt") == "hello"
     assert git(clone, "log", "-1", "--format=%s", "sol/hello") == "Writ hello"
-    assert git(clone, "log", "-1", "--format=%an", "sol/hello") == f"sol agent {record.status['agent']}"
+    author = git(clone, "log", "-1", "--format=%an", "sol/hello")
+    assert author == f"sol agent {record.status['agent']}"
     mrs = json.loads(sol("get", "mrs", "-o", "json", check=True).stdout)
     assert [(m["spec"]["writ"], m["status"]["phase"]) for m in mrs] == [("hello", "Queued")]
     # the session ended itself after resolving, and the tether is cleared

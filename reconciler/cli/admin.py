@@ -12,6 +12,7 @@ import tempfile
 import click
 from rich.table import Table
 
+from ..errors import SolError
 from ..home import Home
 from ..model import Runtime
 from .common import console
@@ -64,6 +65,8 @@ def _check_home(home: Home) -> tuple[bool, str]:
         probe.unlink()
     except OSError as exc:
         return False, f"{home.root} is not writable ({exc.strerror}): set SOL_HOME elsewhere"
+    except SolError as exc:
+        return False, exc.message
     return True, str(home.root)
 
 
@@ -73,7 +76,10 @@ def _runtime_checks(home: Home) -> list[tuple[str, bool, str]]:
     from ..runtimes import check
     from ..store import Store
 
-    store = Store(home.db)
+    try:
+        store = Store(home.db)
+    except SolError as exc:
+        return [("database", False, exc.message)]
     seen: dict[str, Runtime] = {}
     for world in store.list("World"):
         runtime = Runtime.from_spec(world.spec.get("runtime"))

@@ -74,7 +74,7 @@ def objects(store: Store, kind: str, name: str | None = None,
 def _writ_detail(obj: dict[str, Any]) -> str:
     status = obj["status"]
     text = status.get("message") or status.get("reason") or ""
-    if status.get("orphaned"):
+    if status.get("orphaned") and "manifests" not in text:
         text = f"orphaned (not in the manifests); {text}"
     for cond in status.get("conditions", []):
         if cond.get("type") == "Escalated" and cond.get("status") == "True":
