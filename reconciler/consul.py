@@ -191,17 +191,86 @@ def refresh_tethers(sphere) -> list[Action]:  # noqa: ANN001
     return done
 
 
+def caravan_phase(caravan: Record, writs: dict[WritKey, Record]) -> tuple[str, str]:
+    """Pure: Drydock, Open (with the phase it is in) or Landed."""
+    spec = CaravanSpec.from_spec(caravan.spec)
+    if all(_finished(writs.get((caravan.world, n))) for p in spec.phases for n in p):
+        return "Landed", f"all {sum(len(p) for p in spec.phases)} writs landed"
+    if not spec.commissioned:
+        return "Drydock", "planned; nothing is dispatched until commissioned"
+    for number, phase in enumerate(spec.phases):
+        if not all(_finished(writs.get((caravan.world, n))) for n in phase):
+            done = sum(_finished(writs.get((caravan.world, n))) for n in phase)
+            return "Open", f"phase {number + 1}/{len(spec.phases)}: {done}/{len(phase)} landed"
+    return "Open", ""
+
+
+def mark_caravans(sphere, snap: Snapshot) -> None:  # noqa: ANN001
+    for caravan in snap.caravans:
+        phase, message = caravan_phase(caravan, snap.writs)
+        if (caravan.phase, caravan.message) != (phase, message):
+            sphere.store.set_status(caravan.key, phase=phase, reason=phase, message=message,
+                                    observed_generation=caravan.generation)
+            if phase != caravan.phase:
+                sphere.store.event(phase.lower(), kind="Caravan", world=caravan.world,
+                                   name=caravan.name, message=message)
+
+
+def stale_writs(snap: Snapshot, has_tether: dict[WritKey, bool], now: float,
+                stale_after: float) -> list[Record]:
+    """Pure: Working writs whose agent is gone without a live session or a tether, for
+    longer than `stale_after` (so a cast in progress is never mistaken for one)."""
+    return [
+        w for key, w in snap.writs.items()
+        if w.phase == WORKING and not has_tether.get(key) and not w.status.get("alive")
+        and now - w.updated_at > stale_after
+    ]
+
+
+def recover_stale(sphere, snap: Snapshot) -> list[Action]:  # noqa: ANN001
+    """Return to Pending any writ whose agent vanished; it is cast again on its branch."""
+    from .home import session_name
+
+    live = sphere.sessions.list("sol-")
+    has_tether: dict[WritKey, bool] = {}
+    for key, writ in snap.writs.items():
+        agent = writ.status.get("agent")
+        if writ.phase != WORKING or not agent:
+            continue
+        alive = live.get(session_name(writ.world, agent), False)
+        has_tether[key] = alive or sphere.home.tether(writ.world, agent).exists()
+    actions = []
+    for writ in stale_writs(snap, has_tether, time.time(), sphere.config.stale_after):
+        done = sphere.store.set_status(
+            writ.key, phase=PENDING, reason="Recovered", expect_version=writ.version,
+            message="agent gone without session or tether; cast again on its branch",
+            session=None,
+        )
+        if done is not None:
+            action = Action(UPDATE, "recover", target("Writ", writ.world, writ.name),
+                            "agent gone: back to Pending, branch kept",
+                            {"world": writ.world, "name": writ.name})
+            sphere.store.event("recovered", kind="Writ", world=writ.world, name=writ.name,
+                               message=action.description)
+            actions.append(action)
+    return actions
+
+
 def reconcile(sphere, *, dry_run: bool = False) -> list[Action]:  # noqa: ANN001
-    """One dispatch pass: refresh changed tethers, cast every ready writ capacity allows."""
+    """One dispatch pass: refresh changed tethers, recover vanished agents, mark caravans,
+    cast every ready writ capacity allows."""
     from .outposts import cast
 
     refreshed = [] if dry_run else refresh_tethers(sphere)
+    if not dry_run:
+        before = snapshot(sphere)
+        refreshed += recover_stale(sphere, before)
     dispatch = plan_dispatch(snapshot(sphere))
     actions = cast_actions(dispatch)
     if dry_run:
         return actions
     record_waiting(sphere, dispatch)
-    done = []
+    done: list[Action] = []
     for action in actions:
         try:
             cast(sphere, action.data["world"], action.data["name"])
@@ -212,4 +281,5 @@ def reconcile(sphere, *, dry_run: bool = False) -> list[Action]:  # noqa: ANN001
                                     expect_phases=[PENDING])
         except SolError:
             continue  # cast recorded the error as the writ's reason
+    mark_caravans(sphere, snapshot(sphere))
     return refreshed + done

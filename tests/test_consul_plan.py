@@ -100,3 +100,30 @@ def test_only_pending_writs_are_candidates_and_orphans_wait() -> None:
     d = plan_dispatch(snap(writ("w", phase="Working"), orphan))
     assert names(d) == []
     assert "not in the manifests" in d.waiting[("shop", "o")]
+
+
+def test_caravan_phases_drydock_open_landed() -> None:
+    from reconciler.consul import caravan_phase
+
+    caravan = rec("Caravan", "shop", "auth", {"commissioned": False, "phases": [["a"], ["b"]]})
+    writs = {("shop", "a"): writ("a"), ("shop", "b"): writ("b")}
+    assert caravan_phase(caravan, writs)[0] == "Drydock"
+    caravan.spec["commissioned"] = True
+    assert caravan_phase(caravan, writs) == ("Open", "phase 1/2: 0/1 landed")
+    writs[("shop", "a")] = writ("a", phase="Merged")
+    assert caravan_phase(caravan, writs) == ("Open", "phase 2/2: 0/1 landed")
+    writs[("shop", "b")] = writ("b", phase="Done", kind="analysis")
+    assert caravan_phase(caravan, writs)[0] == "Landed"
+
+
+def test_stale_writs_need_no_tether_no_session_and_age() -> None:
+    from reconciler.consul import stale_writs
+
+    old = writ("old", phase="Working")
+    object.__setattr__(old, "updated_at", time.time() - 600)
+    fresh = writ("fresh", phase="Working")
+    tethered = writ("tethered", phase="Working")
+    object.__setattr__(tethered, "updated_at", time.time() - 600)
+    s = snap(old, fresh, tethered)
+    has = {("shop", "tethered"): True}
+    assert [w.name for w in stale_writs(s, has, time.time(), 60)] == ["old"]
