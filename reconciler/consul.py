@@ -34,6 +34,7 @@ class Snapshot:
     writs: dict[WritKey, Record]
     caravans: tuple[Record, ...] = ()
     live: dict[str, int] = field(default_factory=dict)  # world -> live outpost sessions
+    sessions: dict[str, bool] = field(default_factory=dict)  # tmux session -> alive
 
 
 @dataclass(frozen=True)
@@ -132,14 +133,16 @@ def cast_actions(dispatch: Dispatch) -> list[Action]:
 
 def snapshot(sphere) -> Snapshot:  # noqa: ANN001 - Sphere, kept import-light
     """Observe: the store's view plus live tmux sessions per world."""
-    from .outposts import live_counts
+    from .outposts import count_live
 
     store = sphere.store
+    sessions = sphere.sessions.list("sol-")
     return Snapshot(
         worlds={w.name: w for w in store.list("World")},
         writs={(w.world, w.name): w for w in store.list("Writ")},
         caravans=tuple(store.list("Caravan")),
-        live=live_counts(sphere),
+        live=count_live(sessions),
+        sessions=sessions,
     )
 
 
@@ -231,7 +234,7 @@ def recover_stale(sphere, snap: Snapshot) -> list[Action]:  # noqa: ANN001
     """Return to Pending any writ whose agent vanished; it is cast again on its branch."""
     from .home import session_name
 
-    live = sphere.sessions.list("sol-")
+    live = snap.sessions
     has_tether: dict[WritKey, bool] = {}
     for key, writ in snap.writs.items():
         agent = writ.status.get("agent")
@@ -259,27 +262,34 @@ def recover_stale(sphere, snap: Snapshot) -> list[Action]:  # noqa: ANN001
 def reconcile(sphere, *, dry_run: bool = False) -> list[Action]:  # noqa: ANN001
     """One dispatch pass: refresh changed tethers, recover vanished agents, mark caravans,
     cast every ready writ capacity allows."""
-    from .outposts import cast
+    from .outposts import cast_writs
 
     refreshed = [] if dry_run else refresh_tethers(sphere)
+    snap = snapshot(sphere)
     if not dry_run:
-        before = snapshot(sphere)
-        refreshed += recover_stale(sphere, before)
-    dispatch = plan_dispatch(snapshot(sphere))
+        recovered = recover_stale(sphere, snap)
+        if recovered:
+            snap = snapshot(sphere)
+        refreshed += recovered
+    dispatch = plan_dispatch(snap)
     actions = cast_actions(dispatch)
     if dry_run:
         return actions
     record_waiting(sphere, dispatch)
     done: list[Action] = []
+    by_world: dict[str, list[Action]] = {}
     for action in actions:
-        try:
-            cast(sphere, action.data["world"], action.data["name"])
-            done.append(action)
-        except Retry as exc:
-            sphere.store.set_status(("Writ", action.data["world"], action.data["name"]),
-                                    reason="Waiting", message=exc.message,
-                                    expect_phases=[PENDING])
-        except SolError:
-            continue  # cast recorded the error as the writ's reason
-    mark_caravans(sphere, snapshot(sphere))
+        by_world.setdefault(action.data["world"], []).append(action)
+    for world, world_actions in by_world.items():
+        failures = cast_writs(sphere, world, [a.data["name"] for a in world_actions])
+        capacity = next((f for f in failures if isinstance(f, Retry)), None)
+        for action in world_actions:
+            record = sphere.store.get("Writ", world, action.data["name"])
+            if record is not None and record.phase == WORKING:
+                done.append(action)
+            elif (capacity is not None and record is not None and record.phase == PENDING
+                  and record.reason != "CastFailed"):
+                sphere.store.set_status(record.key, reason="Waiting", message=capacity.message,
+                                        expect_phases=[PENDING])
+    mark_caravans(sphere, snap)
     return refreshed + done

@@ -38,8 +38,13 @@ def parse_session(name: str) -> tuple[str, str] | None:
 
 def live_counts(sphere: Sphere) -> dict[str, int]:
     """Live outpost sessions per world, from tmux itself (one tmux call)."""
+    return count_live(sphere.sessions.list("sol-"))
+
+
+def count_live(sessions: dict[str, bool]) -> dict[str, int]:
+    """Pure: live outpost sessions per world from a session -> alive map."""
     counts: dict[str, int] = {}
-    for name, alive in sphere.sessions.list("sol-").items():
+    for name, alive in sessions.items():
         parsed = parse_session(name)
         if alive and parsed and not parsed[1].startswith("envoy"):
             counts[parsed[0]] = counts.get(parsed[0], 0) + 1
@@ -104,63 +109,92 @@ def start_session(sphere: Sphere, world: Record, t: tether.Tether) -> None:
 
 def cast(sphere: Sphere, world_name: str, writ_name: str) -> None:
     """Dispatch one Pending writ; raises Retry for capacity, SolError after recording it."""
-    store = sphere.store
-    key = ("Writ", world_name, writ_name)
+    failures = cast_writs(sphere, world_name, [writ_name])
+    if failures:
+        raise failures[0]
+
+
+def cast_writs(sphere: Sphere, world_name: str, writ_names: list[str]) -> list[SolError]:
+    """Cast writs of one world in order under one hold of the world's cast lock.
+
+    Live sessions are counted once under the lock: only casts and respawns add sessions
+    and both take this lock, so the count stays true while we hold it. Returns the
+    failures (a Retry for each writ beyond capacity).
+    """
+    failures: list[SolError] = []
     with flock(sphere.home.run / f"cast-{world_name}.lock"):
-        world = store.get("World", "", world_name)
-        writ = store.get(*key)
-        if world is None or writ is None or writ.phase != PENDING:
-            return
+        world = sphere.store.get("World", "", world_name)
+        if world is None:
+            return failures
         wspec = WorldSpec.from_spec(world.spec)
-        live = live_counts(sphere).get(world_name, 0)
-        if wspec.max_active and live >= wspec.max_active:
-            raise Retry(f"capacity {live}/{wspec.max_active}")
-        runtime = runtimes.effective_runtime(wspec, WritSpec.from_spec(writ.spec))
-        try:
-            runtimes.check(runtime)
-        except SolError as exc:
-            _fail(sphere, writ, exc.message)
-            raise
-        agent = agent_name(sphere, world_name, writ_name)
-        session = uuid.uuid4().hex[:12]
-        attempt = int(writ.status.get("attempt", 1))
-        claimed = store.set_status(
-            key, phase=WORKING, reason="Cast", message=f"agent {agent} working",
-            observed_generation=writ.generation, expect_version=writ.version, agent=agent,
-            branch=f"sol/{writ_name}",
-            session=session, attempt=attempt, respawns=0,
-        )
-        if claimed is None:
-            return  # another process cast it first
-        made: list[str] = []
-        try:
-            store.put_agent(world_name, agent, writ=writ_name, session=session,
-                            runtime=runtime.name, state="working")
-            made.append("agent")
-            repo = sphere.home.repo(world_name)
-            worktree = sphere.home.worktree(world_name, agent)
-            existed = worktree.exists()
-            base = worktrees.add_worktree(repo, worktree, f"sol/{writ_name}",
-                                          f"refs/heads/{wspec.branch}")
-            if not existed:
-                made.append("worktree")
-            t = writ_tether(sphere, world, claimed, agent, session, base)
-            tether.write(sphere.home.tether(world_name, agent), t)
-            made.append("tether")
-            start_session(sphere, world, t)
-        except (SolError, OSError) as exc:
-            message = getattr(exc, "message", None) or str(exc)
-            _undo(sphere, world_name, agent, writ_name, made)
-            store.set_status(key, phase=PENDING, reason="CastFailed",
-                             message=f"cast failed: {message}", expect_phases=[WORKING],
-                             agent=None, session=None)
-            store.event("cast-failed", kind="Writ", world=world_name, name=writ_name,
-                        message=message)
-            raise SolError(f"cannot cast writ {world_name}/{writ_name}: {message}") from exc
-        store.set_status(key, base=base)
-        store.event("cast", kind="Writ", world=world_name, name=writ_name,
-                    message=f"agent {agent} on sol/{writ_name} (attempt {attempt})",
-                    agent=agent, session=session, attempt=attempt)
+        live = live_counts(sphere).get(world_name, 0) if wspec.max_active else 0
+        for writ_name in writ_names:
+            if wspec.max_active and live >= wspec.max_active:
+                failures.append(Retry(f"capacity {live}/{wspec.max_active}"))
+                continue
+            try:
+                if _cast_locked(sphere, world, wspec, writ_name):
+                    live += 1
+            except SolError as exc:
+                failures.append(exc)
+    return failures
+
+
+def _cast_locked(sphere: Sphere, world: Record, wspec: WorldSpec, writ_name: str) -> bool:
+    """One cast, the world's cast lock held; True if a session was started."""
+    store = sphere.store
+    world_name = world.name
+    key = ("Writ", world_name, writ_name)
+    writ = store.get(*key)
+    if writ is None or writ.phase != PENDING:
+        return False
+    runtime = runtimes.effective_runtime(wspec, WritSpec.from_spec(writ.spec))
+    try:
+        runtimes.check(runtime)
+    except SolError as exc:
+        _fail(sphere, writ, exc.message)
+        raise
+    agent = agent_name(sphere, world_name, writ_name)
+    session = uuid.uuid4().hex[:12]
+    attempt = int(writ.status.get("attempt", 1))
+    claimed = store.set_status(
+        key, phase=WORKING, reason="Cast", message=f"agent {agent} working",
+        observed_generation=writ.generation, expect_version=writ.version, agent=agent,
+        branch=f"sol/{writ_name}",
+        session=session, attempt=attempt, respawns=0,
+    )
+    if claimed is None:
+        return False  # another process cast it first
+    made: list[str] = []
+    try:
+        store.put_agent(world_name, agent, writ=writ_name, session=session,
+                        runtime=runtime.name, state="working")
+        made.append("agent")
+        repo = sphere.home.repo(world_name)
+        worktree = sphere.home.worktree(world_name, agent)
+        existed = worktree.exists()
+        base = worktrees.add_worktree(repo, worktree, f"sol/{writ_name}",
+                                      f"refs/heads/{wspec.branch}")
+        if not existed:
+            made.append("worktree")
+        t = writ_tether(sphere, world, claimed, agent, session, base)
+        tether.write(sphere.home.tether(world_name, agent), t)
+        made.append("tether")
+        start_session(sphere, world, t)
+    except (SolError, OSError) as exc:
+        message = getattr(exc, "message", None) or str(exc)
+        _undo(sphere, world_name, agent, writ_name, made)
+        store.set_status(key, phase=PENDING, reason="CastFailed",
+                         message=f"cast failed: {message}", expect_phases=[WORKING],
+                         agent=None, session=None)
+        store.event("cast-failed", kind="Writ", world=world_name, name=writ_name,
+                    message=message)
+        raise SolError(f"cannot cast writ {world_name}/{writ_name}: {message}") from exc
+    store.set_status(key, base=base)
+    store.event("cast", kind="Writ", world=world_name, name=writ_name,
+                message=f"agent {agent} on sol/{writ_name} (attempt {attempt})",
+                agent=agent, session=session, attempt=attempt)
+    return True
 
 
 def _fail(sphere: Sphere, writ: Record, message: str) -> None:

@@ -225,8 +225,19 @@ def add_worktree(repo: Path, path: Path, branch: str, base: str) -> str:
 
     An existing branch is reused as it is, never reset: it may hold an earlier attempt.
     A missing branch is created from base. A worktree already at path on branch is left
-    alone, and a stale registration (directory deleted) is pruned first.
+    alone, and a stale registration (directory deleted) is pruned first. The common case
+    (a new branch at a new path) costs two git processes.
     """
+    if not path.exists():
+        base_sha = rev(repo, base)
+        if base_sha is None:
+            raise SolError(f"cannot make a worktree for {branch}: base {base} is not in "
+                           f"{repo}; fetch the world and retry")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        status, _, _ = _run(repo, "worktree", "add", "--quiet", "--no-track", "-b", branch,
+                            str(path.absolute()), base_sha, check=False)
+        if status == 0:
+            return base_sha
     _run(repo, "worktree", "prune", what=f"cannot prune worktrees of {repo}")
     target = path.resolve()
     registered = _worktrees(repo)

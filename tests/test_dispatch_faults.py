@@ -200,3 +200,27 @@ def test_agents_listing_logs_and_attach_errors(
     subprocess.run(["tmux", "-L", sol_home.socket_name, "kill-server"], check=True)
     gone = sol("attach", agent)
     assert gone.returncode == 1 and "has no session" in gone.stderr
+
+
+def test_writ_whose_agent_vanished_is_cast_again_on_its_branch(
+        sol_home: Home, repo: Path, tmp_path: Path, sol, monkeypatch) -> None:
+    specs = write_specs(tmp_path / "specs", command_world(repo), writ_yaml("a", "shop"))
+    sol("apply", "-f", str(specs), check=True)
+    first = writ_status(sol_home, "shop", "a")
+    agent = first.status["agent"]
+    worktree = sol_home.worktree("shop", agent)
+    (worktree / "kept.txt").write_text("kept\n")
+    git(worktree, "add", "kept.txt")
+    git(worktree, "commit", "-qm", "kept work")
+    subprocess.run(["tmux", "-L", sol_home.socket_name, "kill-server"], check=True)
+    sol_home.tether("shop", agent).unlink()
+    monkeypatch.setenv("SOL_STALE_AFTER", "0")
+    sol("reconcile", "--once", check=True)
+    again = writ_status(sol_home, "shop", "a")
+    assert again.phase == "Working"
+    assert again.status["session"] != first.status["session"]
+    assert again.status["agent"] == agent
+    assert (worktree / "kept.txt").read_text() == "kept\n"
+    assert tether.read(sol_home.tether("shop", agent)).branch == "sol/a"
+    events = [e.type for e in Store(sol_home.db).events(name="a")]
+    assert events.count("recovered") == 1 and events.count("cast") == 2

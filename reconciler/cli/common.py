@@ -60,7 +60,8 @@ def sphere() -> Sphere:
 
 
 def console() -> Console:
-    return Console(highlight=False, soft_wrap=True)
+    """Tables fit a terminal; piped into grep or a file, a row stays on one line."""
+    return Console(highlight=False, soft_wrap=True, width=None if is_tty() else 4096)
 
 
 def emit(data: Any, output: str) -> None:
