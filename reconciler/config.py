@@ -18,7 +18,7 @@ from .model import parse_duration
 class Config:
     fetch_interval: float = 60.0      # seconds between fetches of a world's source
     resync: float = 30.0              # periodic full pass of the daemon
-    stale_after: float = 60.0         # consul: an agent gone this long without session/tether
+    stale_after: float | None = None  # overrides every world's sentinel.staleAfter
     notify: tuple[str, ...] = ()      # commands run with an event's text (degraded mode, ...)
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -52,7 +52,8 @@ def load_config(home: Home) -> Config:
     return Config(
         fetch_interval=duration("fetchInterval", "SOL_FETCH_INTERVAL", 60.0),
         resync=duration("resync", "SOL_RESYNC", 30.0),
-        stale_after=duration("staleAfter", "SOL_STALE_AFTER", 60.0),
+        stale_after=(duration("staleAfter", "SOL_STALE_AFTER", 0.0)
+                     if (os.environ.get("SOL_STALE_AFTER") or "staleAfter" in raw) else None),
         notify=tuple(str(n) for n in notify),
         extra=raw,
     )

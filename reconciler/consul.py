@@ -220,14 +220,20 @@ def mark_caravans(sphere, snap: Snapshot) -> None:  # noqa: ANN001
 
 
 def stale_writs(snap: Snapshot, has_tether: dict[WritKey, bool], now: float,
-                stale_after: float) -> list[Record]:
+                stale_after: float | None = None) -> list[Record]:
     """Pure: Working writs whose agent is gone without a live session or a tether, for
-    longer than `stale_after` (so a cast in progress is never mistaken for one)."""
-    return [
-        w for key, w in snap.writs.items()
-        if w.phase == WORKING and not has_tether.get(key) and not w.status.get("alive")
-        and now - w.updated_at > stale_after
-    ]
+    longer than staleAfter (so a cast in progress is never mistaken for one).
+    `stale_after` overrides every world's `spec.sentinel.staleAfter` when given."""
+    found = []
+    for key, w in snap.writs.items():
+        world = snap.worlds.get(w.world)
+        if w.phase != WORKING or has_tether.get(key) or world is None:
+            continue
+        limit = stale_after if stale_after is not None else WorldSpec.from_spec(
+            world.spec).stale_after
+        if now - w.updated_at > limit:
+            found.append(w)
+    return found
 
 
 def recover_stale(sphere, snap: Snapshot) -> list[Action]:  # noqa: ANN001
@@ -243,7 +249,8 @@ def recover_stale(sphere, snap: Snapshot) -> list[Action]:  # noqa: ANN001
         alive = live.get(session_name(writ.world, agent), False)
         has_tether[key] = alive or sphere.home.tether(writ.world, agent).exists()
     actions = []
-    for writ in stale_writs(snap, has_tether, time.time(), sphere.config.stale_after):
+    override = sphere.config.stale_after
+    for writ in stale_writs(snap, has_tether, time.time(), override):
         done = sphere.store.set_status(
             writ.key, phase=PENDING, reason="Recovered", expect_version=writ.version,
             message="agent gone without session or tether; cast again on its branch",

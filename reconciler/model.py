@@ -98,6 +98,7 @@ class WorldSpec:
     gates: tuple[Gate, ...] = ()
     stall_after: float = 900.0
     max_respawns: int = 3
+    stale_after: float = 120.0
     suspend: bool = False
 
     @classmethod
@@ -119,6 +120,7 @@ class WorldSpec:
             gates=gates,
             stall_after=parse_duration(sentinel.get("stallAfter", "15m")),
             max_respawns=int(sentinel.get("maxRespawns", 3)),
+            stale_after=parse_duration(sentinel.get("staleAfter", "2m")),
             suspend=bool(spec.get("suspend", False)),
         )
 

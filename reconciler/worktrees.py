@@ -19,6 +19,7 @@ import uuid
 from pathlib import Path
 
 import git
+from git.refs.symbolic import SymbolicReference
 
 from .errors import SolError
 
@@ -87,8 +88,23 @@ def is_clone(repo: Path) -> bool:
     return True
 
 
+def _read_ref(repo: Path, ref: str) -> str | None:
+    """A full ref (`refs/heads/main`) read from the ref files in-process, without a git
+    process (the cast fast path); None when it cannot be read that way."""
+    if not ref.startswith("refs/heads/"):
+        return None
+    try:
+        sha = SymbolicReference.dereference_recursive(git.Repo(str(repo)), ref)
+    except (ValueError, OSError, git.exc.GitError):
+        return None
+    return sha if isinstance(sha, str) and len(sha) == 40 else None
+
+
 def rev(repo: Path, ref: str) -> str | None:
     """The commit sha ref names in repo, or None when it names no commit."""
+    fast = _read_ref(repo, ref)
+    if fast is not None:
+        return fast
     status, out, err = _run(repo, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}",
                             check=False)
     if status not in (0, 1):
