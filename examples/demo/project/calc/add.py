@@ -1,0 +1,2 @@
+def add(a: float, b: float) -> float:
+    return a + b
