@@ -100,11 +100,15 @@ def run(echo: Callable[[str], None], timeout: float = 170.0) -> int:
     finally:
         stop.set()
         forge_thread.join(timeout=60)
+    engine.reconcile_once(sphere, forge=False)  # final pass: caravans and world heads
     writs = sphere.store.list("Writ")
     ok = all(w.phase == (DONE if w.spec.get("kind") == "analysis" else MERGED) for w in writs)
     echo("")
     from .cli.describe import render_status
+    from .cli.view import render_table
 
+    echo(render_table("Writ", [w.to_object() for w in writs]))
+    echo("")
     echo(render_status(sphere))
     echo("")
     log = subprocess.run(["git", "log", "--oneline", "main"], cwd=home.repo("demo"),

@@ -63,6 +63,11 @@ def reconcile_once(sphere: Sphere, *, forge: bool = True) -> list[Action]:
     """Every reconciler that exists, once, in dependency order."""
     actions = worlds.reconcile(sphere)
     actions += consul.reconcile(sphere)
+    if forge:
+        from . import forge as forge_reconciler
+
+        actions += forge_reconciler.reconcile(sphere)
+        actions += consul.reconcile(sphere)  # writs sent back or unblocked by a merge
     return actions
 
 

@@ -34,6 +34,7 @@ from .home import session_name
 from .locks import flock
 from .model import FAILED, MERGED, MERGING, PENDING, RESOLVED, WorldSpec, WritSpec
 from .plan import DELETE, NOTE, UPDATE, Action
+from .runtimes import session_path
 from .specs import target
 from .sphere import Sphere
 from .store import MergeRequest, Record, Store
@@ -436,7 +437,8 @@ class Merge:
     def _gates(self, old: str) -> gates.GateResult | None:
         """Run every gate in order; the first that fails, or None when all pass."""
         env = {k: v for k, v in os.environ.items() if k not in GATE_ENV_DROP}
-        env.update(SOL_WORLD=self.world, SOL_WRIT=self.mr.writ, SOL_ATTEMPT=str(self.mr.attempt))
+        env.update(SOL_WORLD=self.world, SOL_WRIT=self.mr.writ, SOL_ATTEMPT=str(self.mr.attempt),
+                   PATH=session_path(env.get("PATH")))
         total = len(self.spec.gates)
         for number, gate in enumerate(self.spec.gates, 1):
             self.store.set_status(self.key, message=f"gate {gate.name} running ({number}/"

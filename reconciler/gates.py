@@ -10,7 +10,8 @@ itself exits are ended the same way.
 While a gate runs, its group id and a random token (also in the gate's environment as
 `SOL_GATE_TOKEN`) are written to a record file; if the process running the gate dies
 (a crashed or killed forge), `kill_leftover` ends that orphaned group on the next start,
-and checks the token first so a reused process id is never signalled.
+and checks the token first so a reused process id is never signalled (this needs
+/proc; elsewhere an orphaned gate is left to finish on its own).
 """
 
 from __future__ import annotations

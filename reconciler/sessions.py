@@ -18,10 +18,11 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Protocol
 
@@ -40,6 +41,9 @@ WIDTH, HEIGHT = 200, 50
 
 SEND_CHUNK = 2_000
 """Characters per send-keys call; tmux refuses a command message over 16 KiB."""
+
+_STATE = "#{pid}\t#{pane_dead}\t#{pane_dead_time}\t#{pane_pid}"
+"""One pane's state in one format: server pid, dead, when tmux saw the exit, pane pid."""
 
 _NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -164,7 +168,9 @@ class TmuxSessions(SessionBackend):
     sentinel uses it for stall detection without asking tmux anything.
 
     With hook_file, tmux touches that file whenever a pane dies or a session closes,
-    so a daemon watching it learns of deaths without polling.
+    so a daemon watching it learns of deaths without polling. The hook is a wake-up,
+    not the truth: on some tmux builds a death reaches the hook only once sol next
+    looks at the session (see _state), so a daemon keeps its periodic resync.
     """
 
     def __init__(self, socket_name: str, hook_file: Path | None = None) -> None:
@@ -198,15 +204,28 @@ class TmuxSessions(SessionBackend):
 
     def _pane(self, name: str) -> tuple[bool, int] | None:
         """(dead, pid) of the session's pane in one call, None if there is no session."""
-        result = self._run("list-panes", "-t", _target(name), "-F", "#{pane_dead} #{pane_pid}")
+        result = self._run("list-panes", "-t", _target(name), "-F", _STATE)
         if result.returncode != 0:
             if _absent(" ".join(result.stderr)):
                 return None
             raise self._failed(f"inspect session {name}", result)
-        dead, _, pid = (result.stdout[0] if result.stdout else "").partition(" ")
-        if not pid.isdigit():
-            return None
-        return dead == "1", int(pid)
+        fields = (result.stdout[0] if result.stdout else "").split("\t")
+        return self._state(fields) if len(fields) >= 4 else None
+
+    def _state(self, fields: list[str]) -> tuple[bool, int]:
+        """(dead, pane pid) from a _STATE line, reaping a death tmux has not processed.
+
+        tmux builds linked with libutempter (Debian, Ubuntu) can miss a pane's SIGCHLD
+        (tmux/tmux#311, #4559): the pane reads as dead (its pty closed) but tmux never
+        reaps it, so it records no exit status and fires no pane-died hook. A dead pane
+        without a dead time is that case (or one tmux is about to handle); a SIGCHLD to
+        the server makes it reap and fire the hook. It costs a signal, no process.
+        """
+        server_pid, dead, dead_time, pane_pid = fields[:4]
+        if dead == "1" and not dead_time and server_pid.isdigit():
+            with suppress(OSError):
+                os.kill(int(server_pid), signal.SIGCHLD)
+        return dead == "1", int(pane_pid) if pane_pid.isdigit() else 0
 
     def start(self, name: str, argv: list[str], *, cwd: Path, env: dict[str, str],
               log: Path) -> None:
@@ -288,16 +307,16 @@ class TmuxSessions(SessionBackend):
 
     def list(self, prefix: str = "sol-") -> dict[str, bool]:
         """One `list-sessions` call: the sentinel runs this often and idle must be cheap."""
-        result = self._run("list-sessions", "-F", "#{session_name}\t#{pane_dead}")
+        result = self._run("list-sessions", "-F", _STATE + "\t#{session_name}")
         if result.returncode != 0:
             if _not_running(" ".join(result.stderr)):
                 return {}
             raise self._failed("list sessions", result)
         sessions: dict[str, bool] = {}
         for line in result.stdout:
-            name, _, dead = line.rpartition("\t")
-            if name.startswith(prefix):
-                sessions[name] = dead != "1"
+            fields = line.split("\t", 4)
+            if len(fields) == 5 and fields[4].startswith(prefix):
+                sessions[fields[4]] = not self._state(fields)[0]
         return sessions
 
     def recent_output(self, name: str, lines: int = 50) -> str:
@@ -343,7 +362,7 @@ class TmuxSessions(SessionBackend):
     def pane_pid(self, name: str) -> int | None:
         _check_name(name)
         pane = self._pane(name)
-        return None if pane is None or pane[0] else pane[1]
+        return None if pane is None or pane[0] or not pane[1] else pane[1]
 
     def attach_argv(self, name: str) -> list[str]:
         """`tmux attach` on our server; TMUX is unset so it also works from inside tmux."""

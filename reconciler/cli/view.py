@@ -114,6 +114,17 @@ def table(kind: str, objs: list[dict[str, Any]]) -> Table:
     return t
 
 
+def render_table(kind: str, objs: list[dict[str, Any]]) -> str:
+    """The table as plain text (for callers that print lines, like the demo)."""
+    from io import StringIO
+
+    from rich.console import Console
+
+    buffer = StringIO()
+    Console(file=buffer, width=120, highlight=False, soft_wrap=True).print(table(kind, objs))
+    return buffer.getvalue().rstrip()
+
+
 @click.command()
 @click.argument("kind")
 @click.argument("name", required=False)

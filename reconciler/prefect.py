@@ -1,0 +1,560 @@
+"""The prefect: runs every reconciler as a supervised OS process and keeps them running.
+
+    prefect (one per SOL_HOME: run/prefect.lock, flock, so it can never go stale)
+      |- consul              worlds + dispatch (engine.reconcile_once)
+      |- sentinel-<world>    one per world, when reconciler/sentinel.py is installed
+      `- forge-<world>       one per world
+
+Each child is `python -m reconciler.prefect child KIND [WORLD]`, so a crash of one never
+stops the others. A child loops: reconcile, then sleep until a wake file is touched, its
+requeue time, or the resync interval; a thread touches run/<child>.heartbeat meanwhile.
+The prefect restarts a child that exits (backoff 1 s doubling to 60 s, reset after a
+minute of good health) or whose heartbeat is stale (killed first), records each restart
+as an event `restarted`, and starts or stops per-world children as worlds come and go.
+
+Stopping the prefect never stops agents (invariant 3): their tmux server is its own
+daemon. Children ask the kernel for SIGTERM when the prefect dies (PR_SET_PDEATHSIG)
+and hold run/<child>.lock, so a kill -9 of the prefect leaves no duplicate reconcilers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from importlib.util import find_spec
+from pathlib import Path
+from typing import Any
+
+from loguru import logger
+from watchdog.observers.api import BaseObserver
+
+from .errors import SolError
+from .home import Home
+from .locks import flock
+from .plan import Action
+from .sphere import Sphere
+from .watch import Loop, SpecSync, Wakeup, touch, watch_names
+
+BACKOFF_START, BACKOFF_MAX, HEALTHY_AFTER = 1.0, 60.0, 60.0
+STOP_GRACE = 10.0       # seconds a child (or the prefect) gets to exit after SIGTERM
+STALE_BEATS = 6         # heartbeats missed before a child is declared hung
+PASS_LIMIT = {"consul": 600.0, "sentinel": 600.0, "forge": None}
+"""A pass longer than this stops the heartbeat (a hung reconciler is then restarted).
+The forge has none: its gates carry their own timeouts."""
+DB_SETTLE = 0.2         # coalesce bursts of store writes before looking at the MR queue
+DB_FILES = ("sol.db", "sol.db-wal")
+QUEUED = "Queued"
+
+
+def heartbeat_interval() -> float:
+    """Seconds between heartbeats (env SOL_HEARTBEAT, for tests); stale after 6 of them."""
+    try:
+        return max(0.1, float(os.environ.get("SOL_HEARTBEAT") or 5.0))
+    except ValueError:
+        return 5.0
+
+
+def next_backoff(previous: float, ran_for: float) -> float:
+    """The delay before restarting a child that exited after running `ran_for` seconds."""
+    if not previous or ran_for >= HEALTHY_AFTER:
+        return BACKOFF_START
+    return min(previous * 2, BACKOFF_MAX)
+
+
+@dataclass(frozen=True)
+class ChildSpec:
+    """Which reconciler a child runs: the consul, or a sentinel or forge of one world."""
+
+    kind: str
+    world: str = ""
+
+    @property
+    def name(self) -> str:
+        return f"{self.kind}-{self.world}" if self.world else self.kind
+
+    def argv(self) -> list[str]:
+        return [sys.executable, "-m", "reconciler.prefect", "child", self.kind,
+                *([self.world] if self.world else [])]
+
+    def wake_files(self, home: Home) -> list[Path]:
+        """What wakes this child besides its timer (see `docs` in the module docstring)."""
+        files = [home.run / "wake", home.run / f"{self.name}.wake"]
+        if self.kind in ("consul", "sentinel"):
+            files.append(home.run / "tmux-events")  # a session died: respawn, capacity
+        return files
+
+
+@dataclass
+class Child:
+    spec: ChildSpec
+    proc: subprocess.Popen[bytes] | None = None
+    started: float = 0.0            # monotonic
+    delay: float = 0.0              # the last restart delay (backoff)
+    restart_at: float | None = None
+    exit_code: int | None = None
+    reason: str = ""
+    restarts: int = 0
+
+
+def available(kind: str) -> bool:
+    """Whether this build has the reconciler (sentinel.py and forge.py land separately)."""
+    return kind == "consul" or find_spec(f"reconciler.{kind}") is not None
+
+
+def setup_logging(path: Path, *, console: bool = False) -> None:
+    """JSON lines (one writer per file, so rotation is safe), plus stderr in foreground."""
+    logger.remove()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    logger.add(path, serialize=True, level="INFO", rotation="10 MB", retention=3)
+    if console:
+        logger.add(sys.stderr, level="INFO", format="{time:HH:mm:ss} {message}")
+
+
+def pid_alive(pid: int) -> bool:
+    """Running (a zombie no one has reaped yet counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def read_pid(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def is_ours(pid: int, home: Home) -> bool:
+    """The pid runs `reconciler.prefect` in this SOL_HOME (guards against pid reuse): the
+    daemon and its children all run with SOL_HOME as their working directory."""
+    if not Path("/proc/self").exists():
+        return pid_alive(pid)  # no /proc here: trust the pid file
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        cwd = os.readlink(f"/proc/{pid}/cwd")
+    except OSError:
+        return False
+    return b"reconciler.prefect" in argv and Path(cwd) == home.root.resolve()
+
+
+def child_env(home: Home) -> dict[str, str]:
+    """The environment of the daemon and its children: the sphere, never the caller's tmux."""
+    env = {k: v for k, v in os.environ.items() if k not in ("TMUX", "TMUX_PANE")}
+    env["SOL_HOME"] = str(home.root)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+# ---- the supervisor ------------------------------------------------------------------
+
+
+class Prefect:
+    """The supervision loop; `sol up` runs it detached, `sol reconcile` in the foreground."""
+
+    def __init__(self, home: Home, paths: Sequence[str | Path] = (), *,
+                 foreground: bool = False) -> None:
+        self.home = home
+        self.paths = [Path(p).absolute() for p in paths]
+        self.foreground = foreground
+        self.children: dict[str, Child] = {}
+        self.stopping = False
+        self.beat = heartbeat_interval()
+        self.stale = self.beat * STALE_BEATS
+        self._db_dirty: float | None = None
+        self._queued: dict[str, int] = {}
+        self._degraded: str | None = None
+
+    def run(self) -> int:
+        """Serve until SIGTERM/SIGINT; SolError if another prefect holds the lock."""
+        with flock(self.home.run / "prefect.lock", blocking=False) as held:
+            if not held:
+                raise SolError(already_running(self.home))
+            return self._serve()
+
+    def _serve(self) -> int:
+        home = self.home
+        setup_logging(home.logs / "prefect.log", console=self.foreground)
+        self.wakeup = Wakeup()
+        self.wakeup.use_for_signals()
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, self._on_stop)
+        signal.signal(signal.SIGCHLD, lambda *_: None)  # only to end the wait
+        (home.run / "prefect.pid").write_text(f"{os.getpid()}\n")
+        self.sphere = Sphere(home)
+        self.specs = SpecSync(self.sphere, self.paths, self.wakeup).start() if self.paths \
+            else None
+        db_watch = self._watch_db()
+        try:
+            if self.specs:
+                self._reload(self.specs.reload, "start")
+            self._queued = self._queue_tips()
+            self._sync_children()
+            self._write_ready()
+            logger.info("prefect {pid} ready; watching {paths}", pid=os.getpid(),
+                        paths=[str(p) for p in self.paths] or "nothing")
+            while not self.stopping:
+                self._tick()
+        finally:
+            logger.info("prefect stopping: reconcilers stop, agent sessions keep running")
+            db_watch.stop()
+            db_watch.join(timeout=2)
+            if self.specs:
+                self.specs.stop()
+            self._stop_all()
+            for name in ("prefect.ready", "prefect.pid"):
+                with contextlib.suppress(OSError):
+                    (home.run / name).unlink()
+            self.sphere.close()
+        return 0
+
+    def _on_stop(self, signum: int, _frame: Any) -> None:
+        self.stopping = True
+
+    def _watch_db(self) -> BaseObserver:
+        """Store writes (a merge request queued, degraded entered) wake the prefect."""
+        return watch_names(self.home.root, DB_FILES, self._db_changed)
+
+    def _db_changed(self) -> None:
+        self._db_dirty = self._db_dirty or time.monotonic()
+        self.wakeup.set()
+
+    def _tick(self) -> None:
+        """One turn of the loop: specs, store changes, children; then sleep until woken."""
+        now = time.monotonic()
+        if self.specs:
+            self._reload(self.specs.reload_if_due)
+        if self._db_dirty is not None and now - self._db_dirty >= DB_SETTLE:
+            self._db_dirty = None
+            self._on_store_change()
+        self._sync_children()
+        self._reap()
+        self._check_heartbeats()
+        self._start_due()
+        touch(self.home.run / "prefect.heartbeat")
+        waits = [self.beat]
+        if self.specs:
+            waits.append(self.specs.due())
+        if self._db_dirty is not None:
+            waits.append(DB_SETTLE)
+        waits += [c.restart_at - time.monotonic() for c in self.children.values()
+                  if c.restart_at is not None]
+        if not self.stopping:
+            self.wakeup.wait(max(0.0, min(waits)))
+
+    def _reload(self, load: Callable[..., Any], *args: Any) -> None:
+        try:
+            report = load(*args)
+        except SolError as exc:
+            logger.error("specs not applied: {err}", err=exc.message)
+            return
+        if report is not None and report.ok:
+            touch(self.home.run / "wake")  # every reconciler looks again at once
+            self._on_store_change()
+
+    def _on_store_change(self) -> None:
+        """Wake a forge whose queue grew; log a change of Degraded (the sentinel owns it)."""
+        try:
+            tips = self._queue_tips()
+            for world, tip in tips.items():
+                if tip > self._queued.get(world, 0):
+                    touch(self.home.run / f"forge-{world}.wake")
+            self._queued = tips
+            self._log_degraded()
+        except Exception as exc:  # the store may be busy: the next change retries
+            logger.warning("cannot read the store: {err}", err=str(exc))
+
+    def _queue_tips(self) -> dict[str, int]:
+        tips: dict[str, int] = {}
+        for mr in self.sphere.store.mrs(states=[QUEUED]):
+            tips[mr.world] = max(tips.get(mr.world, 0), mr.id)
+        return tips
+
+    def _log_degraded(self) -> None:
+        if not available("degraded"):
+            return
+        from . import degraded
+
+        state = degraded.state(self.sphere.store)
+        reason = state.reason if state else None
+        if reason != self._degraded:
+            if reason:
+                logger.warning("sphere degraded: {reason}", reason=reason, event="degraded")
+            else:
+                logger.info("sphere left degraded mode", event="recovered")
+        self._degraded = reason
+
+    # ---- children ----------------------------------------------------------------------
+
+    def _wanted(self) -> list[ChildSpec]:
+        specs = [ChildSpec("consul")]
+        try:
+            worlds = [w.name for w in self.sphere.store.list("World")]
+        except Exception as exc:  # keep what runs; look again next tick
+            logger.warning("cannot list worlds: {err}", err=str(exc))
+            return [c.spec for c in self.children.values()]
+        for kind in ("sentinel", "forge"):
+            if available(kind):
+                specs += [ChildSpec(kind, world) for world in worlds]
+        return specs
+
+    def _sync_children(self) -> None:
+        wanted = {spec.name: spec for spec in self._wanted()}
+        for name in [n for n in self.children if n not in wanted]:
+            logger.info("stopping {child}: its world is gone", child=name)
+            self._stop([self.children.pop(name)])
+        for name, spec in wanted.items():
+            if name not in self.children:
+                self.children[name] = Child(spec, restart_at=time.monotonic())
+
+    def _start_due(self) -> None:
+        now = time.monotonic()
+        for child in self.children.values():
+            if child.proc is None and child.restart_at is not None and child.restart_at <= now:
+                self._start(child)
+
+    def _start(self, child: Child) -> None:
+        child.restart_at = None
+        try:
+            child.proc = subprocess.Popen(
+                child.spec.argv(), cwd=self.home.root, env={
+                    **child_env(self.home), "SOL_PREFECT_PID": str(os.getpid())},
+                stdin=subprocess.DEVNULL, process_group=0, close_fds=True)
+        except OSError as exc:
+            logger.error("cannot start {child}: {err}", child=child.spec.name, err=str(exc))
+            child.delay = next_backoff(child.delay, 0.0)
+            child.restart_at = time.monotonic() + child.delay
+            return
+        child.started = time.monotonic()
+        if child.exit_code is None:
+            logger.info("started {child} (pid {pid})", child=child.spec.name,
+                        pid=child.proc.pid)
+            return
+        child.restarts += 1
+        message = (f"{child.spec.name} restarted (pid {child.proc.pid}) after {child.reason}, "
+                   f"exit code {child.exit_code}, waited {child.delay:g}s")
+        logger.warning(message, event="restarted", child=child.spec.name)
+        try:
+            self.sphere.store.event("restarted", kind="Reconciler", world=child.spec.world,
+                                    name=child.spec.name, message=message,
+                                    child=child.spec.name, exit_code=child.exit_code,
+                                    reason=child.reason, delay=child.delay,
+                                    restarts=child.restarts)
+        except Exception as exc:  # the restart matters more than its record
+            logger.warning("cannot record restart: {err}", err=str(exc))
+        child.exit_code, child.reason = None, ""
+
+    def _reap(self) -> None:
+        """Children that exited: schedule their restart with backoff."""
+        for child in self.children.values():
+            if child.proc is None or child.proc.poll() is None:
+                continue
+            ran_for = time.monotonic() - child.started
+            child.exit_code = child.proc.returncode
+            child.reason = child.reason or "it exited"
+            child.proc = None
+            child.delay = next_backoff(child.delay, ran_for)
+            child.restart_at = time.monotonic() + child.delay
+            logger.warning("{child} exited with code {code} after {ran:.1f}s ({reason}); "
+                           "restart in {delay:g}s", child=child.spec.name,
+                           code=child.exit_code, ran=ran_for, reason=child.reason,
+                           delay=child.delay)
+
+    def _check_heartbeats(self) -> None:
+        """A child alive but silent for 6 heartbeats is hung: kill it, restart it."""
+        now, wall = time.monotonic(), time.time()
+        for child in self.children.values():
+            if child.proc is None or now - child.started < self.stale:
+                continue
+            try:
+                age = wall - (self.home.run / f"{child.spec.name}.heartbeat").stat().st_mtime
+            except OSError:
+                age = now - child.started
+            if age > self.stale:
+                logger.warning("{child} heartbeat is {age:.1f}s old: killing it",
+                               child=child.spec.name, age=age)
+                child.reason = f"a stale heartbeat ({age:.0f}s old)"
+                with contextlib.suppress(ProcessLookupError):
+                    child.proc.kill()
+                child.proc.wait()
+        self._reap()
+
+    def _stop(self, children: Sequence[Child]) -> None:
+        """SIGTERM, wait up to STOP_GRACE, then SIGKILL."""
+        live = [c.proc for c in children if c.proc is not None and c.proc.poll() is None]
+        for proc in live:
+            with contextlib.suppress(ProcessLookupError):
+                proc.terminate()
+        deadline = time.monotonic() + STOP_GRACE
+        for proc in live:
+            try:
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def _stop_all(self) -> None:
+        self._stop(list(self.children.values()))
+
+    def _write_ready(self) -> None:
+        info = {"pid": os.getpid(), "paths": [str(p) for p in self.paths],
+                "log": str(self.home.logs / "prefect.log"), "started": time.time()}
+        tmp = self.home.run / "prefect.ready.tmp"
+        tmp.write_text(json.dumps(info))
+        tmp.replace(self.home.run / "prefect.ready")
+
+
+def already_running(home: Home) -> str:
+    info = running(home)
+    pid = info.get("pid", "?") if info else read_pid(home.run / "prefect.pid") or "?"
+    return (f"the prefect of {home.root} is already running (pid {pid}, log "
+            f"{home.logs / 'prefect.log'}); stop it with `sol down`")
+
+
+def running(home: Home) -> dict[str, Any] | None:
+    """The live prefect's ready info (pid, paths, log), None if none holds the lock."""
+    with flock(home.run / "prefect.lock", blocking=False) as free:
+        if free:
+            return None
+    try:
+        return json.loads((home.run / "prefect.ready").read_text())
+    except (OSError, ValueError):
+        return {"pid": read_pid(home.run / "prefect.pid")}
+
+
+def _wait_unlocked(path: Path, timeout: float) -> bool:
+    """Poll (shutdown only) until nobody holds the lock at `path`, or `timeout` passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with flock(path, blocking=False) as free:
+            if free:
+                return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+
+
+# ---- a child: one reconciler's loop --------------------------------------------------
+
+Runner = Callable[[Sphere], tuple[list[Action], float | None]]
+
+
+def runner(spec: ChildSpec) -> Runner:
+    """One pass of a reconciler; imported here, so a module that is missing or broken
+    fails only its own child."""
+    if spec.kind == "consul":
+        from . import engine
+
+        return lambda sphere: (engine.reconcile_once(sphere), None)
+    if spec.kind == "sentinel":
+        from . import sentinel  # type: ignore[attr-defined]
+
+        def sentinel_pass(sphere: Sphere) -> tuple[list[Action], float | None]:
+            actions = sentinel.reconcile(sphere, spec.world)
+            return actions, sentinel.requeue_after(sphere, spec.world)
+
+        return sentinel_pass
+    if spec.kind == "forge":
+        from . import forge
+
+        return lambda sphere: (forge.reconcile(sphere, spec.world), None)
+    raise SolError(f"unknown reconciler {spec.kind!r}: use consul, sentinel or forge")
+
+
+def run_once(sphere: Sphere) -> list[Action]:
+    """`sol reconcile --once`: the consul, then every world's sentinel and forge, once."""
+    actions = runner(ChildSpec("consul"))(sphere)[0]
+    for world in [w.name for w in sphere.store.list("World")]:
+        for kind in ("sentinel", "forge"):
+            if available(kind):
+                actions += runner(ChildSpec(kind, world))(sphere)[0]
+    return actions
+
+
+def _die_with_parent() -> None:
+    """Ask Linux for SIGTERM when the prefect dies; elsewhere the loop checks getppid."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def run_child(kind: str, world: str = "") -> int:
+    """`python -m reconciler.prefect child KIND [WORLD]`: run one reconciler until told."""
+    home = Home.from_env()
+    spec = ChildSpec(kind, world)
+    _die_with_parent()
+    setup_logging(home.logs / f"{spec.name}.log")
+    lock = home.run / f"{spec.name}.lock"
+    with flock(lock, blocking=False) as held:
+        if held:
+            return _child_loop(home, spec)
+    pid = read_pid(home.run / f"{spec.name}.pid")
+    if pid and pid != os.getpid() and is_ours(pid, home):
+        logger.warning("{child} left by an earlier prefect (pid {pid}): stopping it",
+                       child=spec.name, pid=pid)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        if not _wait_unlocked(lock, STOP_GRACE):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    with flock(lock):
+        return _child_loop(home, spec)
+
+
+def _child_loop(home: Home, spec: ChildSpec) -> int:
+    pid_file = home.run / f"{spec.name}.pid"
+    pid_file.write_text(f"{os.getpid()}\n")
+    sphere = Sphere(home)
+    reconcile = runner(spec)
+
+    def after(actions: list[Action]) -> None:
+        if actions and spec.kind != "consul":
+            touch(home.run / "consul.wake")  # a merge or a death may free dispatch
+
+    try:
+        Loop(spec.name, lambda: reconcile(sphere), spec.wake_files(home),
+             heartbeat=home.run / f"{spec.name}.heartbeat", beat=heartbeat_interval(),
+             resync=sphere.config.resync, pass_limit=PASS_LIMIT.get(spec.kind), after=after,
+             parent=int(os.environ.get("SOL_PREFECT_PID") or 0)).run()
+    finally:
+        sphere.close()
+        if read_pid(pid_file) == os.getpid():
+            with contextlib.suppress(OSError):
+                pid_file.unlink()
+    return 0
+
+
+ALREADY_RUNNING = 3
+
+
+def main(argv: Sequence[str]) -> int:
+    """Entry of the daemon (`daemon PATH..`) and of each child (`child KIND [WORLD]`)."""
+    if len(argv) in (2, 3) and argv[0] == "child":
+        return run_child(argv[1], argv[2] if len(argv) == 3 else "")
+    if argv[:1] == ["daemon"]:
+        try:
+            return Prefect(Home.from_env(), argv[1:]).run()
+        except SolError as exc:
+            print(exc.message, file=sys.stderr)
+            return ALREADY_RUNNING
+    print("usage: python -m reconciler.prefect daemon [PATH..] | child KIND [WORLD]",
+          file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

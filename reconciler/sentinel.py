@@ -1,0 +1,663 @@
+"""The sentinel: per-world health of agent sessions (DESIGN sections 6 and 8).
+
+Observe (one `list-sessions` call for the whole sphere, the store, tethers and log
+mtimes), plan with the pure `plan_sentinel`, then act; every action re-checks what it
+relies on under the world's cast lock and is recorded as an event, so a pass that runs
+twice, or beside a cast or a `sol resolve`, changes nothing twice.
+
+- A Working writ whose session is dead or missing while its tether is there has died:
+  the death is recorded once (keyed by the session id), then the session is respawned in
+  the same worktree from the tether with a new session id, after a backoff of 1 s
+  doubling to 60 s, capacity permitting and never while the sphere is degraded. After
+  `maxRespawns` respawns of one attempt the writ is `Failed` (worktree, branch and
+  outpost kept) and escalated.
+- A live session whose log has not grown for `stallAfter` is nudged once; still silent
+  `stallAfter` after the nudge, it gets the condition `Stalled` and an escalation.
+- A session with no tether, or whose writ has ended, is stopped (envoys excepted).
+- A worktree no writ owns is removed when its work is on the target, else reported once.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import degraded, tether, worktrees
+from .conditions import escalate, with_condition
+from .errors import SolError
+from .home import session_name
+from .locks import flock
+from .model import CANCELLED, DONE, FAILED, MERGED, WORKING, WorldSpec
+from .outposts import live_counts, parse_session, release, start_session
+from .plan import CREATE, DELETE, NOTE, UPDATE, Action
+from .specs import target
+from .sphere import Sphere
+from .store import Record
+
+BACKOFF_MAX = 60.0
+PENDING_RETRY = 1.0  # seconds; bounds the retry rate of an action that keeps failing
+ZOMBIE_GRACE = 5.0  # an agent's writ changed this recently: its session may be ending itself
+ENDED = frozenset({MERGED, CANCELLED, FAILED, DONE})
+NUDGE = ("sol: no output for {after}. If you are stuck, run sol escalate \"why\"; "
+         "when done, run sol resolve.")
+"""Typed into a silent session. No backticks or `$`: a shell in the pane runs nothing."""
+
+
+def backoff(respawns: int) -> float:
+    """Seconds from a death to the next respawn, after `respawns` respawns: 1, 2, 4 ... 60."""
+    return min(BACKOFF_MAX, 2.0 ** max(0, respawns))
+
+
+def echo_grace(stall_after: float) -> float:
+    """Output this soon after a nudge is the terminal echoing the nudge, not the agent."""
+    return min(10.0, max(1.0, stall_after / 2))
+
+
+def duration(seconds: float) -> str:
+    whole = int(seconds)
+    for unit, size in (("h", 3600), ("m", 60)):
+        if whole >= size and whole % size == 0:
+            return f"{whole // size}{unit}"
+    return f"{whole}s"
+
+
+# ---- plain values the planner sees ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TetherView:
+    writ: str
+    session: str
+    updated_at: float  # written at cast and at each respawn: when the session started
+
+
+@dataclass(frozen=True)
+class OutpostView:
+    """One agent of the world as observed: its tether, its session, its last output."""
+
+    agent: str
+    tether_file: bool = False          # the file exists (even if unreadable)
+    tether: TetherView | None = None   # its content when readable
+    session: bool | None = None        # None: no session; True: alive; False: dead pane
+    last_output: float | None = None   # mtime of the session log
+    writ: str | None = None            # the writ its agent row holds
+
+
+@dataclass(frozen=True)
+class OrphanView:
+    """A worktree whose agent holds no writ and no tether."""
+
+    agent: str
+    head: str | None
+    merged: bool
+    dirty: bool
+    reported: bool
+
+
+@dataclass(frozen=True)
+class SentinelView:
+    world: str
+    spec: WorldSpec | None             # None: sessions of a world the store does not know
+    writs: dict[str, Record]
+    outposts: dict[str, OutpostView]
+    now: float
+    live: int = 0
+    degraded: bool = False
+    orphans: tuple[OrphanView, ...] = ()
+
+
+@dataclass(frozen=True)
+class SentinelPlan:
+    actions: tuple[Action, ...]
+    next_at: float | None                                   # the earliest future deadline
+    held: dict[str, str] = field(default_factory=dict)      # writ -> why no respawn yet
+
+
+# ---- the planner ----------------------------------------------------------------
+
+
+def _stalled(status: dict[str, Any]) -> bool:
+    return any(c.get("type") == "Stalled" and c.get("status") == "True"
+               for c in status.get("conditions") or [])
+
+
+def _nudge(status: dict[str, Any], session: str) -> dict[str, Any] | None:
+    nudge = status.get("nudge")
+    return nudge if isinstance(nudge, dict) and nudge.get("session") == session else None
+
+
+def _writ_action(op: str, kind: str, writ: Record, text: str, **data: Any) -> Action:
+    agent, session = writ.status.get("agent"), writ.status.get("session")
+    return Action(op, kind, target("Writ", writ.world, writ.name), text,
+                  {"world": writ.world, "writ": writ.name, "agent": agent, "session": session,
+                   **data})
+
+
+def _plan_stall(writ: Record, o: OutpostView, spec: WorldSpec, now: float
+                ) -> tuple[Action | None, float | None]:
+    """Nudge, then Stalled; output after the nudge (beyond its echo) clears both."""
+    after, session = spec.stall_after, str(writ.status.get("session"))
+    nudge = _nudge(writ.status, session)
+    last = o.last_output or 0.0
+    if nudge is not None:
+        at = float(nudge.get("at") or 0.0)
+        if last > at + echo_grace(after):
+            return _writ_action(UPDATE, "unstall", writ, "output resumed: nudge cleared"), None
+        if nudge.get("stalled"):
+            return None, None
+        if now >= at + after:
+            return _writ_action(UPDATE, "stall", writ,
+                                f"still silent {duration(after)} after a nudge: Stalled"), None
+        return None, at + after
+    if _stalled(writ.status):
+        return _writ_action(UPDATE, "unstall", writ, "new session: Stalled cleared"), None
+    started = o.tether.updated_at if o.tether else 0.0
+    activity = max(last, started)
+    if now - activity >= after:
+        return _writ_action(UPDATE, "nudge", writ,
+                            f"no output for {duration(now - activity)}: nudge the agent"), None
+    return None, activity + after
+
+
+def plan_sentinel(view: SentinelView) -> SentinelPlan:
+    """Pure: deaths, respawns, failures, nudges, stalls, zombies and orphans of one world."""
+    actions: list[Action] = []
+    wakes: list[float] = []
+    held: dict[str, str] = {}
+    now, spec, live = view.now, view.spec, view.live
+    for writ in sorted(view.writs.values(), key=lambda w: w.name) if spec else ():
+        assert spec is not None
+        agent, session = writ.status.get("agent"), writ.status.get("session")
+        if writ.phase != WORKING or not agent or not session:
+            continue
+        o = view.outposts.get(agent)
+        if o is None or o.tether is None or o.tether.writ != writ.name:
+            continue  # no tether: the consul recovers the writ, not us
+        if o.session is True:
+            action, wake = _plan_stall(writ, o, spec, now)
+            actions += [action] if action else []
+            wakes += [wake] if wake else []
+            continue
+        respawns = int(writ.status.get("respawns") or 0)
+        if writ.status.get("deadSession") != session:
+            actions.append(_writ_action(UPDATE, "record-death", writ,
+                                        f"session {session} of {agent} died",
+                                        respawns=respawns))
+        elif respawns >= spec.max_respawns:
+            actions.append(_writ_action(UPDATE, "fail", writ,
+                                        f"died after {respawns} respawn(s): Failed, work kept",
+                                        respawns=respawns))
+        elif view.degraded:
+            held[writ.name] = "sphere degraded: respawning stopped"
+        elif now < (due := float(writ.status.get("lastDeath") or 0.0) + backoff(respawns)):
+            held[writ.name] = f"backoff: respawn in {due - now:.1f}s"
+            wakes.append(due)
+        elif spec.max_active and live >= spec.max_active:
+            held[writ.name] = f"capacity {live}/{spec.max_active}"
+        else:
+            live += 1
+            actions.append(_writ_action(CREATE, "respawn", writ,
+                                        f"respawn {agent} ({respawns + 1}/{spec.max_respawns})"
+                                        " in the same worktree", respawns=respawns))
+    for o in sorted(view.outposts.values(), key=lambda o: o.agent):
+        why = _zombie(view, o)
+        if why is None:
+            continue
+        grace_until = _grace(view, o)
+        if grace_until is not None:
+            wakes.append(grace_until)
+            continue
+        name = session_name(view.world, o.agent)
+        actions.append(Action(DELETE, "stop-zombie", f"session/{name}", f"stop: {why}",
+                              {"world": view.world, "agent": o.agent, "why": why}))
+    for orphan in view.orphans:
+        data = {"world": view.world, "agent": orphan.agent, "head": orphan.head,
+                "dirty": orphan.dirty}
+        where = target("Outpost", view.world, orphan.agent)
+        if orphan.merged and not orphan.dirty:
+            actions.append(Action(DELETE, "remove-orphan", where,
+                                  "worktree without a writ, its work on the target: remove",
+                                  data))
+        elif not orphan.reported:
+            actions.append(Action(NOTE, "report-orphan", where,
+                                  "worktree without a writ holds work not on the target: keep",
+                                  data))
+    future = [w for w in wakes if w > now]
+    return SentinelPlan(tuple(actions), min(future) if future else None, held)
+
+
+def _zombie(view: SentinelView, o: OutpostView) -> str | None:
+    """Why this outpost's session should not exist, or None."""
+    if o.session is None or o.agent.startswith("envoy"):
+        return None
+    if not o.tether_file:
+        return "no tether"
+    if o.tether is None:
+        return None  # an unreadable tether: leave the session to a person
+    writ = view.writs.get(o.tether.writ)
+    if writ is not None and writ.phase in ENDED:
+        return f"writ {writ.name} is {writ.phase}"
+    return None
+
+
+def _grace(view: SentinelView, o: OutpostView) -> float | None:
+    """A live session without a tether whose writ just changed may be `sol resolve`
+    finishing in it: give it ZOMBIE_GRACE to stop itself."""
+    if o.session is not True or o.tether_file or not o.writ:
+        return None
+    writ = view.writs.get(o.writ)
+    if writ is None or view.now - writ.updated_at >= ZOMBIE_GRACE:
+        return None
+    return writ.updated_at + ZOMBIE_GRACE
+
+
+# ---- observe ---------------------------------------------------------------------
+
+
+def _read_tether(sphere: Sphere, world: str, agent: str) -> tuple[bool, TetherView | None]:
+    path = sphere.home.tether(world, agent)
+    if not path.exists():
+        return False, None
+    try:
+        t = tether.read(path)
+    except SolError:
+        return True, None
+    return True, TetherView(t.writ, t.session, float(t.updated_at))
+
+
+def _mtime(path: os.PathLike[str]) -> float | None:
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return None
+
+
+def observe(sphere: Sphere, world: str, listing: dict[str, bool], now: float, *,
+            is_degraded: bool, orphans: bool = True) -> SentinelView:
+    """Read one world's state; `listing` is the one `sessions.list` of this pass, taken
+    before the store is read (so a session `sol resolve` stopped shows its writ resolved)."""
+    store, home = sphere.store, sphere.home
+    record = store.get("World", "", world)
+    spec = WorldSpec.from_spec(record.spec) if record is not None else None
+    writs = {w.name: w for w in store.list("Writ", world)}
+    agents = {a.name: a for a in store.agents(world)}
+    sessions: dict[str, bool] = {}
+    for name, alive in listing.items():
+        parsed = parse_session(name)
+        if parsed and parsed[0] == world:
+            sessions[parsed[1]] = alive
+    names = set(sessions) | {str(w.status["agent"]) for w in writs.values()
+                             if w.phase == WORKING and w.status.get("agent")}
+    base = home.outposts(world)
+    dirs = [p for p in base.iterdir() if p.is_dir()] if base.is_dir() else []
+    names |= {p.name for p in dirs if (p / "tether.json").exists()}
+    outposts = {}
+    for agent in names:
+        has_file, view = _read_tether(sphere, world, agent)
+        row = agents.get(agent)
+        outposts[agent] = OutpostView(
+            agent, has_file, view, sessions.get(agent),
+            _mtime(home.agent_log(world, agent)) if sessions.get(agent) else None,
+            row.writ if row else None)
+    live = sum(1 for a, alive in sessions.items() if alive and not a.startswith("envoy"))
+    found: list[OrphanView] = []
+    if orphans and spec is not None:
+        found = [_orphan(sphere, world, spec, p.name) for p in sorted(dirs)
+                 if _unowned(sphere, world, p.name)]
+    return SentinelView(world, spec, writs, outposts, now, live, is_degraded, tuple(found))
+
+
+def _unowned(sphere: Sphere, world: str, agent: str) -> bool:
+    home = sphere.home
+    if not home.worktree(world, agent).exists() or home.tether(world, agent).exists():
+        return False
+    row = sphere.store.agent(world, agent)
+    return row is None or not row.writ
+
+
+def _orphan(sphere: Sphere, world: str, spec: WorldSpec, agent: str) -> OrphanView:
+    """Ask git whether an unowned worktree's HEAD is on the target (and if it is clean)."""
+    repo, path = sphere.home.repo(world), sphere.home.worktree(world, agent)
+    try:
+        head = worktrees.rev(path, "HEAD")
+        merged = head is not None and worktrees.is_merged(repo, head, f"refs/heads/{spec.branch}")
+        dirty = worktrees.dirty(path)
+    except SolError:
+        head, merged, dirty = None, False, True  # not a usable worktree: report, keep
+    last = sphere.store.events(world=world, name=agent, types=["orphan-worktree"], limit=1)
+    reported = bool(last) and last[-1].data.get("head") == head
+    return OrphanView(agent, head, merged, dirty, reported)
+
+
+# ---- act ---------------------------------------------------------------------------
+
+
+def _lock(sphere: Sphere, world: str):  # noqa: ANN202 - a context manager
+    return flock(sphere.home.run / f"cast-{world}.lock")
+
+
+def _current(sphere: Sphere, action: Action) -> Record | None:
+    """The writ again, if it is still Working on the session the plan saw."""
+    d = action.data
+    writ = sphere.store.get("Writ", d["world"], d["writ"])
+    if writ is None or writ.phase != WORKING or writ.status.get("session") != d["session"]:
+        return None
+    return writ
+
+
+def _spec(sphere: Sphere, world: str) -> WorldSpec | None:
+    record = sphere.store.get("World", "", world)
+    return WorldSpec.from_spec(record.spec) if record is not None else None
+
+
+def _tail(sphere: Sphere, name: str) -> str:
+    try:
+        return sphere.sessions.recent_output(name, 20)
+    except SolError:
+        return ""
+
+
+def _record_death(sphere: Sphere, action: Action) -> bool:
+    d, store = action.data, sphere.store
+    name = session_name(d["world"], d["agent"])
+    tether_path = sphere.home.tether(d["world"], d["agent"])
+    with _lock(sphere, d["world"]):
+        if sphere.sessions.is_alive(name) or not tether_path.exists():
+            return False  # a cast or respawn finished meanwhile
+        output = _tail(sphere, name)
+        spec = _spec(sphere, d["world"])
+        held = degraded.state(store) is not None
+        now = time.time()
+        with store.transaction():
+            writ = _current(sphere, action)
+            if writ is None or writ.status.get("deadSession") == d["session"] or spec is None:
+                return False
+            respawns = int(writ.status.get("respawns") or 0)
+            if respawns >= spec.max_respawns:
+                then = f"respawn limit {spec.max_respawns} reached"
+            elif held:
+                then = "not respawned: the sphere is degraded (sol resume to resume)"
+            else:
+                then = f"respawn {respawns + 1}/{spec.max_respawns} in {backoff(respawns):g}s"
+            message = f"session {d['session']} of agent {d['agent']} died; {then}"
+            last = next((line for line in reversed(output.splitlines()) if line.strip()), "")
+            store.set_status(writ.key, reason="SessionDied", message=message,
+                             expect_version=writ.version, deadSession=d["session"],
+                             lastDeath=now, lastOutput=last[:200] or None)
+            degraded.record_death(store, world=d["world"], writ=d["writ"], agent=d["agent"],
+                                  session=d["session"], message=message, output=output,
+                                  respawns=respawns)
+    return True
+
+
+def _respawn(sphere: Sphere, action: Action) -> bool:
+    d, store, home = action.data, sphere.store, sphere.home
+    world, agent = d["world"], d["agent"]
+    name = session_name(world, agent)
+    with _lock(sphere, world):
+        record = store.get("World", "", world)
+        writ = _current(sphere, action)
+        if record is None or writ is None or writ.status.get("deadSession") != d["session"]:
+            return False
+        spec = WorldSpec.from_spec(record.spec)
+        if degraded.state(store) is not None or sphere.sessions.is_alive(name):
+            return False
+        if spec.max_active and live_counts(sphere).get(world, 0) >= spec.max_active:
+            return False  # capacity is never exceeded, whatever path casts
+        path = home.tether(world, agent)
+        t = tether.read(path)
+        if t.writ != writ.name:
+            return False
+        new, now = uuid.uuid4().hex[:12], time.time()
+        respawns = int(writ.status.get("respawns") or 0) + 1
+        extra: dict[str, Any] = {}
+        if _stalled(writ.status):
+            extra["conditions"] = with_condition(writ.status, "Stalled", False, "Respawned",
+                                                 "a new session was started")
+        updated = store.set_status(
+            writ.key, reason="Respawned", expect_version=writ.version, session=new,
+            message=f"agent {agent} respawned ({respawns}/{spec.max_respawns}) in its worktree",
+            respawns=respawns, respawnedAt=now, nudge=None, **extra)
+        if updated is None:
+            return False
+        row = store.agent(world, agent)
+        store.put_agent(world, agent, writ=writ.name, session=new,
+                        runtime=row.runtime if row else "", state="working")
+        t.session, t.updated_at = new, now
+        tether.write(path, t)
+        try:
+            start_session(sphere, record, t)
+        except SolError as exc:
+            store.event("respawn-failed", kind="Writ", world=world, name=writ.name,
+                        message=f"cannot start agent {agent}: {exc.message}", session=new)
+            return True  # the missing session is the next death
+        store.event("respawned", kind="Writ", world=world, name=writ.name,
+                    message=f"agent {agent} respawned in its worktree with session {new} "
+                    f"({respawns}/{spec.max_respawns})", agent=agent, session=new,
+                    previous=d["session"], respawns=respawns)
+    return True
+
+
+def _fail(sphere: Sphere, action: Action) -> bool:
+    d, store = action.data, sphere.store
+    world, agent = d["world"], d["agent"]
+    with _lock(sphere, world):
+        spec = _spec(sphere, world)
+        writ = _current(sphere, action)
+        if spec is None or writ is None or writ.status.get("deadSession") != d["session"]:
+            return False
+        respawns = int(writ.status.get("respawns") or 0)
+        if respawns < spec.max_respawns or sphere.sessions.is_alive(session_name(world, agent)):
+            return False
+        last = writ.status.get("lastOutput") or "(no output)"
+        message = (f"agent session died {respawns + 1} time(s), respawn limit "
+                   f"{spec.max_respawns} reached; last output: {last}; branch sol/{writ.name} "
+                   f"and the worktree of {agent} kept")
+        done = store.set_status(writ.key, phase=FAILED, reason="RespawnLimit", message=message,
+                                expect_version=writ.version, session=None)
+        if done is None:
+            return False
+        release(sphere, world, writ.name, reason="failed: respawn limit reached; work kept")
+        row = store.agent(world, agent)
+        store.put_agent(world, agent, writ=writ.name, runtime=row.runtime if row else "",
+                        state="failed")
+        escalate(store, world, writ.name, message, source="Sentinel")
+        store.event("failed", kind="Writ", world=world, name=writ.name, message=message,
+                    agent=agent, respawns=respawns)
+    return True
+
+
+def _nudge_session(sphere: Sphere, action: Action) -> bool:
+    d, store = action.data, sphere.store
+    spec = _spec(sphere, d["world"])
+    writ = _current(sphere, action)
+    if spec is None or writ is None or _nudge(writ.status, d["session"]) is not None:
+        return False
+    text = NUDGE.format(after=duration(spec.stall_after))
+    try:
+        sphere.sessions.send_text(session_name(d["world"], d["agent"]), text)
+    except SolError:
+        return False  # it died meanwhile: the next pass sees the death
+    now = time.time()
+    with store.transaction():
+        writ = _current(sphere, action)
+        if writ is None:
+            return False
+        store.set_status(writ.key, nudge={"session": d["session"], "at": now})
+        store.event("nudged", kind="Writ", world=d["world"], name=d["writ"],
+                    message=f"agent {d['agent']} silent for {duration(spec.stall_after)}: "
+                    "nudged", agent=d["agent"], session=d["session"])
+    return True
+
+
+def _stall(sphere: Sphere, action: Action) -> bool:
+    d, store = action.data, sphere.store
+    spec = _spec(sphere, d["world"])
+    with store.transaction():
+        writ = _current(sphere, action)
+        nudge = _nudge(writ.status, d["session"]) if writ else None
+        if spec is None or writ is None or nudge is None or nudge.get("stalled"):
+            return False
+        message = (f"agent {d['agent']} has printed nothing for {duration(spec.stall_after)} "
+                   f"since it was nudged; see `sol logs {d['agent']}` or "
+                   f"`sol attach {d['agent']}`")
+        store.set_status(writ.key, nudge={**nudge, "stalled": True, "stalledAt": time.time()},
+                         conditions=with_condition(writ.status, "Stalled", True, "NoOutput",
+                                                   message))
+        escalate(store, d["world"], d["writ"], message, source="Sentinel")
+        store.event("stalled", kind="Writ", world=d["world"], name=d["writ"], message=message,
+                    agent=d["agent"], session=d["session"])
+    return True
+
+
+def _unstall(sphere: Sphere, action: Action) -> bool:
+    d, store = action.data, sphere.store
+    with store.transaction():
+        writ = _current(sphere, action)
+        if writ is None:
+            return False
+        extra: dict[str, Any] = {}
+        if _stalled(writ.status):
+            extra["conditions"] = with_condition(writ.status, "Stalled", False,
+                                                 "OutputResumed", "the agent prints again")
+        store.set_status(writ.key, nudge=None, **extra)
+        store.event("output-resumed", kind="Writ", world=d["world"], name=d["writ"],
+                    message=action.description, agent=d["agent"], session=d["session"])
+    return True
+
+
+def _stop_zombie(sphere: Sphere, action: Action) -> bool:
+    d, store = action.data, sphere.store
+    world, agent = d["world"], d["agent"]
+    name = session_name(world, agent)
+    with _lock(sphere, world):
+        if not sphere.sessions.exists(name):
+            return False
+        has_file, view = _read_tether(sphere, world, agent)
+        writ = store.get("Writ", world, view.writ) if view else None
+        if has_file and (view is None or writ is None or writ.phase not in ENDED):
+            return False  # a tether appeared, or its writ is live again
+        sphere.sessions.stop(name)
+        store.event("zombie-stopped", kind="Outpost", world=world, name=agent,
+                    message=f"session {name} stopped: {d['why']}", session=name)
+    return True
+
+
+def _remove_orphan(sphere: Sphere, action: Action) -> bool:
+    d, store, home = action.data, sphere.store, sphere.home
+    world, agent = d["world"], d["agent"]
+    spec = _spec(sphere, world)
+    with _lock(sphere, world):
+        if spec is None or not _unowned(sphere, world, agent):
+            return False
+        seen = _orphan(sphere, world, spec, agent)
+        if seen.head != d["head"] or not seen.merged or seen.dirty:
+            return False
+        path = home.worktree(world, agent)
+        worktrees.remove_worktree(home.repo(world), path, force=False)
+        try:
+            home.outpost(world, agent).rmdir()
+        except OSError:
+            pass  # something else lives there: keep the directory
+        store.event("orphan-removed", kind="Outpost", world=world, name=agent,
+                    message=f"worktree {path} had no writ and its work ({str(d['head'])[:12]}) "
+                    f"is on {spec.branch}: removed", head=d["head"])
+    return True
+
+
+def _report_orphan(sphere: Sphere, action: Action) -> bool:
+    d = action.data
+    spec = _spec(sphere, d["world"])
+    path = sphere.home.worktree(d["world"], d["agent"])
+    what = "uncommitted changes" if d["dirty"] else "commits"
+    branch = spec.branch if spec else "the target"
+    head = str(d["head"] or "unknown")[:12]
+    sphere.store.event(
+        "orphan-worktree", kind="Outpost", world=d["world"], name=d["agent"],
+        message=f"worktree {path} (HEAD {head}) has no writ and holds {what} not on "
+        f"{branch}: kept; inspect it, then land or remove it yourself",
+        head=d["head"], dirty=d["dirty"])
+    return True
+
+
+ACTS = {
+    "record-death": _record_death, "respawn": _respawn, "fail": _fail,
+    "nudge": _nudge_session, "stall": _stall, "unstall": _unstall,
+    "stop-zombie": _stop_zombie, "remove-orphan": _remove_orphan,
+    "report-orphan": _report_orphan,
+}
+
+
+def _execute(sphere: Sphere, action: Action) -> bool:
+    """Run one action; a failure is an event (once per message), never the end of a pass."""
+    try:
+        return ACTS[action.kind](sphere, action)
+    except SolError as exc:
+        d = action.data
+        name = d.get("writ") or d.get("agent") or ""
+        last = sphere.store.events(world=d["world"], name=name, types=["sentinel-error"],
+                                   limit=1)
+        if not last or last[-1].message != exc.message:
+            sphere.store.event("sentinel-error", kind="Writ" if d.get("writ") else "Outpost",
+                               world=d["world"], name=name, message=exc.message,
+                               action=action.kind)
+        return False
+
+
+# ---- entry points ----------------------------------------------------------------
+
+
+def _worlds(sphere: Sphere, world: str | None, listing: dict[str, bool]) -> list[str]:
+    if world is not None:
+        return [world]
+    names = {w.name for w in sphere.store.list("World")}
+    names |= {p[0] for p in map(parse_session, listing) if p}
+    return sorted(names)
+
+
+def _check_degraded(sphere: Sphere) -> degraded.Degraded | None:
+    """Enter or leave Degraded; a broken sol.yaml must not stop supervision, only notify."""
+    try:
+        notify = sphere.config.notify
+    except SolError:
+        notify = ()
+    return degraded.check(sphere.store, notify=notify, log=sphere.home.logs / "notify.log")
+
+
+def reconcile(sphere: Sphere, world: str | None = None) -> list[Action]:
+    """One sentinel pass over `world` (every world when None); the actions carried out."""
+    _check_degraded(sphere)
+    listing = sphere.sessions.list("sol-")
+    is_degraded = degraded.state(sphere.store) is not None
+    done: list[Action] = []
+    for name in _worlds(sphere, world, listing):
+        view = observe(sphere, name, listing, time.time(), is_degraded=is_degraded)
+        for action in plan_sentinel(view).actions:
+            if _execute(sphere, action):
+                done.append(action)
+    if any(a.kind == "record-death" for a in done):
+        _check_degraded(sphere)
+    return done
+
+
+def requeue_after(sphere: Sphere, world: str | None = None) -> float | None:
+    """Seconds until the next backoff, stall or degraded-exit deadline (None: nothing is
+    due; wait for an event or the periodic resync)."""
+    now = time.time()
+    listing = sphere.sessions.list("sol-")
+    is_degraded = degraded.state(sphere.store) is not None
+    deadlines = []
+    for name in _worlds(sphere, world, listing):
+        view = observe(sphere, name, listing, now, is_degraded=is_degraded, orphans=False)
+        plan = plan_sentinel(view)
+        if plan.actions:
+            return PENDING_RETRY  # left over from a pass that raced or failed: soon, not now
+        if plan.next_at is not None:
+            deadlines.append(plan.next_at)
+    exit_at = degraded.exit_at(sphere.store)
+    if exit_at is not None:
+        deadlines.append(exit_at)
+    return max(0.0, min(deadlines) - now) if deadlines else None
