@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from io import StringIO
 from typing import Any
@@ -70,10 +71,20 @@ def render_describe(sphere: Sphere, record: Record, obj: dict[str, Any]) -> str:
 def render_status(sphere: Sphere, only: str | None = None) -> str:
     store = sphere.store
     worlds = [w for w in store.list("World") if not only or w.name == only]
+    from ..degraded import state as degraded_state
+    from ..forge import queue
+
     lines: list[str] = []
     notice = store.get_meta("specs_invalid")
     if notice:
         lines.append(f"specs invalid: {notice}")
+    degraded = degraded_state(store)
+    if degraded:
+        lines.append(f"DEGRADED since {time.strftime('%H:%M:%S', time.localtime(degraded.since))}"
+                     f": {degraded.reason} (agents are not respawned; `sol resume` to leave)")
+    revision = store.get_meta("source_revision")
+    if revision:
+        lines.append(f"specs at revision {revision}")
     if not worlds:
         lines.append("No worlds applied yet: write a World manifest and run `sol apply -f PATH`.")
         return "\n".join(lines)
@@ -94,5 +105,9 @@ def render_status(sphere: Sphere, only: str | None = None) -> str:
                                                                           "Stalled"):
                     lines.append(f"      {cond['type'].upper()}: {cond.get('message', '')}")
         for caravan in store.list("Caravan", world.name):
-            lines.append(f"  caravan {caravan.name}: {caravan.phase} {caravan.message}")
+            lines.append(f"  caravan {caravan.name}: {caravan.phase}  {caravan.message}")
+        waiting = queue(store, world.name)
+        if waiting:
+            lines.append("  forge queue: " + ", ".join(
+                f"#{m.id} {m.writ} ({m.state}, attempt {m.attempt})" for m in waiting))
     return "\n".join(lines)
