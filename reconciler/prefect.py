@@ -437,7 +437,7 @@ def running(home: Home) -> dict[str, Any] | None:
         return {"pid": read_pid(home.run / "prefect.pid")}
 
 
-def _wait_unlocked(path: Path, timeout: float) -> bool:
+def wait_unlocked(path: Path, timeout: float) -> bool:
     """Poll (shutdown only) until nobody holds the lock at `path`, or `timeout` passes."""
     deadline = time.monotonic() + timeout
     while True:
@@ -508,7 +508,7 @@ def run_child(kind: str, world: str = "") -> int:
                        child=spec.name, pid=pid)
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
-        if not _wait_unlocked(lock, STOP_GRACE):
+        if not wait_unlocked(lock, STOP_GRACE):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
     with flock(lock):

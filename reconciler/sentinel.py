@@ -40,6 +40,7 @@ from .store import Record
 BACKOFF_MAX = 60.0
 PENDING_RETRY = 1.0  # seconds; bounds the retry rate of an action that keeps failing
 ZOMBIE_GRACE = 5.0  # an agent's writ changed this recently: its session may be ending itself
+DEAD_PANE = "Pane is dead"  # the line tmux's remain-on-exit adds: "Pane is dead (signal 9, ...)"
 ENDED = frozenset({MERGED, CANCELLED, FAILED, DONE})
 NUDGE = ("sol: no output for {after}. If you are stuck, run sol escalate \"why\"; "
          "when done, run sol resolve.")
@@ -360,6 +361,18 @@ def _tail(sphere: Sphere, name: str) -> str:
         return ""
 
 
+def _last_words(output: str) -> tuple[str, str]:
+    """The last line the agent printed, and how it ended (` (signal 9)`) when tmux says."""
+    last, how = "", ""
+    for line in reversed(output.splitlines()):
+        if line.startswith(DEAD_PANE):
+            how = how or f" ({line[len(DEAD_PANE):].split(',')[0].strip('( ')})"
+        elif line.strip():
+            last = line.strip()
+            break
+    return last, how
+
+
 def _record_death(sphere: Sphere, action: Action) -> bool:
     d, store = action.data, sphere.store
     name = session_name(d["world"], d["agent"])
@@ -382,8 +395,8 @@ def _record_death(sphere: Sphere, action: Action) -> bool:
                 then = "not respawned: the sphere is degraded (sol resume to resume)"
             else:
                 then = f"respawn {respawns + 1}/{spec.max_respawns} in {backoff(respawns):g}s"
-            message = f"session {d['session']} of agent {d['agent']} died; {then}"
-            last = next((line for line in reversed(output.splitlines()) if line.strip()), "")
+            last, how = _last_words(output)
+            message = f"session {d['session']} of agent {d['agent']} died{how}; {then}"
             store.set_status(writ.key, reason="SessionDied", message=message,
                              expect_version=writ.version, deadSession=d["session"],
                              lastDeath=now, lastOutput=last[:200] or None)

@@ -101,6 +101,7 @@ def test_kill_9_makes_the_session_dead_not_gone(tmux: TmuxSessions, tmp_path: Pa
     poll(lambda: not tmux.is_alive(name), what="is_alive to notice kill -9")
     assert tmux.exists(name)
     assert tmux.pane_pid(name) is None
+    poll(lambda: not Path(f"/proc/{pid}").exists(), what="tmux to reap the process")
 
 
 def test_list_filters_by_prefix_and_is_one_tmux_call(
@@ -216,6 +217,7 @@ def test_hooks_touch_the_hook_file(sol_home: Home, tmp_path: Path) -> None:
     start_sh(tmux, "sol-w-hooked", "exec sleep 600", tmp_path)
     assert not hook_file.exists()
     os.kill(tmux.pane_pid("sol-w-hooked") or 0, signal.SIGKILL)
+    poll(lambda: not tmux.is_alive("sol-w-hooked"), what="the pane to die")
     poll(hook_file.exists, what="pane-died to touch the hook file")
     hook_file.unlink()
     tmux.stop("sol-w-hooked")

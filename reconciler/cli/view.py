@@ -196,4 +196,34 @@ def status(world: str | None) -> None:
     click.echo(render_status(sp, world))
 
 
-COMMANDS = [get, describe, status]
+@click.command()
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new events.")
+@click.option("--world", "-w", help="Only events of this world.")
+@click.option("--writ", help="Only events of this writ (or other object) name.")
+@click.option("-n", "--limit", default=50, show_default=True, help="How many past events.")
+@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text")
+def events(follow: bool, world: str | None, writ: str | None, limit: int,
+           output: str) -> None:
+    """The event feed: cast, resolve, gates, merges, escalations, restarts."""
+    import json as jsonlib
+
+    sp = sphere()
+    last = 0
+    batch = sp.store.events(world=world, name=writ, limit=limit)
+    while True:
+        for e in batch:
+            last = max(last, e.id)
+            if output == "json":
+                click.echo(jsonlib.dumps(e.to_dict(), default=str))
+            else:
+                when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.ts))
+                where = (f"{e.world}/{e.name}" if e.world and e.name and e.name != e.world
+                         else e.world or e.name)
+                click.echo(f"{when}  {e.type:<14} {where:<28} {e.message}")
+        if not follow:
+            return
+        time.sleep(0.5)
+        batch = sp.store.events(after=last, world=world, name=writ)
+
+
+COMMANDS = [get, describe, status, events]
