@@ -51,12 +51,19 @@ def test_dependent_writ_waits_while_dependency_is_only_resolved(
                                   extra="dependsOn: [base]"))
     sol("apply", "-f", str(specs), check=True)
     poll(lambda: phase(sol_home, "base") == "Resolved", what="base resolved")
-    sol("reconcile", "--once", check=True)
+    sol("apply", "-f", str(specs), check=True)  # dispatches again; apply never merges
     child = writ_status(sol_home, "shop", "child")
     assert child.phase == "Pending"
     assert child.message == "waiting for base (Resolved)"
     status = sol("status", check=True).stdout
     assert "waiting for base" in status
+    # the forge lands base; only then is child cast, from a target that contains it
+    sol("reconcile", "--once", check=True)
+    assert phase(sol_home, "base") == "Merged"
+    poll(lambda: phase(sol_home, "child") == "Resolved", what="child resolved")
+    clone = sol_home.repo("shop")
+    assert git(clone, "show", "sol/child:a.txt") == "a"
+    assert git(clone, "show", "sol/child:b.txt") == "b"
 
 
 def test_capacity_is_never_exceeded_and_every_writ_gets_worked(
