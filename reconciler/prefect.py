@@ -6,8 +6,11 @@
       `- forge-<world>       one per world
 
 Each child is `python -m reconciler.prefect child KIND [WORLD]`, so a crash of one never
-stops the others. A child loops: reconcile, then sleep until a wake file is touched, its
-requeue time, or the resync interval; a thread touches run/<child>.heartbeat meanwhile.
+stops the others. A child loops: reconcile, then sleep until its run/<child>.wake is
+touched, its requeue time, or the resync interval; a thread touches run/<child>.heartbeat
+meanwhile. The prefect passes wakes on: run/wake (a spec change, `sol resume`) to every
+child, run/tmux-events (touched by tmux hooks when a session dies) to the consul and the
+sentinels, and a forge's file when the store shows a new merge request for its world.
 The prefect restarts a child that exits (backoff 1 s doubling to 60 s, reset after a
 minute of good health) or whose heartbeat is stale (killed first), records each restart
 as an event `restarted`, and starts or stops per-world children as worlds come and go.
@@ -22,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -41,7 +45,7 @@ from .home import Home
 from .locks import flock
 from .plan import Action
 from .sphere import Sphere
-from .watch import Loop, SpecSync, Wakeup, touch, watch_names
+from .watch import FileWaker, Loop, SpecSync, Wakeup, touch, watch_names
 
 BACKOFF_START, BACKOFF_MAX, HEALTHY_AFTER = 1.0, 60.0, 60.0
 STOP_GRACE = 10.0       # seconds a child (or the prefect) gets to exit after SIGTERM
@@ -52,6 +56,10 @@ The forge has none: its gates carry their own timeouts."""
 DB_SETTLE = 0.2         # coalesce bursts of store writes before looking at the MR queue
 DB_FILES = ("sol.db", "sol.db-wal")
 QUEUED = "Queued"
+
+
+class AlreadyRunning(SolError):
+    """Another prefect holds this SOL_HOME's lock."""
 
 
 def heartbeat_interval() -> float:
@@ -84,12 +92,16 @@ class ChildSpec:
         return [sys.executable, "-m", "reconciler.prefect", "child", self.kind,
                 *([self.world] if self.world else [])]
 
-    def wake_files(self, home: Home) -> list[Path]:
-        """What wakes this child besides its timer (see `docs` in the module docstring)."""
-        files = [home.run / "wake", home.run / f"{self.name}.wake"]
-        if self.kind in ("consul", "sentinel"):
-            files.append(home.run / "tmux-events")  # a session died: respawn, capacity
-        return files
+    def wake_file(self, home: Home) -> Path:
+        """The one file that wakes this child (one inotify watch per child): the prefect
+        touches it to pass on run/wake and run/tmux-events, the forge's when a merge
+        request is queued, the consul's when a forge or sentinel changed something."""
+        return home.run / f"{self.name}.wake"
+
+    @property
+    def hears_tmux(self) -> bool:
+        """A session died: the sentinel respawns it, the consul has capacity again."""
+        return self.kind in ("consul", "sentinel")
 
 
 @dataclass
@@ -112,6 +124,8 @@ def available(kind: str) -> bool:
 def setup_logging(path: Path, *, console: bool = False) -> None:
     """JSON lines (one writer per file, so rotation is safe), plus stderr in foreground."""
     logger.remove()
+    # watchdog logs an error when a watched directory is deleted: expected here
+    logging.getLogger("watchdog.observers.inotify").setLevel(logging.CRITICAL)
     path.parent.mkdir(parents=True, exist_ok=True)
     logger.add(path, serialize=True, level="INFO", rotation="10 MB", retention=3)
     if console:
@@ -179,29 +193,33 @@ class Prefect:
         self._db_dirty: float | None = None
         self._queued: dict[str, int] = {}
         self._degraded: str | None = None
+        self._checked = time.time()
 
     def run(self) -> int:
         """Serve until SIGTERM/SIGINT; SolError if another prefect holds the lock."""
         with flock(self.home.run / "prefect.lock", blocking=False) as held:
             if not held:
-                raise SolError(already_running(self.home))
+                raise AlreadyRunning(already_running(self.home))
             return self._serve()
 
     def _serve(self) -> int:
         home = self.home
         setup_logging(home.logs / "prefect.log", console=self.foreground)
+        self.sphere = Sphere(home)
         self.wakeup = Wakeup()
         self.wakeup.use_for_signals()
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, self._on_stop)
         signal.signal(signal.SIGCHLD, lambda *_: None)  # only to end the wait
         (home.run / "prefect.pid").write_text(f"{os.getpid()}\n")
-        self.sphere = Sphere(home)
-        self.specs = SpecSync(self.sphere, self.paths, self.wakeup).start() if self.paths \
-            else None
+        self.specs: SpecSync | None = None
+        self._listeners: tuple[ChildSpec, ...] = ()
         db_watch = self._watch_db()
+        self.relay = FileWaker([home.run / "wake", home.run / "tmux-events"], self._relay)
+        self.relay.start()
         try:
-            if self.specs:
+            if self.paths:
+                self.specs = SpecSync(self.sphere, self.paths, self.wakeup).start()
                 self._reload(self.specs.reload, "start")
             self._queued = self._queue_tips()
             self._sync_children()
@@ -209,11 +227,15 @@ class Prefect:
             logger.info("prefect {pid} ready; watching {paths}", pid=os.getpid(),
                         paths=[str(p) for p in self.paths] or "nothing")
             while not self.stopping:
-                self._tick()
+                try:
+                    self._tick()
+                except Exception:  # a supervisor outlives its own bad moment
+                    logger.exception("prefect loop failed; trying again")
+                    self.wakeup.wait(self.beat)
         finally:
             logger.info("prefect stopping: reconcilers stop, agent sessions keep running")
             db_watch.stop()
-            db_watch.join(timeout=2)
+            self.relay.stop()
             if self.specs:
                 self.specs.stop()
             self._stop_all()
@@ -228,7 +250,14 @@ class Prefect:
 
     def _watch_db(self) -> BaseObserver:
         """Store writes (a merge request queued, degraded entered) wake the prefect."""
-        return watch_names(self.home.root, DB_FILES, self._db_changed)
+        return watch_names(self.home.root, DB_FILES, lambda name: self._db_changed())
+
+    def _relay(self, name: str) -> None:
+        """Pass a shared wake on (in the watch thread): run/wake to every child,
+        run/tmux-events to the consul and the sentinels."""
+        for spec in self._listeners:  # a tuple the main thread replaces whole
+            if name == "wake" or spec.hears_tmux:
+                touch(spec.wake_file(self.home))
 
     def _db_changed(self) -> None:
         self._db_dirty = self._db_dirty or time.monotonic()
@@ -246,6 +275,7 @@ class Prefect:
         self._reap()
         self._check_heartbeats()
         self._start_due()
+        self.relay.arm()
         touch(self.home.run / "prefect.heartbeat")
         waits = [self.beat]
         if self.specs:
@@ -263,9 +293,8 @@ class Prefect:
         except SolError as exc:
             logger.error("specs not applied: {err}", err=exc.message)
             return
-        if report is not None and report.ok:
-            touch(self.home.run / "wake")  # every reconciler looks again at once
-            self._on_store_change()
+        if report is not None and report.actions:
+            self._relay("wake")  # every reconciler looks again at once
 
     def _on_store_change(self) -> None:
         """Wake a forge whose queue grew; log a change of Degraded (the sentinel owns it)."""
@@ -321,6 +350,7 @@ class Prefect:
         for name, spec in wanted.items():
             if name not in self.children:
                 self.children[name] = Child(spec, restart_at=time.monotonic())
+        self._listeners = tuple(wanted.values())
 
     def _start_due(self) -> None:
         now = time.monotonic()
@@ -346,9 +376,9 @@ class Prefect:
                         pid=child.proc.pid)
             return
         child.restarts += 1
-        message = (f"{child.spec.name} restarted (pid {child.proc.pid}) after {child.reason}, "
-                   f"exit code {child.exit_code}, waited {child.delay:g}s")
-        logger.warning(message, event="restarted", child=child.spec.name)
+        message = (f"{child.spec.name} restarted (pid {child.proc.pid}) after {child.reason} "
+                   f"(exit code {child.exit_code}); waited {child.delay:g}s")
+        logger.warning("{message}", message=message, event="restarted", child=child.spec.name)
         try:
             self.sphere.store.event("restarted", kind="Reconciler", world=child.spec.world,
                                     name=child.spec.name, message=message,
@@ -365,8 +395,9 @@ class Prefect:
             if child.proc is None or child.proc.poll() is None:
                 continue
             ran_for = time.monotonic() - child.started
-            child.exit_code = child.proc.returncode
-            child.reason = child.reason or "it exited"
+            child.exit_code = code = child.proc.returncode
+            child.reason = child.reason or (
+                f"it was killed by {signal.Signals(-code).name}" if code < 0 else "it exited")
             child.proc = None
             child.delay = next_backoff(child.delay, ran_for)
             child.restart_at = time.monotonic() + child.delay
@@ -376,9 +407,13 @@ class Prefect:
                            delay=child.delay)
 
     def _check_heartbeats(self) -> None:
-        """A child alive but silent for 6 heartbeats is hung: kill it, restart it."""
+        """A child alive but silent for 6 heartbeats is hung: kill it, restart it.
+
+        Skipped once after the prefect itself was frozen (machine suspended, SIGSTOP):
+        every heartbeat then looks old though nothing hung."""
         now, wall = time.monotonic(), time.time()
-        for child in self.children.values():
+        frozen, self._checked = wall - self._checked > self.stale, wall
+        for child in self.children.values() if not frozen else ():
             if child.proc is None or now - child.started < self.stale:
                 continue
             try:
@@ -389,9 +424,7 @@ class Prefect:
                 logger.warning("{child} heartbeat is {age:.1f}s old: killing it",
                                child=child.spec.name, age=age)
                 child.reason = f"a stale heartbeat ({age:.0f}s old)"
-                with contextlib.suppress(ProcessLookupError):
-                    child.proc.kill()
-                child.proc.wait()
+                _kill_group(child.proc)
         self._reap()
 
     def _stop(self, children: Sequence[Child]) -> None:
@@ -405,8 +438,7 @@ class Prefect:
             try:
                 proc.wait(timeout=max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+                _kill_group(proc)
 
     def _stop_all(self) -> None:
         self._stop(list(self.children.values()))
@@ -417,6 +449,16 @@ class Prefect:
         tmp = self.home.run / "prefect.ready.tmp"
         tmp.write_text(json.dumps(info))
         tmp.replace(self.home.run / "prefect.ready")
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL a child and what it started in its process group (git, a hung helper);
+    agents live under tmux's own session and are never in it."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):
+        proc.kill()
+    proc.wait()
 
 
 def already_running(home: Home) -> str:
@@ -460,7 +502,7 @@ def runner(spec: ChildSpec) -> Runner:
     if spec.kind == "consul":
         from . import engine
 
-        return lambda sphere: (engine.reconcile_once(sphere), None)
+        return lambda sphere: (engine.reconcile_once(sphere, forge=False), None)
     if spec.kind == "sentinel":
         from . import sentinel  # type: ignore[attr-defined]
 
@@ -477,13 +519,16 @@ def runner(spec: ChildSpec) -> Runner:
 
 
 def run_once(sphere: Sphere) -> list[Action]:
-    """`sol reconcile --once`: the consul, then every world's sentinel and forge, once."""
-    actions = runner(ChildSpec("consul"))(sphere)[0]
+    """`sol reconcile --once`: the consul, every world's sentinel and forge, and the consul
+    again if they changed anything (a merge unblocks writs, a failure frees capacity)."""
+    consul = runner(ChildSpec("consul"))
+    actions = consul(sphere)[0]
+    others: list[Action] = []
     for world in [w.name for w in sphere.store.list("World")]:
         for kind in ("sentinel", "forge"):
             if available(kind):
-                actions += runner(ChildSpec(kind, world))(sphere)[0]
-    return actions
+                others += runner(ChildSpec(kind, world))(sphere)[0]
+    return actions + others + (consul(sphere)[0] if others else [])
 
 
 def _die_with_parent() -> None:
@@ -494,6 +539,7 @@ def _die_with_parent() -> None:
 
 def run_child(kind: str, world: str = "") -> int:
     """`python -m reconciler.prefect child KIND [WORLD]`: run one reconciler until told."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # until the loop takes over
     home = Home.from_env()
     spec = ChildSpec(kind, world)
     _die_with_parent()
@@ -518,20 +564,22 @@ def run_child(kind: str, world: str = "") -> int:
 def _child_loop(home: Home, spec: ChildSpec) -> int:
     pid_file = home.run / f"{spec.name}.pid"
     pid_file.write_text(f"{os.getpid()}\n")
-    sphere = Sphere(home)
-    reconcile = runner(spec)
 
     def after(actions: list[Action]) -> None:
         if actions and spec.kind != "consul":
             touch(home.run / "consul.wake")  # a merge or a death may free dispatch
 
     try:
-        Loop(spec.name, lambda: reconcile(sphere), spec.wake_files(home),
-             heartbeat=home.run / f"{spec.name}.heartbeat", beat=heartbeat_interval(),
-             resync=sphere.config.resync, pass_limit=PASS_LIMIT.get(spec.kind), after=after,
-             parent=int(os.environ.get("SOL_PREFECT_PID") or 0)).run()
+        sphere = Sphere(home)
+        try:
+            reconcile = runner(spec)
+            Loop(spec.name, lambda: reconcile(sphere), [spec.wake_file(home)],
+                 heartbeat=home.run / f"{spec.name}.heartbeat", beat=heartbeat_interval(),
+                 resync=sphere.config.resync, pass_limit=PASS_LIMIT.get(spec.kind),
+                 after=after, parent=int(os.environ.pop("SOL_PREFECT_PID", "") or 0)).run()
+        finally:
+            sphere.close()
     finally:
-        sphere.close()
         if read_pid(pid_file) == os.getpid():
             with contextlib.suppress(OSError):
                 pid_file.unlink()
@@ -550,7 +598,7 @@ def main(argv: Sequence[str]) -> int:
             return Prefect(Home.from_env(), argv[1:]).run()
         except SolError as exc:
             print(exc.message, file=sys.stderr)
-            return ALREADY_RUNNING
+            return ALREADY_RUNNING if isinstance(exc, AlreadyRunning) else exc.exit_code
     print("usage: python -m reconciler.prefect daemon [PATH..] | child KIND [WORLD]",
           file=sys.stderr)
     return 2

@@ -1,9 +1,12 @@
-"""What wakes a reconcile loop, and watch mode: the specs directory applied as it changes.
+"""What wakes a reconcile loop, the loop itself, and watch mode (the specs applied as
+they change).
 
 Idle must cost nothing (invariant 7), so no loop polls: it blocks in `Wakeup.wait`, a
 self-pipe that file watches (watchdog, inotify on Linux), signals and timers all write
 to. A wake only says "look again"; the loop then reads the whole state afresh, so a
 missed or duplicated wake is harmless and the periodic resync is the safety net.
+`Loop` is the life of one reconciler process: a pass, then that wait, with a heartbeat
+thread the prefect watches.
 
 Watch mode (`SpecSync`): a save under the specs PATH is debounced, loaded with
 `manifests.load` and, if valid, recorded with `engine.record` (never pruned). An invalid,
@@ -97,44 +100,48 @@ def touch(path: Path) -> None:
         logger.warning("cannot touch {path}: {err}", path=str(path), err=exc.strerror)
 
 
+def _name(event: FileSystemEvent) -> str:
+    return Path(os.fsdecode(event.src_path)).name
+
+
 class _Callback(FileSystemEventHandler):
-    def __init__(self, wanted: Callable[[FileSystemEvent], bool], then: Callable[[], None]
-                 ) -> None:
+    def __init__(self, wanted: Callable[[FileSystemEvent], bool],
+                 then: Callable[[FileSystemEvent], None]) -> None:
         self.wanted = wanted
         self.then = then
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         if event.event_type not in QUIET_EVENTS and self.wanted(event):
-            self.then()
+            self.then(event)
 
 
-def watch_names(directory: Path, names: Iterable[str], then: Callable[[], None]
+def watch_names(directory: Path, names: Iterable[str], then: Callable[[str], None]
                 ) -> BaseObserver:
-    """A started observer calling `then` when a file named one of `names`, directly in
-    `directory`, is written (the store's files, seen by the prefect)."""
+    """A started observer calling `then(name)` when a file named one of `names`, directly
+    in `directory`, is written (the store's files, seen by the prefect)."""
     wanted = frozenset(names)
     observer = Observer()
     observer.daemon = True
-    observer.schedule(_Callback(lambda e: Path(os.fsdecode(e.src_path)).name in wanted, then),
+    observer.schedule(_Callback(lambda e: _name(e) in wanted, lambda e: then(_name(e))),
                       str(directory), recursive=False)
     observer.start()
     return observer
 
 
 class FileWaker:
-    """Wake a loop when any of a few files is touched (wake files, the tmux hook file).
+    """Call `then(name)` when one of a few files is touched (a wake file, the tmux hook
+    file); runs in the watch thread, so `then` only sets a flag or touches a file.
 
     Each file is watched itself, not its directory, so the heartbeats and pid files next
     to it never wake anyone. A file that was deleted is recreated and watched again by
-    `arm`, which the loop calls once per pass (a stat per file).
+    `arm`, which the owner calls once per pass (a stat per file).
     """
 
-    def __init__(self, files: Iterable[Path], wakeup: Wakeup) -> None:
+    def __init__(self, files: Iterable[Path], then: Callable[[str], None]) -> None:
         self.files = sorted(set(files))
-        self.wakeup = wakeup
         self._observer = Observer()
         self._watches: dict[Path, tuple[int, ObservedWatch]] = {}
-        self._handler = _Callback(lambda event: True, wakeup.set)
+        self._handler = _Callback(lambda event: True, lambda event: then(_name(event)))
 
     def start(self) -> FileWaker:
         self._observer.daemon = True
@@ -221,7 +228,7 @@ class Loop:
         for signum in (signal.SIGTERM, signal.SIGHUP):
             signal.signal(signum, lambda num, _frame: stopping.append(num))
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the prefect's to handle
-        waker = FileWaker(self.wake_files, wakeup).start()
+        waker = FileWaker(self.wake_files, lambda name: wakeup.set()).start()
         beat = Heartbeat(self.heartbeat, self.beat, self.pass_limit)
         beat.start()
         logger.info("{child} running (pid {pid})", child=self.name, pid=os.getpid())
@@ -301,7 +308,7 @@ class SpecSync:
         self._reported: tuple[str, ...] = ()
         self._observer = Observer()
         self._watches: dict[tuple[Path, int, bool], ObservedWatch] = {}
-        self._handler = _Callback(self._wanted, self._changed)
+        self._handler = _Callback(self._wanted, lambda event: self._changed())
 
     def start(self) -> SpecSync:
         self._observer.daemon = True
@@ -410,8 +417,8 @@ class SpecSync:
         report.actions = engine.record(self.sphere, result.manifests)
         if store.get_meta(INVALID_META) is not None:
             store.set_meta(INVALID_META, None)
-            store.event("specs-valid", message=f"specs valid again: {len(result.manifests)} "
-                        "document(s) loaded")
+            store.event("specs-valid", kind="Sphere",
+                        message=f"specs valid again: {len(result.manifests)} document(s) loaded")
         self._reported = ()
         logger.info("specs loaded ({trigger}): {n} document(s), {c} change(s) in {ms} ms",
                     trigger=trigger, n=len(result.manifests), c=len(report.actions),
@@ -433,6 +440,7 @@ class SpecSync:
         more = len(report.problems) - 1
         store = self.sphere.store
         store.set_meta(INVALID_META, first)
-        store.event("specs-invalid", message=first + (f" (and {more} more)" if more else "")
+        store.event("specs-invalid", kind="Sphere",
+                    message=first + (f" (and {more} more)" if more else "")
                     + "; the last valid desired state keeps running",
                     problems=report.problems[:100], paths=[str(p) for p in self.paths])

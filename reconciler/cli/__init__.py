@@ -37,9 +37,9 @@ def main() -> None:
 
 def _register() -> None:
     """The commands, listed explicitly (no registration by import side effect)."""
-    from . import admin, agent, demo, specs, view
+    from . import admin, agent, daemon, demo, specs, view
 
-    for module in (admin, agent, demo, specs, view):
+    for module in (admin, agent, daemon, demo, specs, view):
         for command in module.COMMANDS:
             main.add_command(command)
 

@@ -86,20 +86,4 @@ def apply(paths: tuple[str, ...], dry_run: bool, prune: bool) -> None:
     click.echo(f"Apply complete. {summary(actions)}")
 
 
-@click.command()
-@specs_option()
-@click.option("--once", is_flag=True, help="One pass of every reconciler, then exit.")
-def reconcile(paths: tuple[str, ...], once: bool) -> None:
-    """Run the reconcile loop in the foreground."""
-    sp = sphere()
-    if paths:
-        engine.record(sp, load_manifests(paths))
-    actions = engine.reconcile_once(sp)
-    for action in actions:
-        click.echo(f"  {action.op} {action.target}  {action.description}")
-    click.echo(f"Reconciled. {summary(actions)}" if actions else "Reconciled: no changes.")
-    if not once:
-        raise SolError("the continuous loop is not available yet; use `sol reconcile --once`")
-
-
-COMMANDS = [validate, schema_cmd, diff, apply, reconcile]
+COMMANDS = [validate, schema_cmd, diff, apply]

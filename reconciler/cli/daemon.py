@@ -1,0 +1,214 @@
+"""Commands about the daemon: up, down, reconcile, resume.
+
+`sol up` is idempotent: when the prefect already runs it says so (pid, log) and exits 0,
+or 1 if that prefect watches other paths than the ones asked for (stop it first).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .. import prefect
+from ..errors import SolError
+from ..home import Home
+from ..plan import summary
+from ..prefect import (
+    ALREADY_RUNNING,
+    STOP_GRACE,
+    already_running,
+    child_env,
+    is_ours,
+    pid_alive,
+    read_pid,
+    running,
+    wait_unlocked,
+)
+from ..watch import touch
+from .common import load_manifests, specs_option, sphere
+
+
+def start_detached(home: Home, paths: Sequence[Path], timeout: float = 30.0
+                   ) -> dict[str, Any]:
+    """Start the prefect in its own session, stdio to logs/prefect.out; return its ready
+    info (pid, paths, log) once it reports ready."""
+    home.init()
+    with contextlib.suppress(OSError):
+        (home.run / "prefect.ready").unlink()  # left by a prefect that was killed
+    with open(home.logs / "prefect.out", "ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "reconciler.prefect", "daemon", *map(str, paths)],
+            cwd=home.root, env=child_env(home), stdin=subprocess.DEVNULL, stdout=out,
+            stderr=out, start_new_session=True, close_fds=True)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            info = json.loads((home.run / "prefect.ready").read_text())
+        except (OSError, ValueError):
+            info = {}
+        if info.get("pid") == proc.pid:
+            return info
+        code = proc.poll()
+        if code == ALREADY_RUNNING:
+            raise SolError(already_running(home))
+        if code is not None:
+            raise SolError(f"the prefect exited at start with code {code}: "
+                           f"{_tail(home.logs / 'prefect.out')}; see {home.logs}")
+        if time.monotonic() > deadline:
+            raise SolError(f"the prefect (pid {proc.pid}) did not report ready within "
+                           f"{timeout:g}s; see {home.logs / 'prefect.log'}")
+        time.sleep(0.05)
+
+
+def _tail(path: Path) -> str:
+    try:
+        lines = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return "no output"
+    return lines[-1] if lines else "no output"
+
+
+def stop(home: Home, timeout: float = STOP_GRACE + 5) -> int | None:
+    """Stop the prefect and its reconcilers, never the agents; the pid stopped, or None.
+
+    SIGTERM first (it stops its children itself); after `timeout`, SIGKILL it and every
+    reconciler whose pid file is still there. Done when its lock is free.
+    """
+    lock = home.run / "prefect.lock"
+    info = running(home)
+    if info is None:
+        for name in ("prefect.pid", "prefect.ready"):
+            with contextlib.suppress(OSError):
+                (home.run / name).unlink()
+        return None
+    pid = info.get("pid") or read_pid(home.run / "prefect.pid")
+    if pid and is_ours(pid, home):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    if wait_unlocked(lock, timeout) and (not pid or _wait_gone(pid, 5.0)):
+        return pid
+    for path in [home.run / "prefect.pid", *home.run.glob("*.pid")]:
+        other = read_pid(path)
+        if other and is_ours(other, home):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(other, signal.SIGKILL)
+    if not wait_unlocked(lock, 5.0):
+        raise SolError(f"the prefect (pid {pid}) did not stop; check `ps` for "
+                       f"reconciler.prefect and its log {home.logs / 'prefect.log'}")
+    return pid
+
+
+def _wait_gone(pid: int, timeout: float) -> bool:
+    """The lock is freed a moment before the process ends: wait for the end too."""
+    deadline = time.monotonic() + timeout
+    while pid_alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def watch_paths(paths: tuple[str, ...]) -> list[Path]:
+    """-f PATH.., else $SOL_SPECS or ./specs if it exists, else nothing to watch."""
+    if paths:
+        return [Path(p).absolute() for p in paths]
+    default = Path(os.environ.get("SOL_SPECS") or "specs")
+    return [default.absolute()] if default.exists() else []
+
+
+def _where(home: Home, info: dict[str, Any]) -> str:
+    return (f"pid {info.get('pid') or '?'} in {home.run / 'prefect.pid'}, "
+            f"log {home.logs / 'prefect.log'}")
+
+
+@click.command()
+@specs_option()
+def up(paths: tuple[str, ...]) -> None:
+    """Start the prefect daemon: it runs the reconcilers and applies PATH as it changes.
+
+    Already running: says so (pid, log) and exits 0, or 1 if it watches other paths.
+    """
+    home = Home.from_env()
+    home.init()
+    wanted = watch_paths(paths)
+    info = running(home)
+    if info is not None:
+        click.echo(f"The prefect is already running ({_where(home, info)}).")
+        watched = [Path(p) for p in info.get("paths") or []]
+        if paths and watched != wanted:
+            shown = ", ".join(map(str, watched)) or "nothing"
+            raise SolError(f"the running prefect watches {shown}, not "
+                           f"{', '.join(map(str, wanted))}; run `sol down`, then `sol up` again")
+        return
+    for path in wanted:
+        if not path.exists():
+            click.echo(f"warning: {path} does not exist yet; the prefect applies it once it "
+                       "appears", err=True)
+    info = start_detached(home, wanted)
+    click.echo(f"Prefect started ({_where(home, info)}).")
+    click.echo(f"Watching {', '.join(map(str, wanted))}." if wanted else
+               "Watching no specs directory (none given and no ./specs): "
+               "change desired state with `sol apply -f PATH`.")
+
+
+@click.command()
+def down() -> None:
+    """Stop the prefect and its reconcilers; agent sessions keep running."""
+    home = Home.from_env()
+    pid = stop(home)
+    if pid is None:
+        click.echo("The prefect is not running.")
+        return
+    click.echo(f"Prefect stopped (pid {pid}); agent sessions keep running.")
+
+
+@click.command()
+@specs_option()
+@click.option("--once", is_flag=True, help="One pass of every reconciler, then exit.")
+def reconcile(paths: tuple[str, ...], once: bool) -> None:
+    """Run the reconcile loop in the foreground (Ctrl-C stops it)."""
+    if once:
+        sp = sphere()
+        if paths:
+            from .. import engine
+
+            engine.record(sp, load_manifests(paths))
+        actions = prefect.run_once(sp)
+        for action in actions:
+            click.echo(f"  {action.op} {action.target}  {action.description}")
+        click.echo(f"Reconciled. {summary(actions)}" if actions else "Reconciled: no changes.")
+        return
+    home = Home.from_env()
+    home.init()
+    if running(home) is not None:
+        raise SolError(already_running(home))
+    prefect.Prefect(home, watch_paths(paths), foreground=True).run()
+
+
+@click.command()
+def resume() -> None:
+    """Leave Degraded mode now: the sentinels respawn dead agent sessions again."""
+    if not prefect.available("degraded"):
+        raise SolError("degraded mode is not part of this build; nothing to resume")
+    from .. import degraded
+
+    sp = sphere()
+    state = degraded.state(sp.store)
+    if not degraded.resume(sp.store) or state is None:
+        click.echo("Not degraded: nothing to resume.")
+        return
+    touch(sp.home.run / "wake")
+    click.echo(f"Resumed: left Degraded mode ({state.reason}).")
+
+
+COMMANDS = [up, down, reconcile, resume]
