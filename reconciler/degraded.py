@@ -63,24 +63,40 @@ def state(store: Store) -> Degraded | None:
 
 def record_death(store: Store, *, world: str, writ: str, agent: str, session: str,
                  message: str, **data: Any) -> int:
-    """The one event that counts a session's death; the caller records it once per session."""
-    return store.event(DIED, kind="Writ", world=world, name=writ, message=message,
-                       agent=agent, session=session, **data)
+    """Count one session's death: its event, and its time in the meta ring of the last
+    BURST deaths (so checking costs one meta read however long the event feed grows).
+    The caller records each session's death once."""
+    with store.transaction():
+        state = _load(store)
+        ring = [*(state.get("deaths") or []), {"ts": time.time(), "who": f"{world}/{writ}"}]
+        store.set_meta(KEY, json.dumps({**state, "deaths": ring[-BURST:]}))
+        return store.event(DIED, kind="Writ", world=world, name=writ, message=message,
+                           agent=agent, session=session, **data)
 
 
-def _deaths(store: Store, count: int) -> list[Any]:
-    """The last `count` deaths, newest last."""
-    return store.events(types=[DIED], limit=count)
+def _deaths(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """The last BURST deaths, oldest first, ignoring those before the last exit."""
+    cleared = float(data.get("clearedAt") or 0.0)
+    return [d for d in data.get("deaths") or [] if float(d.get("ts") or 0.0) > cleared]
+
+
+def _latest(data: dict[str, Any]) -> float:
+    """The moment the quiet spell that ends Degraded started: the last death or entry."""
+    return max([float(data.get("since") or 0.0),
+                *(float(d["ts"]) for d in data.get("deaths") or [])])
 
 
 def exit_at(store: Store) -> float | None:
     """When Degraded ends if no session dies before then; None when not degraded."""
     data = _load(store)
-    if not data.get("active"):
-        return None
-    last = _deaths(store, 1)
-    latest = max([float(data.get("since") or 0.0), *(e.ts for e in last)])
-    return latest + QUIET
+    return _latest(data) + QUIET if data.get("active") else None
+
+
+def _due(data: dict[str, Any], now: float) -> bool:
+    """Whether a transition (enter or leave) is due."""
+    if data.get("active"):
+        return now - _latest(data) >= QUIET
+    return len([d for d in _deaths(data) if now - float(d["ts"]) <= WINDOW]) >= BURST
 
 
 def check(store: Store, now: float | None = None, *, notify: Sequence[str] = (),
@@ -91,46 +107,27 @@ def check(store: Store, now: float | None = None, *, notify: Sequence[str] = (),
     sentinels check at once exactly one records the event and runs the notifiers.
     """
     now = time.time() if now is None else now
-    current = _quick(store, now)
-    if current is not False:
-        return current
-    entered: str | None = None
+    if not _due(_load(store), now):
+        return state(store)
     with store.transaction():
         data = _load(store)
-        cleared = float(data.get("clearedAt") or 0.0)
+        if not _due(data, now):
+            return state(store)
         if data.get("active"):
-            last = _deaths(store, 1)
-            latest = max([float(data.get("since") or 0.0), *(e.ts for e in last)])
-            if now - latest >= QUIET:
-                _leave(store, data, now, f"no agent session died for {int(QUIET // 60)} "
-                       "minutes: respawning resumes")
-                return None
-            return Degraded(float(data.get("since") or 0.0), str(data.get("reason") or ""))
-        recent = [e for e in _deaths(store, BURST) if e.ts > cleared and now - e.ts <= WINDOW]
-        if len(recent) < BURST:
+            _leave(store, data, now, f"no agent session died for {int(QUIET // 60)} "
+                   "minutes: respawning resumes")
             return None
-        who = ", ".join(f"{e.world}/{e.name}" for e in recent)
+        recent = [d for d in _deaths(data) if now - float(d["ts"]) <= WINDOW]
+        who = ", ".join(str(d.get("who")) for d in recent)
         entered = (f"{len(recent)} agent sessions died within {int(WINDOW)}s ({who}): "
                    "respawning stopped until 5 minutes pass without a death or `sol resume`")
-        store.set_meta(KEY, json.dumps({"active": True, "since": now, "reason": entered,
-                                        "clearedAt": cleared}))
+        store.set_meta(KEY, json.dumps({**data, "active": True, "since": now,
+                                        "reason": entered}))
         store.event("degraded", kind="Sphere", message=entered, deaths=len(recent))
     problems = run_notify(notify, "degraded", entered, log=log)
     for problem in problems:
         store.event("notify-failed", kind="Sphere", message=problem)
     return Degraded(now, entered)
-
-
-def _quick(store: Store, now: float) -> Degraded | None | bool:
-    """Without a write lock: the state when no transition is due, else False."""
-    data = _load(store)
-    if data.get("active"):
-        since = float(data.get("since") or 0.0)
-        latest = max([since, *(e.ts for e in _deaths(store, 1))])
-        return Degraded(since, str(data.get("reason") or "")) if now - latest < QUIET else False
-    cleared = float(data.get("clearedAt") or 0.0)
-    recent = [e for e in _deaths(store, BURST) if e.ts > cleared and now - e.ts <= WINDOW]
-    return None if len(recent) < BURST else False
 
 
 def _leave(store: Store, data: dict[str, Any], now: float, why: str) -> None:

@@ -178,6 +178,8 @@ def plan_sentinel(view: SentinelView) -> SentinelPlan:
         if o is None or o.tether is None or o.tether.writ != writ.name:
             continue  # no tether: the consul recovers the writ, not us
         if o.session is True:
+            if spec.stall_after <= 0:
+                continue  # stallAfter: 0s turns stall detection off
             action, wake = _plan_stall(writ, o, spec, now)
             actions += [action] if action else []
             wakes += [wake] if wake else []
@@ -312,8 +314,10 @@ def observe(sphere: Sphere, world: str, listing: dict[str, bool], now: float, *,
 
 
 def _unowned(sphere: Sphere, world: str, agent: str) -> bool:
+    """A worktree no writ owns (envoys keep theirs without a writ: never ours)."""
     home = sphere.home
-    if not home.worktree(world, agent).exists() or home.tether(world, agent).exists():
+    if agent.startswith("envoy") or not home.worktree(world, agent).exists() \
+            or home.tether(world, agent).exists():
         return False
     row = sphere.store.agent(world, agent)
     return row is None or not row.writ
@@ -354,11 +358,14 @@ def _spec(sphere: Sphere, world: str) -> WorldSpec | None:
     return WorldSpec.from_spec(record.spec) if record is not None else None
 
 
-def _tail(sphere: Sphere, name: str) -> str:
+def _tail(sphere: Sphere, name: str, lines: int = 20) -> str:
+    """The last non-blank lines of a pane: a dead pane's own notice sits below a screen of
+    blank lines, so ask tmux for more than a screen and drop the blanks."""
     try:
-        return sphere.sessions.recent_output(name, 20)
+        text = sphere.sessions.recent_output(name, 200)
     except SolError:
         return ""
+    return "\n".join([line for line in text.splitlines() if line.strip()][-lines:])
 
 
 def _last_words(output: str) -> tuple[str, str]:
@@ -399,7 +406,7 @@ def _record_death(sphere: Sphere, action: Action) -> bool:
             message = f"session {d['session']} of agent {d['agent']} died{how}; {then}"
             store.set_status(writ.key, reason="SessionDied", message=message,
                              expect_version=writ.version, deadSession=d["session"],
-                             lastDeath=now, lastOutput=last[:200] or None)
+                             lastDeath=now, **({"lastOutput": last[:200]} if last else {}))
             degraded.record_death(store, world=d["world"], writ=d["writ"], agent=d["agent"],
                                   session=d["session"], message=message, output=output,
                                   respawns=respawns)
