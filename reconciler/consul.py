@@ -35,6 +35,7 @@ class Snapshot:
     caravans: tuple[Record, ...] = ()
     live: dict[str, int] = field(default_factory=dict)  # world -> live outpost sessions
     sessions: dict[str, bool] = field(default_factory=dict)  # tmux session -> alive
+    degraded: str | None = None  # why the sphere is degraded, if it is
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,8 @@ def why_waiting(snapshot: Snapshot, writ: Record,
     world = snapshot.worlds.get(writ.world)
     if world is None or world.orphaned:
         return f"world {writ.world} is not applied"
+    if snapshot.degraded:
+        return f"sphere degraded ({snapshot.degraded}); `sol resume` to go on"
     if writ.orphaned:
         return "not in the manifests; not dispatched"
     if world.phase != READY:
@@ -133,16 +136,20 @@ def cast_actions(dispatch: Dispatch) -> list[Action]:
 
 def snapshot(sphere) -> Snapshot:  # noqa: ANN001 - Sphere, kept import-light
     """Observe: the store's view plus live tmux sessions per world."""
-    from .outposts import count_live
+    from .degraded import state as degraded_state
+    from .outposts import count_live, occupied
 
     store = sphere.store
+    degraded = degraded_state(store)
     sessions = sphere.sessions.list("sol-")
+    writs = store.list("Writ")
     return Snapshot(
         worlds={w.name: w for w in store.list("World")},
-        writs={(w.world, w.name): w for w in store.list("Writ")},
+        writs={(w.world, w.name): w for w in writs},
         caravans=tuple(store.list("Caravan")),
-        live=count_live(sessions),
+        live=occupied(count_live(sessions), writs),
         sessions=sessions,
+        degraded=degraded.reason if degraded else None,
     )
 
 

@@ -42,7 +42,8 @@ def plan_all(sphere: Sphere, manifests: Sequence[Manifest] | None, *, prune: boo
         worlds={r.name: r for r in world_records},
         writs={(r.world, r.name): r for r in desired if r.kind == "Writ"},
         caravans=tuple(r for r in desired if r.kind == "Caravan"),
-        live=outposts.live_counts(sphere),
+        live=outposts.occupied(outposts.live_counts(sphere),
+                               [r for r in desired if r.kind == "Writ"]),
     )
     actions += consul.cast_actions(consul.plan_dispatch(snap))
     return actions

@@ -41,6 +41,16 @@ def live_counts(sphere: Sphere) -> dict[str, int]:
     return count_live(sphere.sessions.list("sol-"))
 
 
+def occupied(live: dict[str, int], writs: list[Record]) -> dict[str, int]:
+    """Pure: slots in use per world: live sessions, or Working writs if more (a Working
+    writ whose session died holds its slot until the sentinel respawns or fails it)."""
+    working: dict[str, int] = {}
+    for writ in writs:
+        if writ.phase == WORKING:
+            working[writ.world] = working.get(writ.world, 0) + 1
+    return {w: max(live.get(w, 0), working.get(w, 0)) for w in set(live) | set(working)}
+
+
 def count_live(sessions: dict[str, bool]) -> dict[str, int]:
     """Pure: live outpost sessions per world from a session -> alive map."""
     counts: dict[str, int] = {}
@@ -59,7 +69,7 @@ def agent_name(sphere: Sphere, world: str, writ: str) -> str:
         return existing.name
     taken = {a.name for a in sphere.store.agents(world) if a.writ}
     taken |= {p.name for p in sphere.home.outposts(world).glob("*")
-              if (p / "tether.json").exists()}
+              if (p / "tether.json").exists() or (p / "worktree").exists()}
     for name in POOL:
         if name not in taken:
             return name
@@ -127,7 +137,8 @@ def cast_writs(sphere: Sphere, world_name: str, writ_names: list[str]) -> list[S
         if world is None:
             return failures
         wspec = WorldSpec.from_spec(world.spec)
-        live = live_counts(sphere).get(world_name, 0) if wspec.max_active else 0
+        live = occupied(live_counts(sphere), sphere.store.list("Writ", world_name)).get(
+            world_name, 0) if wspec.max_active else 0
         for writ_name in writ_names:
             if wspec.max_active and live >= wspec.max_active:
                 failures.append(Retry(f"capacity {live}/{wspec.max_active}"))

@@ -127,3 +127,20 @@ def test_stale_writs_need_no_tether_no_session_and_age() -> None:
     s = snap(old, fresh, tethered)
     has = {("shop", "tethered"): True}
     assert [w.name for w in stale_writs(s, has, time.time(), 60)] == ["old"]
+
+
+def test_a_degraded_sphere_casts_nothing() -> None:
+    s = Snapshot(worlds={"shop": world()}, writs={("shop", "a"): writ("a")},
+                 degraded="3 deaths in 30s")
+    d = plan_dispatch(s)
+    assert names(d) == [] and "degraded" in d.waiting[("shop", "a")]
+
+
+def test_working_writs_hold_their_slots_even_without_a_live_session() -> None:
+    from reconciler.outposts import occupied
+
+    writs = [writ("a", phase="Working"), writ("b", phase="Working"), writ("c")]
+    assert occupied({"shop": 1}, writs) == {"shop": 2}
+    d = plan_dispatch(snap(*writs, worlds=[world(capacity={"maxActive": 2})],
+                           live=occupied({"shop": 1}, writs)))
+    assert names(d) == [] and d.waiting[("shop", "c")] == "capacity 2/2"
