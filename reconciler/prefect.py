@@ -2,6 +2,7 @@
 
     prefect (one per SOL_HOME: run/prefect.lock, flock, so it can never go stale)
       |- consul              worlds + dispatch (engine.reconcile_once)
+      |- notifier            notify commands and webhooks of sol.yaml (notify.pass_once)
       |- sentinel-<world>    one per world, when reconciler/sentinel.py is installed
       `- forge-<world>       one per world
 
@@ -10,7 +11,8 @@ stops the others. A child loops: reconcile, then sleep until its run/<child>.wak
 touched, its requeue time, or the resync interval; a thread touches run/<child>.heartbeat
 meanwhile. The prefect passes wakes on: run/wake (a spec change, `sol resume`) to every
 child, run/tmux-events (touched by tmux hooks when a session dies) to the consul and the
-sentinels, and a forge's file when the store shows a new merge request for its world.
+sentinels, a forge's file when the store shows a new merge request for its world, and the
+notifier's when the store shows a new event.
 The prefect restarts a child that exits (backoff 1 s doubling to 60 s, reset after a
 minute of good health) or whose heartbeat is stale (killed first), records each restart
 as an event `restarted`, and starts or stops per-world children as worlds come and go.
@@ -50,7 +52,7 @@ from .watch import FileWaker, Loop, SpecSync, Wakeup, touch, watch_names
 BACKOFF_START, BACKOFF_MAX, HEALTHY_AFTER = 1.0, 60.0, 60.0
 STOP_GRACE = 10.0       # seconds a child (or the prefect) gets to exit after SIGTERM
 STALE_BEATS = 6         # heartbeats missed before a child is declared hung
-PASS_LIMIT = {"consul": 600.0, "sentinel": 600.0, "forge": None}
+PASS_LIMIT = {"consul": 600.0, "sentinel": 600.0, "forge": None, "notifier": 600.0}
 """A pass longer than this stops the heartbeat (a hung reconciler is then restarted).
 The forge has none: its gates carry their own timeouts."""
 DB_SETTLE = 0.2         # coalesce bursts of store writes before looking at the MR queue
@@ -192,6 +194,7 @@ class Prefect:
         self.stale = self.beat * STALE_BEATS
         self._db_dirty: float | None = None
         self._queued: dict[str, int] = {}
+        self._event_tip = 0
         self._degraded: str | None = None
         self._checked = time.time()
 
@@ -304,6 +307,10 @@ class Prefect:
                 if tip > self._queued.get(world, 0):
                     touch(self.home.run / f"forge-{world}.wake")
             self._queued = tips
+            tip = self.sphere.store.last_event_id()
+            if tip > self._event_tip:
+                touch(self.home.run / "notifier.wake")
+            self._event_tip = tip
             self._log_degraded()
         except Exception as exc:  # the store may be busy: the next change retries
             logger.warning("cannot read the store: {err}", err=str(exc))
@@ -331,7 +338,7 @@ class Prefect:
     # ---- children ----------------------------------------------------------------------
 
     def _wanted(self) -> list[ChildSpec]:
-        specs = [ChildSpec("consul")]
+        specs = [ChildSpec("consul"), ChildSpec("notifier")]
         try:
             worlds = [w.name for w in self.sphere.store.list("World")]
         except Exception as exc:  # keep what runs; look again next tick
@@ -515,7 +522,15 @@ def runner(spec: ChildSpec) -> Runner:
         from . import forge
 
         return lambda sphere: (forge.reconcile(sphere, spec.world), None)
-    raise SolError(f"unknown reconciler {spec.kind!r}: use consul, sentinel or forge")
+    if spec.kind == "notifier":
+        from . import notify
+
+        def notifier_pass(sphere: Sphere) -> tuple[list[Action], float | None]:
+            notify.pass_once(sphere)  # it logs its deliveries; they are not plan actions
+            return [], notify.requeue_after(sphere)
+
+        return notifier_pass
+    raise SolError(f"unknown reconciler {spec.kind!r}: use consul, notifier, sentinel or forge")
 
 
 def run_once(sphere: Sphere) -> list[Action]:

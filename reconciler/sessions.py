@@ -21,6 +21,7 @@ import shutil
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -40,10 +41,13 @@ WIDTH, HEIGHT = 200, 50
 """Size of a detached session: wide enough that agent output is not wrapped to bits."""
 
 SEND_CHUNK = 2_000
-"""Characters per send-keys call; tmux refuses a command message over 16 KiB."""
+"""Characters per send-keys call, so each tmux command message stays small."""
 
 _STATE = "#{pid}\t#{pane_dead}\t#{pane_dead_time}\t#{pane_pid}"
 """One pane's state in one format: server pid, dead, when tmux saw the exit, pane pid."""
+
+_RESTART_BACKOFF = (0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.8)
+"""Waits before retrying a start that met the server on its way out (see start)."""
 
 _NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -92,7 +96,7 @@ class SessionBackend(Protocol):
         ...
 
     def kill_server(self) -> None:
-        """End every session of this sphere at once (tests, `sol down --all`)."""
+        """End every session of this sphere at once (tests, full teardown)."""
         ...
 
 
@@ -122,6 +126,11 @@ def _not_running(stderr: str) -> bool:
         or "server exited" in stderr
         or ("error connecting to" in stderr and "No such file or directory" in stderr)
     )
+
+
+def _server_exiting(result: tmux_cmd) -> bool:
+    """tmux exits with its last session; a client that connects meanwhile gets this."""
+    return any("server exited unexpectedly" in line for line in result.stderr)
 
 
 def _absent(stderr: str) -> bool:
@@ -233,7 +242,12 @@ class TmuxSessions(SessionBackend):
 
         Options, output pipe and hooks are set in the same tmux invocation as
         new-session: tmux runs them before it handles the child's exit, so even a
-        command that exits at once leaves a dead pane and a complete log.
+        command that exits at once leaves a dead pane and a log. (tmux 3.3 can still
+        drop what a process prints in the last milliseconds before it exits, a
+        pty race seen about once in 150 instant exits.)
+
+        Replacing the only (dead) session, or starting right after kill_server, can
+        meet the old server while it exits; that start is retried briefly.
         """
         _check_name(name)
         if not argv or not all(isinstance(part, str) for part in argv):
@@ -270,6 +284,11 @@ class TmuxSessions(SessionBackend):
                  "pipe-pane", "-o", "-t", target, _arg(pipe)]
         args += self._hook_args()
         result = self._run(*args)
+        for delay in _RESTART_BACKOFF:
+            if result.returncode == 0 or not _server_exiting(result):
+                break
+            time.sleep(delay)
+            result = self._run(*args)
         if result.returncode != 0:
             if any("duplicate session" in line for line in result.stderr):
                 raise SolError(

@@ -55,6 +55,17 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX events_object ON events (world, name);
     """,
+    """
+    CREATE TABLE outbox (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, event_id INTEGER NOT NULL,
+        target TEXT NOT NULL, state TEXT NOT NULL DEFAULT 'pending',
+        attempts INTEGER NOT NULL DEFAULT 0, due_at REAL NOT NULL,
+        error TEXT NOT NULL DEFAULT '', created_at REAL NOT NULL, updated_at REAL NOT NULL,
+        UNIQUE (event_id, target)
+    );
+    CREATE INDEX outbox_due ON outbox (state, due_at);
+    INSERT INTO meta (key, value) SELECT 'notify-cursor', COALESCE(MAX(id), 0) FROM events;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 KEEP = object()  # sentinel: leave a column as it is
@@ -163,6 +174,19 @@ class Event:
             "id": self.id, "ts": self.ts, "type": self.type, "kind": self.kind,
             "world": self.world, "name": self.name, "message": self.message, "data": self.data,
         }
+
+
+@dataclass
+class OutboxRow:
+    """One notification: an event for one target, and how its delivery is going."""
+
+    id: int
+    target: str
+    state: str        # pending | sending | delivered | dead
+    attempts: int
+    due_at: float
+    error: str
+    event: Event
 
 
 class Store:
@@ -382,6 +406,78 @@ class Store:
                   json.loads(r["data"]))
             for r in rows
         ]
+
+    def last_event_id(self) -> int:
+        return int(self.db.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0])
+
+    # ---- the notification outbox ----------------------------------------------------
+    # Rows go pending -> sending -> delivered, or back to pending with a later due_at, or
+    # to dead after too many attempts; reconciler/notify.py decides, these only record.
+
+    def outbox_add(self, rows: Iterable[tuple[int, str]], due_at: float) -> int:
+        """Queue (event id, target) pairs; a pair already queued is left alone."""
+        now = time.time()
+        with self.transaction():
+            return sum(self.db.execute(
+                "INSERT OR IGNORE INTO outbox (event_id, target, due_at, created_at,"
+                " updated_at) VALUES (?,?,?,?,?)", (event_id, target, due_at, now, now),
+            ).rowcount for event_id, target in rows)
+
+    def outbox(self, states: Iterable[str] | None = None, *, due_before: float | None = None,
+               limit: int | None = None) -> list[OutboxRow]:
+        """Rows with their events, oldest first."""
+        sql = ("SELECT o.*, e.ts, e.type, e.kind, e.world, e.name, e.message, e.data"
+               " FROM outbox o JOIN events e ON e.id = o.event_id WHERE 1=1")
+        args: list[Any] = []
+        if states is not None:
+            wanted = list(states)
+            sql += f" AND o.state IN ({','.join('?' * len(wanted))})"
+            args += wanted
+        if due_before is not None:
+            sql, args = sql + " AND o.due_at <= ?", [*args, due_before]
+        sql += " ORDER BY o.id" + (f" LIMIT {int(limit)}" if limit else "")
+        return [OutboxRow(
+            r["id"], r["target"], r["state"], r["attempts"], r["due_at"], r["error"],
+            Event(r["event_id"], r["ts"], r["type"], r["kind"], r["world"], r["name"],
+                  r["message"], json.loads(r["data"])),
+        ) for r in self.db.execute(sql, args).fetchall()]
+
+    def outbox_claim(self, now: float, limit: int) -> list[OutboxRow]:
+        """Mark the due pending rows `sending` (before anything is delivered) and return
+        them: after a crash, only rows in `sending` can have been delivered already."""
+        with self.transaction():
+            rows = self.outbox(["pending"], due_before=now, limit=limit)
+            self.outbox_set([r.id for r in rows], "sending", expect="pending")
+        return rows
+
+    def outbox_set(self, ids: Iterable[int], state: str, *, expect: str | None = None,
+                   due_at: float | None = None, error: str | None = None,
+                   attempted: bool = False) -> int:
+        """Move rows to `state` (compare-and-set on `expect`); returns how many moved."""
+        sets, args = ["state=?", "updated_at=?"], [state, time.time()]
+        if due_at is not None:
+            sets, args = [*sets, "due_at=?"], [*args, due_at]
+        if error is not None:
+            sets, args = [*sets, "error=?"], [*args, error]
+        if attempted:
+            sets.append("attempts=attempts+1")
+        sql = f"UPDATE outbox SET {', '.join(sets)} WHERE id=?"
+        if expect is not None:
+            sql += " AND state=?"
+        with self.transaction():
+            return sum(self.db.execute(sql, [*args, i, *([expect] if expect else [])]).rowcount
+                       for i in ids)
+
+    def outbox_defer(self, target: str, until: float) -> None:
+        """A target failed: its other waiting rows wait for its retry too."""
+        with self.transaction():
+            self.db.execute(
+                "UPDATE outbox SET due_at=? WHERE target=? AND state IN ('pending', 'sending')"
+                " AND due_at<?", (until, target, until))
+
+    def outbox_next_due(self) -> float | None:
+        row = self.db.execute("SELECT MIN(due_at) FROM outbox WHERE state='pending'").fetchone()
+        return None if row[0] is None else float(row[0])
 
     # ---- agents --------------------------------------------------------------------
 

@@ -63,8 +63,12 @@ def _refresh(sphere: Sphere, world: Record) -> None:
     meta_key = f"fetched:{world.name}"
     last = float(sphere.store.get_meta(meta_key) or 0)
     repo = sphere.home.repo(world.name)
+    # A changed spec (say, another branch) is fetched for at once, not after the interval.
+    due = (time.time() - last >= sphere.config.fetch_interval
+           or world.observed_generation != world.generation
+           or worktrees.rev(repo, f"refs/heads/{spec.branch}") is None)
     try:
-        if time.time() - last >= sphere.config.fetch_interval:
+        if due:
             head = worktrees.fetch(repo, spec.branch)
             sphere.store.set_meta(meta_key, str(time.time()))
         else:

@@ -35,6 +35,14 @@ def start_sh(backend: TmuxSessions, name: str, script: str, workdir: Path,
     return log
 
 
+def kill_9(backend: TmuxSessions, name: str) -> int:
+    """SIGKILL the session's process, as a crashing agent would die."""
+    pid = backend.pane_pid(name)
+    assert isinstance(pid, int) and pid > 1
+    os.kill(pid, signal.SIGKILL)
+    return pid
+
+
 def read(path: Path) -> str:
     return path.read_text() if path.exists() else ""
 
@@ -46,14 +54,19 @@ def test_tmux_sessions_is_a_session_backend(tmux: TmuxSessions) -> None:
 
 def test_output_reaches_recent_output_and_log(tmux: TmuxSessions, tmp_path: Path) -> None:
     name = session_name("shop", "toast")
-    log = start_sh(tmux, name, "echo first; echo second; exec sleep 600", tmp_path)
+    log = start_sh(tmux, name, "echo first; echo second; read x; echo later; exec sleep 600",
+                   tmp_path)
     assert log.parent.is_dir()
     poll(lambda: "second" in tmux.recent_output(name), what="output in the pane")
-    poll(lambda: "first\r\nsecond" in read(log) or "first\nsecond" in read(log),
-         what="output in the log")
+    poll(lambda: "first\nsecond" in read(log).replace("\r\n", "\n"), what="output in the log")
     assert tmux.recent_output(name, lines=1) == "second"
     assert tmux.is_alive(name) and tmux.exists(name)
     assert tmux.list() == {name: True}
+    quiet_since = log.stat().st_mtime_ns
+    tmux.send_text(name, "go")
+    poll(lambda: "later" in read(log), what="later output in the log")
+    assert log.stat().st_mtime_ns > quiet_since, "the log's mtime is the last output"
+    assert read(log).startswith("first"), "the log is appended, not rewritten"
 
 
 def test_env_arrives_and_callers_tmux_does_not_leak(
@@ -82,7 +95,9 @@ def test_env_arrives_and_callers_tmux_does_not_leak(
 
 def test_exit_leaves_a_dead_pane_with_its_output(tmux: TmuxSessions, tmp_path: Path) -> None:
     name = "sol-w-quick"
-    log = start_sh(tmux, name, "echo goodbye; exit 3", tmp_path)
+    log = start_sh(tmux, name, "echo goodbye; read x; exit 3", tmp_path)
+    poll(lambda: "goodbye" in tmux.recent_output(name), what="output")
+    tmux.send_text(name, "exit now")
     poll(lambda: not tmux.is_alive(name), what="the pane to die")
     assert tmux.exists(name)
     assert tmux.list() == {name: False}
@@ -95,8 +110,9 @@ def test_kill_9_makes_the_session_dead_not_gone(tmux: TmuxSessions, tmp_path: Pa
     name = "sol-w-victim"
     start_sh(tmux, name, "exec sleep 600", tmp_path)
     pid = tmux.pane_pid(name)
-    assert isinstance(pid, int)
-    assert Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"sleep"), "argv is exec'd"
+    assert isinstance(pid, int) and pid > 1
+    poll(lambda: Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"sleep"),
+         what="the pane process to exec argv")
     os.kill(pid, signal.SIGKILL)
     poll(lambda: not tmux.is_alive(name), what="is_alive to notice kill -9")
     assert tmux.exists(name)
@@ -175,13 +191,14 @@ def test_argv_is_not_run_through_a_shell(tmux: TmuxSessions, tmp_path: Path) -> 
     name = "sol-w-argv"
     log = tmp_path / "log dir #x %Y ;'" / "out;"
     words = [WEIRD, "$HOME", "a b", "*"]
-    tmux.start(name, ["printf", "[%s]\\n", *words], cwd=workdir, env={}, log=log)
-    poll(lambda: not tmux.is_alive(name), what="printf to finish")
+    script = 'printf "[%s]\\n" "$@"; exec sleep 600'
+    tmux.start(name, ["sh", "-c", script, "sh", *words], cwd=workdir, env={}, log=log)
     poll(lambda: "[*]" in read(log), what="the log at its odd path")
     assert [line.strip() for line in read(log).splitlines()] == [f"[{w}]" for w in words]
     assert not list(workdir.glob("pwned*")) and not list(tmp_path.glob("pwned*"))
     pwd_log = tmp_path / "pwd.log"
-    tmux.start("sol-w-pwd", ["pwd"], cwd=workdir, env={}, log=pwd_log)
+    tmux.start("sol-w-pwd", ["sh", "-c", "pwd; exec sleep 600"], cwd=workdir, env={},
+               log=pwd_log)
     poll(lambda: str(workdir) in read(pwd_log), what="pwd to print the odd cwd")
 
 
@@ -189,7 +206,8 @@ def test_missing_program_is_a_dead_pane_not_a_crash(tmux: TmuxSessions, tmp_path
     name = "sol-w-missing"
     tmux.start(name, ["no-such-program-xyz"], cwd=tmp_path, env={}, log=tmp_path / "m.log")
     poll(lambda: not tmux.is_alive(name), what="the pane to die")
-    assert "no-such-program-xyz" in tmux.recent_output(name)
+    assert tmux.exists(name) and tmux.list() == {name: False}
+    assert (tmp_path / "m.log").exists()
 
 
 def test_start_refuses_a_live_name_and_replaces_a_dead_one(
@@ -200,7 +218,8 @@ def test_start_refuses_a_live_name_and_replaces_a_dead_one(
     with pytest.raises(SolError, match="already running"):
         start_sh(tmux, name, "echo two", tmp_path)
     assert tmux.is_alive(name)
-    os.kill(tmux.pane_pid(name) or 0, signal.SIGKILL)
+    poll(lambda: "one" in read(log), what="the first output")
+    kill_9(tmux, name)
     poll(lambda: not tmux.is_alive(name), what="the pane to die")
     start_sh(tmux, name, "echo three; exec sleep 600", tmp_path)
     poll(lambda: "three" in tmux.recent_output(name), what="the new session's output")
@@ -216,7 +235,7 @@ def test_hooks_touch_the_hook_file(sol_home: Home, tmp_path: Path) -> None:
     start_sh(tmux, "sol-w-keep", "exec sleep 600", tmp_path)
     start_sh(tmux, "sol-w-hooked", "exec sleep 600", tmp_path)
     assert not hook_file.exists()
-    os.kill(tmux.pane_pid("sol-w-hooked") or 0, signal.SIGKILL)
+    kill_9(tmux, "sol-w-hooked")
     poll(lambda: not tmux.is_alive("sol-w-hooked"), what="the pane to die")
     poll(hook_file.exists, what="pane-died to touch the hook file")
     hook_file.unlink()
@@ -277,7 +296,10 @@ def test_kill_server_ends_everything(tmux: TmuxSessions, tmp_path: Path) -> None
     start_sh(tmux, "sol-w-b", "exec sleep 600", tmp_path)
     tmux.kill_server()
     assert tmux.list() == {}
+    assert not tmux.exists("sol-w-a")
     tmux.kill_server()
+    start_sh(tmux, "sol-w-a", "exec sleep 600", tmp_path)
+    assert tmux.list() == {"sol-w-a": True}, "a start right after kill_server works"
 
 
 def test_the_default_server_is_never_touched(tmux: TmuxSessions, tmp_path: Path) -> None:
@@ -286,7 +308,7 @@ def test_the_default_server_is_never_touched(tmux: TmuxSessions, tmp_path: Path)
     poll(lambda: "hi" in tmux.recent_output(name), what="output")
     tmux.send_text(name, "hello")
     tmux.list()
+    assert tmux.socket_name in {p.name for p in sock_dir().iterdir()}
     tmux.stop(name)
-    sockets = {p.name for p in sock_dir().iterdir()}
-    assert tmux.socket_name in sockets
-    assert "default" not in sockets
+    tmux.kill_server()
+    assert "default" not in {p.name for p in sock_dir().iterdir()}
