@@ -16,7 +16,9 @@ from .store import Record
 
 def overlay(records: Sequence[Record], manifests: Sequence[Manifest]) -> list[Record]:
     """The store's records as they would be once `manifests` are recorded (for diff)."""
-    by_key = {r.key: r for r in records}
+    wanted = {m.key for m in manifests}
+    by_key = {r.key: (r if not wanted or r.key in wanted else
+                      Record(**{**r.__dict__, "orphaned": True})) for r in records}
     now = time.time()
     for m in manifests:
         old = by_key.get(m.key)

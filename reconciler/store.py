@@ -195,19 +195,38 @@ class Store:
     def __init__(self, path: Path) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self.db = sqlite3.connect(str(path), timeout=30.0, isolation_level=None)
-            self.db.row_factory = sqlite3.Row
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")
-            self.db.execute("PRAGMA busy_timeout=30000")
-            self._migrate()
-        except sqlite3.DatabaseError as exc:
-            raise SolError(
-                f"{path} is not a usable sol database ({exc}); move it aside "
-                f"(mv {path} {path}.broken) and run `sol apply` again to rebuild it"
-            ) from exc
         self._depth = 0
+        deadline = time.monotonic() + 30.0
+        while True:
+            try:
+                self._connect()
+                return
+            except sqlite3.OperationalError as exc:
+                if getattr(self, "db", None) is not None:
+                    self.db.close()
+                busy = "locked" in str(exc) or "busy" in str(exc)
+                if not busy:
+                    raise self._unusable(exc) from exc
+                if time.monotonic() > deadline:
+                    raise SolError(f"{path} is busy: another sol process has held it for "
+                                   "30 s; try again when it is done") from exc
+                time.sleep(0.02)  # switching a new file to WAL can't wait on busy_timeout
+            except sqlite3.DatabaseError as exc:
+                raise self._unusable(exc) from exc
+
+    def _connect(self) -> None:
+        self.db = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None)
+        self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA busy_timeout=30000")
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self._migrate()
+
+    def _unusable(self, exc: Exception) -> SolError:
+        return SolError(
+            f"{self.path} is not a usable sol database ({exc}); move it aside "
+            f"(mv {self.path} {self.path}.broken) and run `sol apply` again to rebuild it"
+        )
 
     @classmethod
     def open(cls, home: Home) -> Store:

@@ -162,8 +162,6 @@ def test_a_removed_world_is_orphaned_never_deleted(sol: Sol, sol_home: Home, tmp
     assert sol_home.repo("drop").is_dir()
 
 
-@pytest.mark.xfail(strict=True, reason="engine.overlay keeps worlds missing from the "
-                   "manifests un-orphaned, so diff plans a clone that apply never makes")
 def test_diff_plans_no_clone_for_a_world_about_to_be_orphaned(sol: Sol, sol_home: Home,
                                                                tmp_path: Path,
                                                                repo: Path) -> None:
