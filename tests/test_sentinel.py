@@ -198,7 +198,10 @@ def test_three_quick_deaths_degrade_hold_respawns_notify_and_resume(
     assert "sol resume" in events(sphere, "recovered")[0].message
 
 
-def test_respawn_waits_for_capacity(sol_home: Home, repo: Path, tmp_path: Path, sol) -> None:
+def test_a_dead_agent_keeps_its_slot_until_respawned(sol_home: Home, repo: Path,
+                                                    tmp_path: Path, sol) -> None:
+    """Capacity is never exceeded: the consul does not cast b into the slot of a, whose
+    session died; the sentinel respawns a there, and b runs once a has finished."""
     go = tmp_path / "go"
     hold = f"while [ ! -e {shlex.quote(str(go))} ]; do sleep 0.05; done\necho b > b.txt"
     specs = write_specs(tmp_path / "specs", world(repo, max_active=1),
@@ -207,15 +210,15 @@ def test_respawn_waits_for_capacity(sol_home: Home, repo: Path, tmp_path: Path, 
     sol("apply", "-f", str(specs), check=True)
     sphere = Sphere(sol_home)
     until(sphere, lambda: events(sphere, "session-died", "a"), "a dies")
-    consul.reconcile(sphere)  # the freed slot goes to b
-    assert phase(sol_home, "b") == "Working"
-    died = events(sphere, "session-died", "a")[0].ts
-    until(sphere, lambda: time.time() > died + 1.5, "a's backoff to pass")
-    assert events(sphere, "respawned") == []
-    assert sum(tmux_sessions(sol_home).values()) == 1
+    consul.reconcile(sphere)
+    assert phase(sol_home, "b") == "Pending"
+    assert writ_status(sol_home, W, "b").message == "capacity 1/1"
+    until(sphere, lambda: phase(sol_home, "a") == "Resolved", "a respawns and resolves")
+    assert len(events(sphere, "respawned")) == 1
+    assert sum(tmux_sessions(sol_home).values()) <= 1
+    consul.reconcile(sphere)
     go.touch()
-    until(sphere, lambda: phase(sol_home, "a") == "Resolved", "a respawns once b is done")
-    assert phase(sol_home, "b") == "Resolved"
+    until(sphere, lambda: phase(sol_home, "b") == "Resolved", "b runs once a is done")
 
 
 def test_orphan_worktrees_are_removed_when_merged_and_reported_otherwise(
