@@ -216,9 +216,13 @@ def test_a_dead_agent_keeps_its_slot_until_respawned(sol_home: Home, repo: Path,
     until(sphere, lambda: phase(sol_home, "a") == "Resolved", "a respawns and resolves")
     assert len(events(sphere, "respawned")) == 1
     assert sum(tmux_sessions(sol_home).values()) <= 1
-    consul.reconcile(sphere)
     go.touch()
-    until(sphere, lambda: phase(sol_home, "b") == "Resolved", "b runs once a is done")
+
+    def b_done() -> bool:
+        consul.reconcile(sphere)  # casts b as soon as a's session has ended
+        return phase(sol_home, "b") == "Resolved"
+
+    until(sphere, b_done, "b runs once a is done")
 
 
 def test_orphan_worktrees_are_removed_when_merged_and_reported_otherwise(
