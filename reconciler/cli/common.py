@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
+from dataclasses import dataclass
 from io import StringIO
 from pathlib import Path
 from typing import Any
@@ -12,9 +14,13 @@ from typing import Any
 import click
 from rich.console import Console
 from ruamel.yaml import YAML
+from ruamel.yaml.scalarstring import LiteralScalarString
 
 from ..errors import ManifestError, SolError
+from ..home import Home
+from ..manifests import LoadResult
 from ..model import Manifest
+from ..sources import GitSource, is_git, parse
 from ..sphere import Sphere
 
 DEFAULT_SPECS = "specs"
@@ -23,7 +29,9 @@ DEFAULT_SPECS = "specs"
 def specs_option(multiple: bool = False) -> Any:
     return click.option(
         "-f", "--filename", "paths", multiple=True, type=str,
-        help="Manifest file or directory (repeatable); default: $SOL_SPECS or ./specs.",
+        help="Manifest file or directory (repeatable), or a git source "
+             "git+REPO@REF#DIR (the manifests as committed at REF); "
+             "default: $SOL_SPECS or ./specs.",
     )
 
 
@@ -31,7 +39,7 @@ def spec_paths(paths: tuple[str, ...]) -> list[str]:
     if paths:
         return list(paths)
     default = os.environ.get("SOL_SPECS") or DEFAULT_SPECS
-    if not Path(default).exists():
+    if not is_git(default) and not Path(default).exists():
         raise SolError(
             f"no manifests given and ./{default} does not exist; pass -f PATH (a file or a "
             "directory of *.yaml manifests)"
@@ -39,20 +47,75 @@ def spec_paths(paths: tuple[str, ...]) -> list[str]:
     return [default]
 
 
-def load_manifests(paths: tuple[str, ...]) -> list[Manifest]:
-    """Validate everything first; raise with every problem, or for an empty set."""
+def git_source(where: list[str]) -> GitSource | None:
+    """The git source among the -f values (made absolute), None if there is none."""
+    sources = [parse(w) for w in where if is_git(w)]
+    if not sources:
+        return None
+    if len(where) > 1:
+        raise SolError(f"{sources[0]} must be the only -f: a git source cannot be combined "
+                       "with other paths or sources")
+    return sources[0].absolute()
+
+
+@dataclass
+class Specs:
+    """Manifests as loaded, and where from: `revision` is the commit of a git source, or
+    a content hash of the manifests (`content:...`) for files and directories."""
+
+    manifests: list[Manifest]
+    where: list[str]
+    git: GitSource | None
+    revision: str
+
+    @property
+    def source(self) -> str:
+        return str(self.git) if self.git else ", ".join(self.where)
+
+    @property
+    def commit(self) -> str | None:
+        return self.revision if self.git else None
+
+
+def content_hash(manifests: list[Manifest]) -> str:
+    """The same manifests (wherever and however formatted) hash the same."""
+    canonical = sorted([m.kind, m.world, m.name, m.spec] for m in manifests)
+    digest = hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()
+    return f"content:{digest[:16]}"
+
+
+def read_specs(paths: tuple[str, ...], *, commit: str | None = None
+               ) -> tuple[Specs, LoadResult]:
+    """Read and validate, raising nothing for bad manifests: a git source at REF now,
+    or at `commit`; files and directories as they are on disk."""
     from ..manifests import load
+    from ..sources import load as load_git
 
     where = spec_paths(paths)
-    result = load(where)
+    git = git_source(where)
+    if git is None:
+        result = load(where)
+        return Specs(result.manifests, where, None, content_hash(result.manifests)), result
+    commit, result = load_git(git, Home.from_env(), commit=commit)
+    return Specs(result.manifests, where, git, commit), result
+
+
+def load_specs(paths: tuple[str, ...], *, commit: str | None = None) -> Specs:
+    """Validate everything first; raise with every problem, or for an empty set."""
+    specs, result = read_specs(paths, commit=commit)
+    at = f" at commit {specs.revision[:7]}" if specs.git else ""
     if result.problems:
-        raise ManifestError(result.problems + [f"{len(result.problems)} problem(s) found; "
-                                               "nothing was applied"])
+        raise ManifestError(result.problems + [f"{len(result.problems)} problem(s) found"
+                                               f"{at}; nothing was applied"])
     if result.empty:
-        raise SolError(
-            f"no manifests found in {', '.join(where)}: nothing applied and nothing pruned"
-        )
-    return result.manifests
+        raise SolError(f"no manifests found in {specs.source}{at}: nothing applied and "
+                       "nothing pruned")
+    return specs
+
+
+def load_manifests(paths: tuple[str, ...]) -> list[Manifest]:
+    """Validate everything first; raise with every problem, or for an empty set."""
+    return load_specs(paths).manifests
 
 
 def sphere() -> Sphere:
@@ -64,16 +127,32 @@ def console() -> Console:
     return Console(highlight=False, soft_wrap=True, width=None if is_tty() else 4096)
 
 
+def _literal(value: Any) -> Any:
+    """Multi-line strings as YAML literal blocks, so descriptions read as written."""
+    if isinstance(value, dict):
+        return {k: _literal(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_literal(v) for v in value]
+    if isinstance(value, str) and "\n" in value:
+        return LiteralScalarString(value)
+    return value
+
+
+def dump_yaml(data: Any) -> str:
+    yaml = YAML()
+    yaml.default_flow_style = False
+    yaml.width = 100
+    buffer = StringIO()
+    yaml.dump(_literal(json.loads(json.dumps(data, default=str))), buffer)
+    return buffer.getvalue()
+
+
 def emit(data: Any, output: str) -> None:
     """Print data as json or yaml (the contract's machine formats)."""
     if output == "json":
         click.echo(json.dumps(data, indent=2, default=str))
     elif output == "yaml":
-        yaml = YAML()
-        yaml.default_flow_style = False
-        buffer = StringIO()
-        yaml.dump(json.loads(json.dumps(data, default=str)), buffer)
-        click.echo(buffer.getvalue(), nl=False)
+        click.echo(dump_yaml(data), nl=False)
     else:
         raise SolError(f"unknown output format {output!r}: use table, json or yaml")
 

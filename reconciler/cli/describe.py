@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
-from io import StringIO
 from typing import Any
-
-from ruamel.yaml import YAML
 
 from ..sphere import Sphere
 from ..store import Record
@@ -18,11 +14,9 @@ PHASE_ORDER = ["Pending", "Working", "Resolved", "Merging", "Merged", "Done", "F
 
 
 def _yaml(data: Any, indent: str = "  ") -> str:
-    yaml = YAML()
-    yaml.default_flow_style = False
-    buffer = StringIO()
-    yaml.dump(json.loads(json.dumps(data, default=str)), buffer)
-    return "\n".join(indent + line for line in buffer.getvalue().rstrip().splitlines())
+    from .common import dump_yaml
+
+    return "\n".join(indent + line for line in dump_yaml(data).rstrip().splitlines())
 
 
 def render_describe(sphere: Sphere, record: Record, obj: dict[str, Any]) -> str:
