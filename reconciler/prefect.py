@@ -19,7 +19,9 @@ as an event `restarted`, and starts or stops per-world children as worlds come a
 
 Stopping the prefect never stops agents (invariant 3): their tmux server is its own
 daemon. Children ask the kernel for SIGTERM when the prefect dies (PR_SET_PDEATHSIG)
-and hold run/<child>.lock, so a kill -9 of the prefect leaves no duplicate reconcilers.
+and hold run/<child>.child.lock, so a kill -9 of the prefect leaves no duplicate
+reconcilers (not run/<child>.lock: the forge child takes run/forge-<world>.lock itself,
+and a second flock of one file in one process fails).
 """
 
 from __future__ import annotations
@@ -559,7 +561,7 @@ def run_child(kind: str, world: str = "") -> int:
     spec = ChildSpec(kind, world)
     _die_with_parent()
     setup_logging(home.logs / f"{spec.name}.log")
-    lock = home.run / f"{spec.name}.lock"
+    lock = home.run / f"{spec.name}.child.lock"
     with flock(lock, blocking=False) as held:
         if held:
             return _child_loop(home, spec)

@@ -16,6 +16,7 @@ KIND_ALIASES = {
     "world": "World", "worlds": "World",
     "writ": "Writ", "writs": "Writ",
     "caravan": "Caravan", "caravans": "Caravan",
+    "envoy": "Envoy", "envoys": "Envoy",
     "agent": "Agent", "agents": "Agent",
     "mr": "MergeRequest", "mrs": "MergeRequest", "mergerequest": "MergeRequest",
 }
@@ -24,7 +25,8 @@ KIND_ALIASES = {
 def canonical_kind(kind: str) -> str:
     found = KIND_ALIASES.get(kind.lower())
     if found is None:
-        raise SolError(f"unknown kind {kind!r}: use worlds, writs, caravans, agents or mrs")
+        raise SolError(f"unknown kind {kind!r}: use worlds, writs, caravans, envoys, agents or "
+                       "mrs")
     return found
 
 
@@ -88,6 +90,7 @@ def table(kind: str, objs: list[dict[str, Any]]) -> Table:
         "World": ["NAME", "PHASE", "BRANCH", "SOURCE", "MESSAGE"],
         "Writ": ["WORLD", "NAME", "PHASE", "AGENT", "ATTEMPT", "MESSAGE"],
         "Caravan": ["WORLD", "NAME", "PHASE", "PHASES", "MESSAGE"],
+        "Envoy": ["WORLD", "NAME", "PHASE", "PERSONA", "BRANCH", "MESSAGE"],
         "Agent": ["WORLD", "NAME", "PHASE", "WRIT", "SESSION"],
         "MergeRequest": ["WORLD", "ID", "WRIT", "PHASE", "ATTEMPT", "BRANCH", "MESSAGE"],
     }[kind]
@@ -104,6 +107,9 @@ def table(kind: str, objs: list[dict[str, Any]]) -> Table:
         elif kind == "Caravan":
             phases = " | ".join(", ".join(p) for p in spec.get("phases", []))
             row = [md["world"], md["name"], st["phase"], phases, st.get("message", "")]
+        elif kind == "Envoy":
+            row = [md["world"], md["name"], st["phase"], spec.get("persona", "-"),
+                   st.get("branch") or f"envoy/{md['name']}", st.get("message", "")]
         elif kind == "Agent":
             row = [md["world"], md["name"], st["phase"], st.get("writ") or "-",
                    st.get("session") or "-"]
@@ -131,7 +137,7 @@ def render_table(kind: str, objs: list[dict[str, Any]]) -> str:
 @click.option("--world", "-w", help="Only objects of this world.")
 @output_option()
 def get(kind: str, name: str | None, world: str | None, output: str) -> None:
-    """List worlds, writs, caravans, agents or mrs."""
+    """List worlds, writs, caravans, envoys, agents or mrs."""
     kind = canonical_kind(kind)
     sp = sphere()
     objs = objects(sp.store, kind, name, world)
@@ -201,7 +207,8 @@ def status(world: str | None) -> None:
 @click.option("--world", "-w", help="Only events of this world.")
 @click.option("--writ", help="Only events of this writ (or other object) name.")
 @click.option("-n", "--limit", default=50, show_default=True, help="How many past events.")
-@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text")
+@click.option("-o", "--output", type=click.Choice(["text", "json", "yaml"]), default="text",
+              help="json: one object a line; yaml: one list item an event (both stream).")
 def events(follow: bool, world: str | None, writ: str | None, limit: int,
            output: str) -> None:
     """The event feed: cast, resolve, gates, merges, escalations, restarts."""
@@ -215,6 +222,8 @@ def events(follow: bool, world: str | None, writ: str | None, limit: int,
             last = max(last, e.id)
             if output == "json":
                 click.echo(jsonlib.dumps(e.to_dict(), default=str))
+            elif output == "yaml":
+                emit([e.to_dict()], "yaml")  # list items: the whole stream is one list
             else:
                 when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.ts))
                 where = (f"{e.world}/{e.name}" if e.world and e.name and e.name != e.world
