@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
-from . import consul, outposts, worlds
+from . import consul, outposts, worktrees, worlds
 from .locks import flock
-from .model import Manifest
-from .plan import Action
+from .model import Manifest, WorldSpec
+from .plan import Action, summary
 from .specs import execute_spec_action, plan_specs
 from .sphere import Sphere
-from .store import Record
+from .store import Record, Store
+
+REVISION_META = "source_revision"
+"""The commit the desired state was last recorded from (`sol status` shows it)."""
+SOURCE_META = "source"
+"""The git source (`git+REPO@REF#DIR`) that commit was read from."""
 
 
 def overlay(records: Sequence[Record], manifests: Sequence[Manifest]) -> list[Record]:
@@ -51,20 +57,101 @@ def plan_all(sphere: Sphere, manifests: Sequence[Manifest] | None, *, prune: boo
     return actions
 
 
-def record(sphere: Sphere, manifests: Sequence[Manifest], *, prune: bool = False
-           ) -> list[Action]:
-    """Record the desired state; serialised so two applies never interleave their plans."""
+def record(sphere: Sphere, manifests: Sequence[Manifest], *, prune: bool = False,
+           revision: str | None = None, source: str | None = None,
+           check: Callable[[], None] | None = None) -> list[Action]:
+    """Record the desired state; serialised so two applies never interleave their plans.
+
+    `revision` is the commit the manifests were read from (a git source): it is stored
+    in meta and in every recorded object's status (`sourceRevision`), and the apply is
+    an `applied` event of the sphere with the plan summary. `check` runs under the lock
+    before anything is recorded (a saved plan raises there when it went stale).
+    """
     with flock(sphere.home.run / "apply.lock"):
+        if check is not None:
+            check()
         actions = plan_specs(manifests, sphere.store.list(), prune=prune)
         desired = {m.key: m for m in manifests}
         for action in actions:
             execute_spec_action(sphere.store, action, desired)
+        _stamp(sphere.store, manifests, actions, revision, source)
     return actions
+
+
+def _stamp(store: Store, manifests: Sequence[Manifest], actions: list[Action],
+           revision: str | None, source: str | None) -> None:
+    """Mark where the desired state came from; a directory source clears an old mark."""
+    before = store.get_meta(REVISION_META)
+    if revision is None and before is None:
+        return
+    with store.transaction():
+        for m in manifests:
+            store.set_status(m.key, sourceRevision=revision)
+        store.set_meta(REVISION_META, revision)
+        store.set_meta(SOURCE_META, source if revision else None)
+        if revision and (actions or revision != before):
+            store.event("applied", kind="Sphere",
+                        message=f"revision {revision[:7]} of {source}: {summary(actions)}",
+                        revision=revision, source=source, summary=summary(actions),
+                        actions=[f"{a.op} {a.target}" for a in actions][:200])
+
+
+def applied_revision(store: Store, source: str) -> str | None:
+    """The commit last recorded from `source`, None if the desired state came from
+    elsewhere (another source, a directory)."""
+    if store.get_meta(SOURCE_META) != source:
+        return None
+    return store.get_meta(REVISION_META)
+
+
+def observed_state(sphere: Sphere) -> dict[str, dict[str, Any]]:
+    """What a plan was computed on, cheap to take again: every object's spec generation,
+    phase and orphaned flag, and per world its target tip and live sessions. (Not the
+    row version: status chatter such as a heartbeat message does not stale a plan.)"""
+    live = outposts.live_counts(sphere)
+    state: dict[str, dict[str, Any]] = {}
+    for r in sphere.store.list():
+        entry: dict[str, Any] = {"generation": r.generation, "phase": r.phase,
+                                 "orphaned": r.orphaned}
+        if r.kind == "World":
+            repo = sphere.home.repo(r.name)
+            branch = WorldSpec.from_spec(r.spec).branch
+            entry["tip"] = (worktrees.rev(repo, f"refs/heads/{branch}")
+                            if worktrees.is_clone(repo) else None)
+            entry["sessions"] = live.get(r.name, 0)
+        state[f"{r.kind.lower()} {r.world + '/' if r.world else ''}{r.name}"] = entry
+    return state
+
+
+def state_changes(before: dict[str, dict[str, Any]], now: dict[str, dict[str, Any]]
+                  ) -> list[str]:
+    """What moved between two `observed_state`s, one phrase each, for people."""
+    def show(value: Any) -> str:
+        if isinstance(value, str) and len(value) == 40:
+            return value[:7]
+        return "none" if value in (None, "") else str(value)
+
+    changes = []
+    for key in sorted(before.keys() | now.keys()):
+        old, new = before.get(key), now.get(key)
+        if old == new:
+            continue
+        if old is None or new is None:
+            changes.append(f"{key} appeared" if old is None else f"{key} is gone")
+            continue
+        for name in sorted(old.keys() | new.keys()):
+            if old.get(name) != new.get(name):
+                changes.append(f"{key} changed {name} {show(old.get(name))} -> "
+                               f"{show(new.get(name))}")
+    return changes
 
 
 def reconcile_once(sphere: Sphere, *, forge: bool = True) -> list[Action]:
     """Every reconciler that exists, once, in dependency order."""
+    from . import envoys
+
     actions = worlds.reconcile(sphere)
+    actions += envoys.reconcile(sphere)
     actions += consul.reconcile(sphere)
     if forge:
         from . import forge as forge_reconciler
@@ -74,10 +161,12 @@ def reconcile_once(sphere: Sphere, *, forge: bool = True) -> list[Action]:
     return actions
 
 
-def apply(sphere: Sphere, manifests: Sequence[Manifest], *, prune: bool = False
-          ) -> list[Action]:
+def apply(sphere: Sphere, manifests: Sequence[Manifest], *, prune: bool = False,
+          revision: str | None = None, source: str | None = None,
+          check: Callable[[], None] | None = None) -> list[Action]:
     """`sol apply`: record, then one pass (dispatch included, the forge left to the loop)."""
-    actions = record(sphere, manifests, prune=prune)
+    actions = record(sphere, manifests, prune=prune, revision=revision, source=source,
+                     check=check)
     for action in actions:
         if action.kind == "cancel":
             outposts.release(sphere, action.data["world"], action.data["name"],

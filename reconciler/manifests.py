@@ -37,7 +37,8 @@ try:
 except ImportError:  # pragma: no cover - only without ruamel.yaml.clib
     _CLoader = None
 
-KIND_FILES = {"World": "world.json", "Writ": "writ.json", "Caravan": "caravan.json"}
+KIND_FILES = {"World": "world.json", "Writ": "writ.json", "Caravan": "caravan.json",
+              "Envoy": "envoy.json"}
 MAX_NODES = 100_000  # per document: an alias bomb stops here instead of eating memory
 YAML_TAG = "tag:yaml.org,2002:"
 PATTERN_HINTS = {
@@ -46,12 +47,13 @@ PATTERN_HINTS = {
     "^[0-9]+(s|m|h)$": ("bad duration", "use a number and s, m or h, like 30s or 10m"),
     "^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?/)?[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$": (
         "bad writ reference", "use a writ name, or other-world/name"),
+    "^(/|~)": ("not an absolute path", "use an absolute path or ~/path, like ~/src/shop-specs"),
 }
 BRANCH_HINT = ("bad branch name", "git branch names cannot start with '-' or contain spaces "
                "or any of ~ ^ : ? * [ \\")
 TYPE_WORDS = {"string": "a string", "integer": "a whole number", "number": "a number",
               "boolean": "true or false", "object": "a mapping", "array": "a list"}
-USE_KINDS = "use World, Writ or Caravan"
+USE_KINDS = "use World, Writ, Caravan or Envoy"
 Key = tuple[str, str]  # (world, name) of a writ
 
 
@@ -481,7 +483,8 @@ def _get(data: Any, *path: str) -> list[Any]:
 
 
 def _cross_problems(docs: list[_Doc], complete: bool) -> list[Problem]:
-    """References across the whole set: worlds, dependsOn, caravans, duplicate names.
+    """References across the whole set: worlds, dependsOn, caravans, duplicate names
+    (per kind and world, so an envoy and a writ may share a name; two envoys may not).
 
     When some file could not be read or parsed, the target of a reference may be in the
     part that was lost, so unknown references are not reported then; the rest still is.

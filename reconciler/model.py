@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 API_VERSION = "sol/v1"
-KINDS = ("World", "Writ", "Caravan")
+KINDS = ("World", "Writ", "Caravan", "Envoy")
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 DURATION_RE = re.compile(r"^([0-9]+)(s|m|h)$")
 
@@ -20,6 +20,8 @@ TERMINAL = frozenset({MERGED, DONE, FAILED, CANCELLED})
 ALL_WRIT_PHASES = (PENDING, WORKING, RESOLVED, MERGING, MERGED, DONE, FAILED, CANCELLED)
 # World phases.
 READY, ERROR = "Ready", "Error"
+# Envoy phases (Pending and Error as above).
+RUNNING, SUSPENDED = "Running", "Suspended"
 
 
 def parse_duration(text: str) -> float:
@@ -158,6 +160,27 @@ class CaravanSpec:
         return cls(
             phases=tuple(tuple(p) for p in spec.get("phases") or ()),
             commissioned=bool(spec.get("commissioned", True)),
+        )
+
+
+@dataclass(frozen=True)
+class EnvoySpec:
+    """A persistent, human-directed agent: its persona, runtime, and where it works."""
+
+    persona: str
+    runtime: Runtime | None = None
+    suspend: bool = False
+    specs: bool = False              # work on the specs repository, not the world's
+    specs_repo: str | None = None    # that repository's path (required with specs)
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> EnvoySpec:
+        return cls(
+            persona=spec["persona"],
+            runtime=Runtime.from_spec(spec["runtime"]) if spec.get("runtime") else None,
+            suspend=bool(spec.get("suspend", False)),
+            specs=bool(spec.get("specs", False)),
+            specs_repo=spec.get("specsRepo"),
         )
 
 

@@ -4,13 +4,21 @@ Every step of a cast is undone if a later one fails, so there is never a tether 
 a session record nor a session without a tether. Casts in one world are serialised by a
 file lock, and capacity is counted from live tmux sessions under that lock, so no path
 that casts can exceed it.
+
+`DeathWatch` is how a daemon learns at once that an agent's process (or the tmux server)
+has exited, whatever tmux's hooks did.
 """
 
 from __future__ import annotations
 
+import os
+import select
+import threading
 import time
 import uuid
+from contextlib import suppress
 from pathlib import Path
+from typing import Protocol
 
 from . import runtimes, tether, worktrees
 from .errors import Retry, SolError
@@ -132,6 +140,7 @@ def cast_writs(sphere: Sphere, world_name: str, writ_names: list[str]) -> list[S
     failures (a Retry for each writ beyond capacity).
     """
     failures: list[SolError] = []
+    started = 0
     with flock(sphere.home.run / f"cast-{world_name}.lock"):
         world = sphere.store.get("World", "", world_name)
         if world is None:
@@ -146,9 +155,20 @@ def cast_writs(sphere: Sphere, world_name: str, writ_names: list[str]) -> list[S
             try:
                 if _cast_locked(sphere, world, wspec, writ_name):
                     live += 1
+                    started += 1
             except SolError as exc:
                 failures.append(exc)
+    if started:
+        _wake_sentinel(sphere, world_name)
     return failures
+
+
+def _wake_sentinel(sphere: Sphere, world: str) -> None:
+    """A new session: the world's sentinel (if a daemon runs one) starts watching it."""
+    from .prefect import ChildSpec
+
+    with suppress(OSError):
+        ChildSpec("sentinel", world).wake_file(sphere.home).touch()
 
 
 def _cast_locked(sphere: Sphere, world: Record, wspec: WorldSpec, writ_name: str) -> bool:
@@ -247,3 +267,127 @@ def release(sphere: Sphere, world: str, writ: str, *, reason: str) -> None:
 def tether_path_for(sphere: Sphere, world: str, writ: str) -> Path | None:
     agent = sphere.store.agent_for(world, writ)
     return sphere.home.tether(world, agent.name) if agent else None
+
+
+class DeathWatch:
+    """Touches `wake` (run/tmux-events, as tmux's hooks do) the moment an agent's pane
+    process or the tmux server exits.
+
+    The pane-died hook alone is not enough: a tmux linked with libutempter misses some
+    SIGCHLDs and fires nothing until someone looks (2 kills in 20 in
+    tests/bench/bench_supervision.py waited for the 30 s resync), and kill-server or a
+    kill -9 of the server fires no hook at all. A pidfd becomes readable when its
+    process exits, so one thread blocked in poll() learns of every exit: no polling, and
+    one tmux call per new session to learn its pid. Linux only (os.pidfd_open);
+    elsewhere the hooks and the resync remain.
+    """
+
+    SERVER = ""  # the key of the tmux server among the watched sessions
+
+    def __init__(self, wake: Path) -> None:
+        self.wake = wake
+        self._lock = threading.Lock()
+        self._fds: dict[int, str] = {}              # pidfd -> session name
+        self._pids: dict[str, tuple[int, bool]] = {}  # session -> (pid, exited)
+        self._read, self._write = os.pipe()
+        self._thread: threading.Thread | None = None
+
+    def watch(self, sessions: SessionsLike, listing: dict[str, bool]) -> None:
+        """Watch every live session of `listing` (and their server) not watched yet."""
+        with self._lock:
+            known = dict(self._pids)
+            for name, (_, exited) in known.items():
+                if exited and name != self.SERVER and not listing.get(name):
+                    del self._pids[name]  # dead or gone: watch its next session afresh
+        added = 0
+        for name, alive in listing.items():
+            entry = known.get(name)
+            if not alive or (entry is not None and not entry[1]):
+                continue
+            try:
+                pid = sessions.pane_pid(name)
+            except SolError:
+                continue
+            if not pid or (entry is not None and entry[0] == pid):
+                continue  # exited, yet tmux still shows it alive: never re-armed in a loop
+            added += self._add(name, pid)
+            server = self._pids.get(self.SERVER)
+            if server is None or server[1]:
+                parent = _parent(pid)
+                if parent and _is_tmux(parent):
+                    self._add(self.SERVER, parent)
+        if added:
+            self._start()
+            with suppress(OSError):
+                os.write(self._write, b"!")  # poll the new pidfds too
+
+    def _add(self, name: str, pid: int) -> int:
+        try:
+            fd = os.pidfd_open(pid)
+        except (OSError, AttributeError):
+            return 0
+        with self._lock:
+            self._fds[fd] = name
+            self._pids[name] = (pid, False)
+        return 1
+
+    def _start(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._run, daemon=True,
+                                            name="sol-death-watch")
+            self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            poller = select.poll()
+            poller.register(self._read, select.POLLIN)
+            with self._lock:
+                for fd in self._fds:
+                    poller.register(fd, select.POLLIN)
+            exited = False
+            for fd, _ in poller.poll():
+                if fd == self._read:
+                    with suppress(OSError):
+                        os.read(self._read, 4096)
+                    continue
+                with self._lock:
+                    name = self._fds.pop(fd, None)
+                    if name is not None and name in self._pids:
+                        self._pids[name] = (self._pids[name][0], True)
+                os.close(fd)
+                exited = True
+            if exited:
+                with suppress(OSError):
+                    self.wake.touch()
+
+
+class SessionsLike(Protocol):
+    def pane_pid(self, name: str) -> int | None: ...
+
+
+def _parent(pid: int) -> int | None:
+    """The parent of an agent's pane process: the tmux server."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _is_tmux(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().startswith("tmux")
+    except OSError:
+        return False
+
+
+_WATCHES: dict[Path, DeathWatch] = {}
+
+
+def watch_deaths(sphere: Sphere, listing: dict[str, bool]) -> None:
+    """Arm this process's DeathWatch of the sphere on the live sessions of `listing`
+    (the daemon's sentinel calls it after each pass, before it sleeps)."""
+    wake = sphere.home.run / "tmux-events"
+    watch = _WATCHES.get(wake)
+    if watch is None:
+        watch = _WATCHES[wake] = DeathWatch(wake)
+    watch.watch(sphere.sessions, listing)

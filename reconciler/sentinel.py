@@ -25,13 +25,13 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import degraded, tether, worktrees
+from . import degraded, envoys, tether, worktrees
 from .conditions import escalate, with_condition
 from .errors import SolError
 from .home import session_name
 from .locks import flock
 from .model import CANCELLED, DONE, FAILED, MERGED, WORKING, WorldSpec
-from .outposts import live_counts, parse_session, release, start_session
+from .outposts import live_counts, parse_session, release, start_session, watch_deaths
 from .plan import CREATE, DELETE, NOTE, UPDATE, Action
 from .specs import target
 from .sphere import Sphere
@@ -660,14 +660,18 @@ def reconcile(sphere: Sphere, world: str | None = None) -> list[Action]:
                 done.append(action)
     if any(a.kind == "record-death" for a in done):
         _check_degraded(sphere)
-    return done
+    return done + envoys.reconcile(sphere, world)  # envoys are kept alive, never reaped
 
 
 def requeue_after(sphere: Sphere, world: str | None = None) -> float | None:
     """Seconds until the next backoff, stall or degraded-exit deadline (None: nothing is
-    due; wait for an event or the periodic resync)."""
+    due; wait for an event or the periodic resync). The daemon calls it after each pass,
+    before it sleeps: it also arms the watch on its agents' processes
+    (`outposts.DeathWatch`)."""
     now = time.time()
     listing = sphere.sessions.list("sol-")
+    watch_deaths(sphere, {n: alive for n, alive in listing.items()
+                          if world is None or (parse_session(n) or ('',))[0] == world})
     is_degraded = degraded.state(sphere.store) is not None
     deadlines = []
     for name in _worlds(sphere, world, listing):

@@ -134,7 +134,8 @@ def _server_exiting(result: tmux_cmd) -> bool:
 
 
 def _absent(stderr: str) -> bool:
-    return _not_running(stderr) or "can't find session" in stderr
+    return (_not_running(stderr) or "can't find session" in stderr
+            or "no current target" in stderr)
 
 
 @contextmanager

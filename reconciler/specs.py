@@ -2,7 +2,9 @@
 
 Invariant 1: an empty or unreadable specs directory never prunes anything, and only
 `--prune` cancels; without it an object missing from the manifests is reported as
-orphaned and keeps running.
+orphaned and keeps running. Pruning an envoy only retires it: its record stays (status
+`retired`), the envoy reconciler stops its session, and its worktree, branch and memory
+are kept; back in the manifests it starts again.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from .model import ALL_WRIT_PHASES, CANCELLED, FAILED, MERGED, ORPHANED, Manifes
 from .plan import CREATE, DELETE, NOTE, UPDATE, Action
 from .store import Record, Store
 
-KIND_ORDER = {"World": 0, "Writ": 1, "Caravan": 2}
+KIND_ORDER = {"World": 0, "Writ": 1, "Caravan": 2, "Envoy": 3}
 
 
 def target(kind: str, world: str, name: str) -> str:
@@ -49,6 +51,8 @@ def plan_specs(
             ))
         elif m.kind == "Writ" and old.phase == CANCELLED:
             actions.append(Action(UPDATE, "record", tgt, "back in the manifests: restart", data))
+        elif m.kind == "Envoy" and old.status.get("retired"):
+            actions.append(Action(UPDATE, "record", tgt, "back in the manifests: start", data))
     for old in sorted(recorded_by_key.values(), key=lambda r: (KIND_ORDER[r.kind], r.key)):
         if old.key in wanted:
             continue
@@ -60,8 +64,12 @@ def plan_specs(
             ))
         elif prune and old.kind == "Caravan":
             actions.append(Action(DELETE, "forget", tgt, "removed from the manifests", data))
+        elif prune and old.kind == "Envoy" and not old.status.get("retired"):
+            actions.append(Action(DELETE, "retire", tgt, "removed from the manifests: stop its "
+                                  "session (worktree, branch and memory kept)", data))
         elif not old.orphaned and not (old.kind == "Writ" and old.phase == CANCELLED):
-            how = "never deleted" if old.kind == "World" else "kept (use --prune to cancel)"
+            how = {"World": "never deleted", "Envoy": "kept running (use --prune to stop it)"
+                   }.get(old.kind, "kept (use --prune to cancel)")
             actions.append(Action(NOTE, "orphan", tgt, f"not in the manifests: orphaned, {how}",
                                   data))
     return actions
@@ -79,6 +87,9 @@ def execute_spec_action(store: Store, action: Action, desired: dict[tuple, Manif
             if kind == "Writ" and current and current.phase == CANCELLED:
                 store.set_status(key, phase="Pending", reason="Restarted",
                                  message="back in the manifests")
+            if kind == "Envoy" and current and current.status.get("retired"):
+                store.set_status(key, phase="Pending", reason="Restarted",
+                                 message="back in the manifests", retired=None)
             store.event("applied", kind=kind, world=world, name=name,
                         message=action.description, generation=manifest.generation)
     elif action.kind == "orphan":
@@ -98,6 +109,14 @@ def execute_spec_action(store: Store, action: Action, desired: dict[tuple, Manif
             if done is not None:
                 store.event("cancelled", kind=kind, world=world, name=name,
                             message=action.description)
+    elif action.kind == "retire":
+        with store.transaction():
+            store.set_orphaned(key)
+            store.set_status(key, reason="Pruned", retired=True,
+                             message="removed from the manifests: session stopping; worktree, "
+                             "branch and memory kept")
+            store.event("retired", kind=kind, world=world, name=name,
+                        message=action.description)
     elif action.kind == "forget":
         with store.transaction():
             store.delete(key)

@@ -12,7 +12,8 @@ Watch mode (`SpecSync`): a save under the specs PATH is debounced, loaded with
 `manifests.load` and, if valid, recorded with `engine.record` (never pruned). An invalid,
 empty, missing or unreadable specs location is reported (event `specs-invalid`, store
 meta `specs_invalid` = the first problem) and nothing is recorded, so the last valid
-desired state keeps running.
+desired state keeps running. A git source (`git+REPO@REF#DIR`) is not watched but polled
+(`sources.GitSync`, every SOL_SOURCE_POLL seconds, 15 by default), with the same rules.
 """
 
 from __future__ import annotations
@@ -296,8 +297,19 @@ class SpecSync:
 
     def __init__(self, sphere: Sphere, paths: Sequence[str | Path], wakeup: Wakeup, *,
                  resync: float | None = None, debounce: float = DEBOUNCE) -> None:
+        from .sources import GitSync, find
+
         self.sphere = sphere
-        self.paths = [Path(p).absolute() for p in paths]
+        self.git: GitSync | None = None
+        for path in paths:
+            try:
+                source = find(path)
+            except SolError as exc:
+                logger.error("{err}", err=exc.message)
+                continue
+            if source is not None:
+                self.git = GitSync(sphere, source.absolute(), resync=resync)
+        self.paths = [] if self.git else [Path(p).absolute() for p in paths]
         self.wakeup = wakeup
         self.resync = sphere.config.resync if resync is None else resync
         self.debounce = debounce
@@ -311,14 +323,16 @@ class SpecSync:
         self._handler = _Callback(self._wanted, lambda event: self._changed())
 
     def start(self) -> SpecSync:
-        self._observer.daemon = True
-        self._observer.start()
-        self._arm()
+        if self.git is None:
+            self._observer.daemon = True
+            self._observer.start()
+            self._arm()
         return self
 
     def stop(self) -> None:
-        self._observer.stop()
-        self._observer.join(timeout=2)
+        if self._observer.is_alive():
+            self._observer.stop()
+            self._observer.join(timeout=2)
 
     # ---- the watch (watchdog thread) -----------------------------------------------
 
@@ -382,6 +396,8 @@ class SpecSync:
     def due(self, now: float | None = None) -> float:
         """Seconds until the next load is due (0: load now)."""
         now = time.monotonic() if now is None else now
+        if self.git is not None:
+            return self.git.due(now)
         wait = max(0.0, self._next_resync - now)
         with self._lock:
             if self._last is not None and self._first is not None:
@@ -392,6 +408,8 @@ class SpecSync:
     def reload_if_due(self) -> SpecReport | None:
         if self.due() > 0:
             return None
+        if self.git is not None:
+            return self.reload("poll")
         with self._lock:
             trigger = "change" if self._last is not None else "resync"
             self._first = self._last = None
@@ -402,6 +420,9 @@ class SpecSync:
         from . import engine
         from .manifests import load
 
+        if self.git is not None:
+            actions, problems = self.git.poll(trigger)
+            return SpecReport(trigger, actions, problems)
         self._next_resync = time.monotonic() + self.resync
         self._arm()
         started = time.monotonic()
@@ -416,9 +437,10 @@ class SpecSync:
             return report
         report.actions = engine.record(self.sphere, result.manifests)
         if store.get_meta(INVALID_META) is not None:
-            store.set_meta(INVALID_META, None)
-            store.event("specs-valid", kind="Sphere",
-                        message=f"specs valid again: {len(result.manifests)} document(s) loaded")
+            with store.transaction():  # a reader sees both or neither
+                store.set_meta(INVALID_META, None)
+                store.event("specs-valid", kind="Sphere", message=f"specs valid again: "
+                            f"{len(result.manifests)} document(s) loaded")
         self._reported = ()
         logger.info("specs loaded ({trigger}): {n} document(s), {c} change(s) in {ms} ms",
                     trigger=trigger, n=len(result.manifests), c=len(report.actions),
@@ -439,8 +461,9 @@ class SpecSync:
         first = report.problems[0]
         more = len(report.problems) - 1
         store = self.sphere.store
-        store.set_meta(INVALID_META, first)
-        store.event("specs-invalid", kind="Sphere",
-                    message=first + (f" (and {more} more)" if more else "")
-                    + "; the last valid desired state keeps running",
-                    problems=report.problems[:100], paths=[str(p) for p in self.paths])
+        with store.transaction():
+            store.set_meta(INVALID_META, first)
+            store.event("specs-invalid", kind="Sphere",
+                        message=first + (f" (and {more} more)" if more else "")
+                        + "; the last valid desired state keeps running",
+                        problems=report.problems[:100], paths=[str(p) for p in self.paths])

@@ -137,7 +137,7 @@ def test_validate_non_utf8_file(sol: Sol, tmp_path: Path) -> None:
 
 def test_schema_prints_json(sol: Sol) -> None:
     every = json.loads(sol("schema", check=True).stdout)
-    assert set(every) == {"World", "Writ", "Caravan"}
+    assert set(every) == {"World", "Writ", "Caravan", "Envoy"}
     writ = json.loads(sol("schema", "writ", check=True).stdout)
     assert writ == every["Writ"]
     assert "title" in json.dumps(writ["properties"])

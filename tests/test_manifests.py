@@ -97,7 +97,8 @@ def test_every_brief_case_is_in_the_corpus() -> None:
 def test_reference_manifests_are_valid(loader: str) -> None:
     result = manifests.load([ROOT / "manifests"])
     assert result.problems == []
-    assert [p.name for p in result.files] == ["caravan.yaml", "world.yaml", "writ.yaml"]
+    assert [p.name for p in result.files] == ["caravan.yaml", "envoy.yaml", "world.yaml",
+                                            "writ.yaml"]
     by_kind: dict[str, list[Manifest]] = {}
     for m in result.manifests:
         by_kind.setdefault(m.kind, []).append(m)
@@ -252,7 +253,7 @@ def test_cross_world_dependencies_and_cycles(loader: str) -> None:
 
 
 def test_schema_api() -> None:
-    assert set(manifests.KIND_FILES) == {"World", "Writ", "Caravan"}
+    assert set(manifests.KIND_FILES) == {"World", "Writ", "Caravan", "Envoy"}
     assert manifests.schema("Writ") is manifests.schema("Writ")
     with pytest.raises(SolError, match="unknown kind 'Task': use one of World, Writ, Caravan"):
         manifests.schema("Task")

@@ -34,11 +34,12 @@ from ..prefect import (
     running,
     wait_unlocked,
 )
+from ..sources import PREFIX, find, is_git, poll_interval
 from ..watch import touch
-from .common import load_manifests, specs_option, sphere
+from .common import git_source, load_specs, specs_option, sphere
 
 
-def start_detached(home: Home, paths: Sequence[Path], timeout: float = 30.0
+def start_detached(home: Home, paths: Sequence[Path | str], timeout: float = 30.0
                    ) -> dict[str, Any]:
     """Start the prefect in its own session, stdio to logs/prefect.out; return its ready
     info (pid, paths, log) once it reports ready."""
@@ -118,12 +119,32 @@ def _wait_gone(pid: int, timeout: float) -> bool:
     return True
 
 
-def watch_paths(paths: tuple[str, ...]) -> list[Path]:
-    """-f PATH.., else $SOL_SPECS or ./specs if it exists, else nothing to watch."""
+def watch_paths(paths: tuple[str, ...]) -> list[Path | str]:
+    """-f PATH.., else $SOL_SPECS or ./specs if it exists, else nothing to watch. A git
+    source is kept as one value with its repository made absolute (the daemon's cwd is
+    SOL_HOME), for the prefect to poll."""
+    given = list(paths) or [os.environ.get("SOL_SPECS") or "specs"]
+    git = git_source(given)
+    if git is not None:
+        return [str(git)]  # not a Path: that would collapse the // of a URL
     if paths:
         return [Path(p).absolute() for p in paths]
-    default = Path(os.environ.get("SOL_SPECS") or "specs")
+    default = Path(given[0])
     return [default.absolute()] if default.exists() else []
+
+
+def _meaning(value: str) -> str:
+    """What a watched value means: the prefect may have made a git source look like a path
+    below its cwd (`/cwd/git+...`, a URL's // collapsed), so undo that."""
+    at = 0 if is_git(value) else value.find(f"/{PREFIX}") + 1
+    if at or is_git(value):
+        source = find(value[at:])
+        return str(source) if source else value
+    return str(Path(value))
+
+
+def _same(watched: list[str], wanted: Sequence[Path | str]) -> bool:
+    return [_meaning(w) for w in watched] == [_meaning(str(w)) for w in wanted]
 
 
 def _where(home: Home, info: dict[str, Any]) -> str:
@@ -144,18 +165,21 @@ def up(paths: tuple[str, ...]) -> None:
     info = running(home)
     if info is not None:
         click.echo(f"The prefect is already running ({_where(home, info)}).")
-        watched = [Path(p) for p in info.get("paths") or []]
-        if paths and watched != wanted:
-            shown = ", ".join(map(str, watched)) or "nothing"
+        watched = [str(p) for p in info.get("paths") or []]
+        if paths and not _same(watched, wanted):
+            shown = ", ".join(map(_meaning, watched)) or "nothing"
             raise SolError(f"the running prefect watches {shown}, not "
                            f"{', '.join(map(str, wanted))}; run `sol down`, then `sol up` again")
         return
     for path in wanted:
-        if not path.exists():
+        if not is_git(path) and not Path(path).exists():
             click.echo(f"warning: {path} does not exist yet; the prefect applies it once it "
                        "appears", err=True)
     info = start_detached(home, wanted)
     click.echo(f"Prefect started ({_where(home, info)}).")
+    if wanted and is_git(wanted[0]):
+        click.echo(f"Polling {wanted[0]} every {poll_interval():g}s.")
+        return
     click.echo(f"Watching {', '.join(map(str, wanted))}." if wanted else
                "Watching no specs directory (none given and no ./specs): "
                "change desired state with `sol apply -f PATH`.")
@@ -182,7 +206,9 @@ def reconcile(paths: tuple[str, ...], once: bool) -> None:
         if paths:
             from .. import engine
 
-            engine.record(sp, load_manifests(paths))
+            specs = load_specs(paths)
+            engine.record(sp, specs.manifests, revision=specs.commit,
+                          source=specs.source if specs.git else None)
         actions = prefect.run_once(sp)
         for action in actions:
             click.echo(f"  {action.op} {action.target}  {action.description}")
