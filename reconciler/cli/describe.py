@@ -78,7 +78,8 @@ def render_status(sphere: Sphere, only: str | None = None) -> str:
                      f": {degraded.reason} (agents are not respawned; `sol resume` to leave)")
     revision = store.get_meta("source_revision")
     if revision:
-        lines.append(f"specs at revision {revision}")
+        source = store.get_meta("source")
+        lines.append(f"specs at revision {revision}" + (f" of {source}" if source else ""))
     if not worlds:
         lines.append("No worlds applied yet: write a World manifest and run `sol apply -f PATH`.")
         return "\n".join(lines)
