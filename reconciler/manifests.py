@@ -4,7 +4,7 @@ YAML is composed into node trees (libyaml through ruamel.yaml.clib when installe
 pure Python): every node keeps its start mark, so positions cost nothing extra, and the
 trees are turned into plain values here. The JSON Schemas in `schemas/` are the single
 source of the format; their errors are rewritten for people, then references are checked
-across the whole set.
+across the whole set (references.py).
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cache
-from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -30,7 +29,8 @@ from ruamel.yaml.reader import ReaderError
 
 from .errors import ManifestError, SolError
 from .home import data_path
-from .model import API_VERSION, KINDS, NAME_RE, Manifest, Origin, split_ref
+from .model import API_VERSION, KINDS, NAME_RE, Manifest, Origin
+from .references import cross_problems, suggest
 
 try:
     from ruamel.yaml.cyaml import CSafeLoader as _CLoader
@@ -54,7 +54,6 @@ BRANCH_HINT = ("bad branch name", "git branch names cannot start with '-' or con
 TYPE_WORDS = {"string": "a string", "integer": "a whole number", "number": "a number",
               "boolean": "true or false", "object": "a mapping", "array": "a list"}
 USE_KINDS = "use World, Writ, Caravan or Envoy"
-Key = tuple[str, str]  # (world, name) of a writ
 
 
 class Problem(NamedTuple):
@@ -229,7 +228,7 @@ def _syntax_problem(file: str, text: str, exc: YAMLError) -> Problem:
     return Problem(file, 1, 1, f"YAML syntax error: {exc}")
 
 
-class _Doc:
+class Document:
     """One document: its node tree (for positions), plain data, and what it claims to be."""
 
     def __init__(self, file: str, node: Any) -> None:
@@ -295,7 +294,7 @@ class _Doc:
 class _Converter:
     """Node tree to plain dict/list/str/int/float/bool/None, refusing what is ambiguous."""
 
-    def __init__(self, doc: _Doc, problems: list[Problem]) -> None:
+    def __init__(self, doc: Document, problems: list[Problem]) -> None:
         self.doc, self.problems, self.count, self.active = doc, problems, 0, set[int]()
 
     def note(self, node: Any, message: str) -> None:
@@ -374,7 +373,7 @@ def _load_items(items: Sequence[tuple[str, str]], problems: list[Problem],
 def _check_items(items: Sequence[tuple[str, str]], problems: list[Problem],
                  files: list[Path]) -> LoadResult:
     complete = not problems
-    docs: list[_Doc] = []
+    docs: list[Document] = []
     for file, text in items:
         nodes, error = _compose(text)
         if error is not None:
@@ -383,7 +382,7 @@ def _check_items(items: Sequence[tuple[str, str]], problems: list[Problem],
         for node in nodes:
             if node.id == "scalar" and node.value == "" and node.tag == YAML_TAG + "null":
                 continue  # an empty document, such as after a trailing `---`
-            doc = _Doc(file, node)
+            doc = Document(file, node)
             try:
                 doc.setup(_Converter(doc, problems).convert(node))
             except RecursionError:
@@ -393,13 +392,13 @@ def _check_items(items: Sequence[tuple[str, str]], problems: list[Problem],
             docs.append(doc)
     for doc in docs:
         problems += _document_problems(doc)
-    problems += _cross_problems(docs, complete)
+    problems += cross_problems(docs, complete)
     good = [Manifest(d.kind, d.name, d.world, d.data["spec"], d.origin) for d in docs
             if not d.bad]
     return LoadResult(good, [str(p) for p in sorted(problems)], files, len(docs))
 
 
-def _document_problems(doc: _Doc) -> list[Problem]:
+def _document_problems(doc: Document) -> list[Problem]:
     data = doc.data
     if not isinstance(data, dict):
         return [doc.problem([], "document is not a mapping: a manifest has apiVersion, kind, "
@@ -408,7 +407,7 @@ def _document_problems(doc: _Doc) -> list[Problem]:
     if "kind" not in data:
         return [doc.problem([], f"missing required field 'kind': {USE_KINDS}", prefix=False)]
     if kind not in KINDS:
-        return [doc.problem(["kind"], f"unknown kind {_show(kind)}{_suggest(kind, KINDS)}: "
+        return [doc.problem(["kind"], f"unknown kind {_show(kind)}{suggest(kind, KINDS)}: "
                             f"{USE_KINDS}", prefix=False)]
     found: dict[tuple[int, int, str], Problem] = {}
     for error in _validator(kind).iter_errors(data):
@@ -417,7 +416,7 @@ def _document_problems(doc: _Doc) -> list[Problem]:
     return list(found.values())
 
 
-def _schema_problems(doc: _Doc, error: ValidationError) -> Iterator[Problem]:
+def _schema_problems(doc: Document, error: ValidationError) -> Iterator[Problem]:
     """One jsonschema error as messages for people, each at the node it is about."""
     path, inst, value = list(error.absolute_path), error.instance, error.validator_value
     if error.validator == "required":
@@ -455,7 +454,7 @@ def _message(error: ValidationError) -> str:
     if rule == "const" and value == API_VERSION:
         return f"unsupported apiVersion {shown}: use {API_VERSION}"
     if rule == "enum":
-        return f"{shown} is not one of {', '.join(map(str, value))}{_suggest(inst, value)}"
+        return f"{shown} is not one of {', '.join(map(str, value))}{suggest(inst, value)}"
     if rule in ("maximum", "minimum"):
         return f"{shown} is {'greater' if rule == 'maximum' else 'less'} than the {rule} of {value}"
     if rule in ("minItems", "minLength") and value == 1:
@@ -468,125 +467,3 @@ def _show(value: Any) -> str:
         return json.dumps(value)
     return "a mapping" if isinstance(value, dict) else "a list" if isinstance(
         value, list) else repr(value)
-
-
-def _suggest(word: Any, choices: Sequence[Any]) -> str:
-    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1)
-    return f" (did you mean '{close[0]}'?)" if close else ""
-
-
-def _get(data: Any, *path: str) -> list[Any]:
-    """The list at `path`, or [] (the schema reports anything else)."""
-    for step in path:
-        data = data.get(step) if isinstance(data, dict) else None
-    return data if isinstance(data, list) else []
-
-
-def _cross_problems(docs: list[_Doc], complete: bool) -> list[Problem]:
-    """References across the whole set: worlds, dependsOn, caravans, duplicate names
-    (per kind and world, so an envoy and a writ may share a name; two envoys may not).
-
-    When some file could not be read or parsed, the target of a reference may be in the
-    part that was lost, so unknown references are not reported then; the rest still is.
-    """
-    problems: list[Problem] = []
-    owners: dict[tuple[str, str, str], _Doc] = {}
-    for doc in (d for d in docs if d.named):
-        first = owners.setdefault((doc.kind, doc.world, doc.name), doc)
-        if first is not doc:
-            problems.append(doc.problem(["metadata", "name"], f"duplicate name: {doc.label} is "
-                                        f"also defined at {first.origin}; rename or remove one"))
-    worlds = sorted(n for k, _, n in owners if k == "World")
-    writs = {(w, n): d for (k, w, n), d in owners.items() if k == "Writ"}
-    for doc in (d for d in owners.values() if complete and d.world and d.world not in worlds):
-        problems.append(doc.problem(["metadata", "world"], f"unknown world '{doc.world}'"
-                                    f"{_suggest(doc.world, worlds)}: add a World manifest "
-                                    "with that name or fix the name"))
-    graph: dict[Key, list[tuple[int, Key]]] = {}
-    for key, doc in writs.items():
-        graph[key] = []
-        for i, ref in enumerate(_get(doc.data, "spec", "dependsOn")):
-            target = split_ref(ref, doc.world) if isinstance(ref, str) else ("", "")
-            if target in writs:
-                graph[key].append((i, target))
-            elif complete and target[0] in worlds:
-                problems.append(doc.problem(["spec", "dependsOn", i], _unknown_writ(target, writs)))
-            elif complete and target[0] and target[0] != doc.world:
-                hint = _suggest(target[0], worlds)
-                problems.append(doc.problem(["spec", "dependsOn", i],
-                                            f"unknown world '{target[0]}' in '{ref}'{hint}"))
-    problems += _cycle_problems(graph, writs)
-    caravans = sorted((d for d in owners.values() if d.kind == "Caravan"), key=_place)
-    return problems + _caravan_problems(caravans, writs, worlds if complete else [])
-
-
-def _place(doc: _Doc) -> tuple[str, int, int]:
-    return doc.origin.file, doc.origin.line, doc.origin.col
-
-
-def _unknown_writ(target: Key, writs: dict[Key, _Doc]) -> str:
-    names = [n for w, n in writs if w == target[0]]
-    return (f"unknown writ '{target[1]}' in world {target[0]}{_suggest(target[1], names)}: add "
-            "its Writ manifest or fix the name")
-
-
-def _cycle_problems(graph: dict[Key, list[tuple[int, Key]]], writs: dict[Key, _Doc]
-                    ) -> list[Problem]:
-    """Each dependsOn cycle once, printed `a -> b -> a`; its writs are dropped from the set."""
-    problems = []
-    deps = {key: {t for _, t in edges} for key, edges in graph.items()}
-    while True:
-        try:
-            TopologicalSorter(deps).prepare()
-            return problems
-        except CycleError as exc:
-            ring = list(reversed(exc.args[1]))[:-1]  # a dependsOn b: a comes first
-        first = ring.index(min(ring, key=lambda k: _place(writs[k])))
-        ring = ring[first:] + ring[:first]
-        one_world = len({w for w, _ in ring}) == 1
-        shown = " -> ".join(n if one_world else f"{w}/{n}" for w, n in [*ring, ring[0]])
-        index = next(i for i, t in graph[ring[0]] if t == ring[1 % len(ring)])
-        problems.append(writs[ring[0]].problem(["spec", "dependsOn", index], f"dependsOn cycle: "
-                                               f"{shown}: none of them could ever start"))
-        for key in ring:
-            writs[key].bad = True
-            deps.pop(key)
-        for targets in deps.values():
-            targets.difference_update(ring)
-
-
-def _caravan_problems(caravans: list[_Doc], writs: dict[Key, _Doc], worlds: list[str]
-                      ) -> list[Problem]:
-    """Unknown writs (in known `worlds`), a writ listed twice or in two caravans, and phases
-    that deadlock."""
-    problems = []
-    claimed: dict[Key, tuple[_Doc, tuple[int, int]]] = {}
-    for doc in caravans:
-        placed: dict[Key, tuple[int, int]] = {}
-        for p, phase in enumerate(_get(doc.data, "spec", "phases")):
-            for j, name in enumerate(phase if isinstance(phase, list) else []):
-                key, at = (doc.world, name), ["spec", "phases", p, j]
-                if not isinstance(name, str):
-                    continue
-                if key not in writs:
-                    if doc.world in worlds:
-                        problems.append(doc.problem(at, _unknown_writ(key, writs)))
-                elif key in placed:
-                    problems.append(doc.problem(at, f"writ '{name}' is listed twice (also at "
-                                                "phases[{}][{}]): remove one".format(*placed[key])))
-                elif key in claimed:
-                    other, (line, col) = claimed[key]
-                    problems.append(doc.problem(at, f"writ '{name}' is already in caravan "
-                                                f"'{other.name}' ({other.file}:{line}:{col}): "
-                                                "a writ belongs to one caravan at most"))
-                else:
-                    placed[key], claimed[key] = (p, j), (doc, doc.at(at))
-        for key, (p, j) in placed.items():
-            for ref in _get(writs[key].data, "spec", "dependsOn"):
-                dep = split_ref(ref, key[0]) if isinstance(ref, str) else ("", "")
-                if dep in placed and placed[dep][0] > p:
-                    problems.append(doc.problem(
-                        ["spec", "phases", p, j], f"writ '{key[1]}' (phase {p}) depends on "
-                        f"'{ref}' in the later phase {placed[dep][0]}: it could never start; "
-                        "move one of them"))
-    return problems

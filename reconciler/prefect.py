@@ -6,10 +6,11 @@
       |- sentinel-<world>    one per world, when reconciler/sentinel.py is installed
       `- forge-<world>       one per world
 
-Each child is `python -m reconciler.prefect child KIND [WORLD]`, so a crash of one never
-stops the others. A child loops: reconcile, then sleep until its run/<child>.wake is
-touched, its requeue time, or the resync interval; a thread touches run/<child>.heartbeat
-meanwhile. The prefect passes wakes on: run/wake (a spec change, `sol resume`) to every
+Each child is `python -m reconciler.prefect child KIND [WORLD]` (its side is child.py;
+pid files, liveness and stopping are procs.py), so a crash of one never stops the
+others. A child loops: reconcile, then sleep until its run/<child>.wake is touched, its
+requeue time, or the resync interval; a thread touches run/<child>.heartbeat meanwhile.
+The prefect passes wakes on: run/wake (a spec change, `sol resume`) to every
 child, run/tmux-events (touched by tmux hooks when a session dies) to the consul and the
 sentinels, a forge's file when the store shows a new merge request for its world, and the
 notifier's when the store shows a new event.
@@ -27,9 +28,7 @@ and a second flock of one file in one process fails).
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
-import logging
 import os
 import signal
 import subprocess
@@ -37,26 +36,23 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
 from loguru import logger
 from watchdog.observers.api import BaseObserver
 
+from .child import ChildSpec, available, heartbeat_interval, run_child, runner
 from .errors import SolError
 from .home import Home
 from .locks import flock
 from .plan import Action
+from .procs import STOP_GRACE, kill_group, read_pid, setup_logging
 from .sphere import Sphere
-from .watch import FileWaker, Loop, SpecSync, Wakeup, touch, watch_names
+from .watch import FileWaker, SpecSync, Wakeup, touch, watch_names
 
 BACKOFF_START, BACKOFF_MAX, HEALTHY_AFTER = 1.0, 60.0, 60.0
-STOP_GRACE = 10.0       # seconds a child (or the prefect) gets to exit after SIGTERM
 STALE_BEATS = 6         # heartbeats missed before a child is declared hung
-PASS_LIMIT = {"consul": 600.0, "sentinel": 600.0, "forge": None, "notifier": 600.0}
-"""A pass longer than this stops the heartbeat (a hung reconciler is then restarted).
-The forge has none: its gates carry their own timeouts."""
 DB_SETTLE = 0.2         # coalesce bursts of store writes before looking at the MR queue
 DB_FILES = ("sol.db", "sol.db-wal")
 QUEUED = "Queued"
@@ -66,46 +62,11 @@ class AlreadyRunning(SolError):
     """Another prefect holds this SOL_HOME's lock."""
 
 
-def heartbeat_interval() -> float:
-    """Seconds between heartbeats (env SOL_HEARTBEAT, for tests); stale after 6 of them."""
-    try:
-        return max(0.1, float(os.environ.get("SOL_HEARTBEAT") or 5.0))
-    except ValueError:
-        return 5.0
-
-
 def next_backoff(previous: float, ran_for: float) -> float:
     """The delay before restarting a child that exited after running `ran_for` seconds."""
     if not previous or ran_for >= HEALTHY_AFTER:
         return BACKOFF_START
     return min(previous * 2, BACKOFF_MAX)
-
-
-@dataclass(frozen=True)
-class ChildSpec:
-    """Which reconciler a child runs: the consul, or a sentinel or forge of one world."""
-
-    kind: str
-    world: str = ""
-
-    @property
-    def name(self) -> str:
-        return f"{self.kind}-{self.world}" if self.world else self.kind
-
-    def argv(self) -> list[str]:
-        return [sys.executable, "-m", "reconciler.prefect", "child", self.kind,
-                *([self.world] if self.world else [])]
-
-    def wake_file(self, home: Home) -> Path:
-        """The one file that wakes this child (one inotify watch per child): the prefect
-        touches it to pass on run/wake and run/tmux-events, the forge's when a merge
-        request is queued, the consul's when a forge or sentinel changed something."""
-        return home.run / f"{self.name}.wake"
-
-    @property
-    def hears_tmux(self) -> bool:
-        """A session died: the sentinel respawns it, the consul has capacity again."""
-        return self.kind in ("consul", "sentinel")
 
 
 @dataclass
@@ -118,57 +79,6 @@ class Child:
     exit_code: int | None = None
     reason: str = ""
     restarts: int = 0
-
-
-def available(kind: str) -> bool:
-    """Whether this build has the reconciler (sentinel.py and forge.py land separately)."""
-    return kind == "consul" or find_spec(f"reconciler.{kind}") is not None
-
-
-def setup_logging(path: Path, *, console: bool = False) -> None:
-    """JSON lines (one writer per file, so rotation is safe), plus stderr in foreground."""
-    logger.remove()
-    # watchdog logs an error when a watched directory is deleted: expected here
-    logging.getLogger("watchdog.observers.inotify").setLevel(logging.CRITICAL)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    logger.add(path, serialize=True, level="INFO", rotation="10 MB", retention=3)
-    if console:
-        logger.add(sys.stderr, level="INFO", format="{time:HH:mm:ss} {message}")
-
-
-def pid_alive(pid: int) -> bool:
-    """Running (a zombie no one has reaped yet counts as gone)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
-def read_pid(path: Path) -> int | None:
-    try:
-        text = path.read_text().strip()
-    except OSError:
-        return None
-    return int(text) if text.isdigit() else None
-
-
-def is_ours(pid: int, home: Home) -> bool:
-    """The pid runs `reconciler.prefect` in this SOL_HOME (guards against pid reuse): the
-    daemon and its children all run with SOL_HOME as their working directory."""
-    if not Path("/proc/self").exists():
-        return pid_alive(pid)  # no /proc here: trust the pid file
-    try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        cwd = os.readlink(f"/proc/{pid}/cwd")
-    except OSError:
-        return False
-    return b"reconciler.prefect" in argv and Path(cwd) == home.root.resolve()
 
 
 def child_env(home: Home) -> dict[str, str]:
@@ -433,7 +343,7 @@ class Prefect:
                 logger.warning("{child} heartbeat is {age:.1f}s old: killing it",
                                child=child.spec.name, age=age)
                 child.reason = f"a stale heartbeat ({age:.0f}s old)"
-                _kill_group(child.proc)
+                kill_group(child.proc)
         self._reap()
 
     def _stop(self, children: Sequence[Child]) -> None:
@@ -447,7 +357,7 @@ class Prefect:
             try:
                 proc.wait(timeout=max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                _kill_group(proc)
+                kill_group(proc)
 
     def _stop_all(self) -> None:
         self._stop(list(self.children.values()))
@@ -458,16 +368,6 @@ class Prefect:
         tmp = self.home.run / "prefect.ready.tmp"
         tmp.write_text(json.dumps(info))
         tmp.replace(self.home.run / "prefect.ready")
-
-
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    """SIGKILL a child and what it started in its process group (git, a hung helper);
-    agents live under tmux's own session and are never in it."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    with contextlib.suppress(ProcessLookupError):
-        proc.kill()
-    proc.wait()
 
 
 def already_running(home: Home) -> str:
@@ -488,53 +388,6 @@ def running(home: Home) -> dict[str, Any] | None:
         return {"pid": read_pid(home.run / "prefect.pid")}
 
 
-def wait_unlocked(path: Path, timeout: float) -> bool:
-    """Poll (shutdown only) until nobody holds the lock at `path`, or `timeout` passes."""
-    deadline = time.monotonic() + timeout
-    while True:
-        with flock(path, blocking=False) as free:
-            if free:
-                return True
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-
-
-# ---- a child: one reconciler's loop --------------------------------------------------
-
-Runner = Callable[[Sphere], tuple[list[Action], float | None]]
-
-
-def runner(spec: ChildSpec) -> Runner:
-    """One pass of a reconciler; imported here, so a module that is missing or broken
-    fails only its own child."""
-    if spec.kind == "consul":
-        from . import engine
-
-        return lambda sphere: (engine.reconcile_once(sphere, forge=False), None)
-    if spec.kind == "sentinel":
-        from . import sentinel  # type: ignore[attr-defined]
-
-        def sentinel_pass(sphere: Sphere) -> tuple[list[Action], float | None]:
-            actions = sentinel.reconcile(sphere, spec.world)
-            return actions, sentinel.requeue_after(sphere, spec.world)
-
-        return sentinel_pass
-    if spec.kind == "forge":
-        from . import forge
-
-        return lambda sphere: (forge.reconcile(sphere, spec.world), None)
-    if spec.kind == "notifier":
-        from . import notify
-
-        def notifier_pass(sphere: Sphere) -> tuple[list[Action], float | None]:
-            notify.pass_once(sphere)  # it logs its deliveries; they are not plan actions
-            return [], notify.requeue_after(sphere)
-
-        return notifier_pass
-    raise SolError(f"unknown reconciler {spec.kind!r}: use consul, notifier, sentinel or forge")
-
-
 def run_once(sphere: Sphere) -> list[Action]:
     """`sol reconcile --once`: the consul, every world's sentinel and forge, and the consul
     again if they changed anything (a merge unblocks writs, a failure frees capacity)."""
@@ -546,61 +399,6 @@ def run_once(sphere: Sphere) -> list[Action]:
             if available(kind):
                 others += runner(ChildSpec(kind, world))(sphere)[0]
     return actions + others + (consul(sphere)[0] if others else [])
-
-
-def _die_with_parent() -> None:
-    """Ask Linux for SIGTERM when the prefect dies; elsewhere the loop checks getppid."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-def run_child(kind: str, world: str = "") -> int:
-    """`python -m reconciler.prefect child KIND [WORLD]`: run one reconciler until told."""
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # until the loop takes over
-    home = Home.from_env()
-    spec = ChildSpec(kind, world)
-    _die_with_parent()
-    setup_logging(home.logs / f"{spec.name}.log")
-    lock = home.run / f"{spec.name}.child.lock"
-    with flock(lock, blocking=False) as held:
-        if held:
-            return _child_loop(home, spec)
-    pid = read_pid(home.run / f"{spec.name}.pid")
-    if pid and pid != os.getpid() and is_ours(pid, home):
-        logger.warning("{child} left by an earlier prefect (pid {pid}): stopping it",
-                       child=spec.name, pid=pid)
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-        if not wait_unlocked(lock, STOP_GRACE):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-    with flock(lock):
-        return _child_loop(home, spec)
-
-
-def _child_loop(home: Home, spec: ChildSpec) -> int:
-    pid_file = home.run / f"{spec.name}.pid"
-    pid_file.write_text(f"{os.getpid()}\n")
-
-    def after(actions: list[Action]) -> None:
-        if actions and spec.kind != "consul":
-            touch(home.run / "consul.wake")  # a merge or a death may free dispatch
-
-    try:
-        sphere = Sphere(home)
-        try:
-            reconcile = runner(spec)
-            Loop(spec.name, lambda: reconcile(sphere), [spec.wake_file(home)],
-                 heartbeat=home.run / f"{spec.name}.heartbeat", beat=heartbeat_interval(),
-                 resync=sphere.config.resync, pass_limit=PASS_LIMIT.get(spec.kind),
-                 after=after, parent=int(os.environ.pop("SOL_PREFECT_PID", "") or 0)).run()
-        finally:
-            sphere.close()
-    finally:
-        if read_pid(pid_file) == os.getpid():
-            with contextlib.suppress(OSError):
-                pid_file.unlink()
-    return 0
 
 
 ALREADY_RUNNING = 3

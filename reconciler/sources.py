@@ -30,6 +30,7 @@ from .locks import flock
 from .manifests import LoadResult, load_texts
 from .plan import Action
 from .sphere import Sphere
+from .worktrees import git_reason
 
 PREFIX = "git+"
 SHORT = 7
@@ -118,16 +119,6 @@ def find(value: str | Path) -> GitSource | None:
 # ---- git ----------------------------------------------------------------------------
 
 
-def _reason(stderr: str) -> str:
-    """Git's own explanation: the last fatal/error line, else the last line."""
-    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
-    for line in reversed(lines):
-        for prefix in ("fatal: ", "error: "):
-            if line.startswith(prefix):
-                return line[len(prefix):]
-    return lines[-1] if lines else "git failed without a message"
-
-
 def _git(*args: str, input: bytes | None = None, timeout: float = LOCAL_TIMEOUT
          ) -> subprocess.CompletedProcess[bytes]:
     """git with no prompt, a C locale and no inherited repository; never raises for a
@@ -165,7 +156,7 @@ def git_dir(source: GitSource, home: Home, *, fetch: bool = True) -> Path:
             done = _git("init", "--quiet", "--bare", str(cache))
             if done.returncode:
                 raise SolError(f"git source {source}: cannot create its cache {cache}: "
-                               f"{_reason(done.stderr.decode(errors='replace'))}")
+                               f"{git_reason(done.stderr.decode(errors='replace'))}")
             fetch = True
         if fetch:
             done = _git("-C", str(cache), "fetch", "--quiet", "--prune", "--force",
@@ -174,7 +165,7 @@ def git_dir(source: GitSource, home: Home, *, fetch: bool = True) -> Path:
                         timeout=FETCH_TIMEOUT)
             if done.returncode:
                 raise SolError(f"git source {source}: cannot fetch {source.repo}: "
-                               f"{_reason(done.stderr.decode(errors='replace'))}")
+                               f"{git_reason(done.stderr.decode(errors='replace'))}")
     return cache
 
 
@@ -188,7 +179,7 @@ def resolve(source: GitSource, home: Home, *, fetch: bool = True) -> str:
     check = _git("-C", str(where), "rev-parse", "--git-dir")
     if check.returncode:
         raise SolError(f"git source {source}: {source.repo} is not a git repository "
-                       f"({_reason(check.stderr.decode(errors='replace'))})")
+                       f"({git_reason(check.stderr.decode(errors='replace'))})")
     raise SolError(f"git source {source}: ref {source.ref} not found in {source.repo}; "
                    "commit or push it, or name another ref")
 
@@ -217,7 +208,7 @@ def read(source: GitSource, commit: str, home: Home) -> LoadResult:
     listing = _git(*args, *(["--", source.dir] if source.dir else []))
     if listing.returncode:
         raise SolError(f"git source {source}: cannot list {commit[:SHORT]}: "
-                       f"{_reason(listing.stderr.decode(errors='replace'))}")
+                       f"{git_reason(listing.stderr.decode(errors='replace'))}")
     blobs: list[tuple[str, str]] = []
     for item in listing.stdout.split(b"\0"):
         head, _, raw = item.partition(b"\t")
@@ -247,7 +238,7 @@ def _cat(where: Path, shas: list[str]) -> list[bytes]:
     done = _git("-C", str(where), "cat-file", "--batch", input="".join(
         f"{sha}\n" for sha in shas).encode())
     if done.returncode:
-        raise SolError(f"cannot read {where}: {_reason(done.stderr.decode(errors='replace'))}")
+        raise SolError(f"cannot read {where}: {git_reason(done.stderr.decode(errors='replace'))}")
     out, pos, blobs = done.stdout, 0, []
     for _ in shas:
         end = out.index(b"\n", pos)

@@ -22,6 +22,7 @@ import git
 from git.refs.symbolic import SymbolicReference
 
 from .errors import SolError
+from .procs import pid_alive
 
 REFSPEC = "+refs/heads/*:refs/remotes/origin/*"
 CLONE_TIMEOUT = 1800.0  # seconds; a large first clone over a slow link
@@ -36,7 +37,7 @@ ENV = {
 PARTIAL = ".partial-"  # marks a clone in progress beside its destination
 
 
-def _reason(stderr: str) -> str:
+def git_reason(stderr: str) -> str:
     """Git's own explanation: the last fatal/error line, else the last line."""
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]
     for line in reversed(lines):
@@ -46,8 +47,8 @@ def _reason(stderr: str) -> str:
     return lines[-1] if lines else "git failed without a message"
 
 
-def _run(cwd: Path, *args: str, timeout: float = LOCAL_TIMEOUT, what: str = "",
-         env: dict[str, str] | None = None, check: bool = True) -> tuple[int, str, str]:
+def run_git(cwd: Path, *args: str, timeout: float = LOCAL_TIMEOUT, what: str = "",
+            env: dict[str, str] | None = None, check: bool = True) -> tuple[int, str, str]:
     """Run `git ARGS` in cwd; returns (status, stdout, stderr); raises SolError if check."""
     if not cwd.is_dir():
         raise SolError(f"{what or 'git ' + args[0] + ' failed'}: {cwd} does not exist")
@@ -62,12 +63,12 @@ def _run(cwd: Path, *args: str, timeout: float = LOCAL_TIMEOUT, what: str = "",
     except git.GitCommandNotFound as exc:
         raise SolError("git is not installed or not on PATH; install git and retry") from exc
     if check and status != 0:
-        raise SolError(f"{what or 'git ' + args[0] + ' failed'}: {_reason(err)}")
+        raise SolError(f"{what or 'git ' + args[0] + ' failed'}: {git_reason(err)}")
     return status, out, err
 
 
 def _out(cwd: Path, *args: str, what: str = "", timeout: float = LOCAL_TIMEOUT) -> str:
-    return _run(cwd, *args, what=what, timeout=timeout)[1].strip()
+    return run_git(cwd, *args, what=what, timeout=timeout)[1].strip()
 
 
 def _local_source(source: str) -> str:
@@ -105,10 +106,10 @@ def rev(repo: Path, ref: str) -> str | None:
     fast = _read_ref(repo, ref)
     if fast is not None:
         return fast
-    status, out, err = _run(repo, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}",
-                            check=False)
+    status, out, err = run_git(repo, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}",
+                               check=False)
     if status not in (0, 1):
-        raise SolError(f"cannot read {ref} in {repo}: {_reason(err)}")
+        raise SolError(f"cannot read {ref} in {repo}: {git_reason(err)}")
     return out.strip() if status == 0 else None
 
 
@@ -123,19 +124,9 @@ def _remove_stale_partials(dest: Path) -> None:
     prefix = f".{dest.name}{PARTIAL}"
     for leftover in dest.parent.glob(f"{prefix}*"):
         pid = leftover.name[len(prefix):].split("-")[0]
-        if pid.isdigit() and _alive(int(pid)):
+        if pid.isdigit() and pid_alive(int(pid)):
             continue
         shutil.rmtree(leftover, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def clone(source: str, dest: Path, branch: str) -> None:
@@ -155,28 +146,28 @@ def clone(source: str, dest: Path, branch: str) -> None:
     _remove_stale_partials(dest)
     temp = dest.parent / f".{dest.name}{PARTIAL}{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
-        status, _, err = _run(dest.parent, "clone", "--quiet", "--bare", "--single-branch",
-                              "--branch", branch, "--", source, str(temp),
-                              timeout=CLONE_TIMEOUT, check=False)
+        status, _, err = run_git(dest.parent, "clone", "--quiet", "--bare", "--single-branch",
+                                 "--branch", branch, "--", source, str(temp),
+                                 timeout=CLONE_TIMEOUT, check=False)
         if status != 0:
-            reason = _reason(err)
+            reason = git_reason(err)
             if "not found in upstream" in reason:
                 raise SolError(f"branch {branch} not found in {source}; "
                                "set spec.branch to an existing branch")
             raise SolError(f"cannot clone {source} into {dest}: {reason}; "
                            "check spec.source and that it is reachable")
-        _run(temp, "config", "remote.origin.fetch", REFSPEC, what=f"cannot configure {temp}")
-        _run(temp, "config", "core.logAllRefUpdates", "true", what=f"cannot configure {temp}")
-        _run(temp, "fetch", "--quiet", "origin", timeout=FETCH_TIMEOUT,
-             what=f"cannot fetch {source} into {dest}")
+        run_git(temp, "config", "remote.origin.fetch", REFSPEC, what=f"cannot configure {temp}")
+        run_git(temp, "config", "core.logAllRefUpdates", "true", what=f"cannot configure {temp}")
+        run_git(temp, "fetch", "--quiet", "origin", timeout=FETCH_TIMEOUT,
+                what=f"cannot fetch {source} into {dest}")
         if rev(temp, f"refs/remotes/origin/{branch}") is None:
             raise SolError(f"branch {branch} not found in {source}; "
                            "set spec.branch to an existing branch")
         if not branch_exists(temp, branch):
-            _run(temp, "update-ref", f"refs/heads/{branch}", f"refs/remotes/origin/{branch}",
-                 what=f"cannot create branch {branch} in {dest}")
-        _run(temp, "symbolic-ref", "HEAD", f"refs/heads/{branch}",
-             what=f"cannot point HEAD of {dest} at {branch}")
+            run_git(temp, "update-ref", f"refs/heads/{branch}", f"refs/remotes/origin/{branch}",
+                    what=f"cannot create branch {branch} in {dest}")
+        run_git(temp, "symbolic-ref", "HEAD", f"refs/heads/{branch}",
+                what=f"cannot point HEAD of {dest} at {branch}")
         try:
             os.rename(temp, dest)
         except OSError as exc:
@@ -194,8 +185,8 @@ def fetch(repo: Path, branch: str) -> str:
     concurrent landing by the forge is never overwritten). When they diverged, local
     holds landed work not yet pushed and is left alone.
     """
-    _run(repo, "fetch", "--quiet", "--prune", "origin", timeout=FETCH_TIMEOUT,
-         what=f"cannot fetch origin into {repo}")
+    run_git(repo, "fetch", "--quiet", "--prune", "origin", timeout=FETCH_TIMEOUT,
+            what=f"cannot fetch origin into {repo}")
     remote = rev(repo, f"refs/remotes/origin/{branch}")
     local = rev(repo, f"refs/heads/{branch}")
     if remote is None:
@@ -204,9 +195,9 @@ def fetch(repo: Path, branch: str) -> str:
                            "set spec.branch to an existing branch")
         return local
     if local is None:
-        _run(repo, "update-ref", f"refs/heads/{branch}", remote, "", check=False)
+        run_git(repo, "update-ref", f"refs/heads/{branch}", remote, "", check=False)
     elif local != remote and _is_ancestor(repo, local, remote):
-        _run(repo, "update-ref", f"refs/heads/{branch}", remote, local, check=False)
+        run_git(repo, "update-ref", f"refs/heads/{branch}", remote, local, check=False)
     now = rev(repo, f"refs/heads/{branch}")
     if now is None:
         raise SolError(f"branch {branch} vanished from {repo} during a fetch; apply again")
@@ -214,11 +205,11 @@ def fetch(repo: Path, branch: str) -> str:
 
 
 def _is_ancestor(repo: Path, ancestor: str, descendant: str) -> bool:
-    status, _, err = _run(repo, "merge-base", "--is-ancestor", ancestor, descendant,
-                          check=False)
+    status, _, err = run_git(repo, "merge-base", "--is-ancestor", ancestor, descendant,
+                             check=False)
     if status not in (0, 1):
         raise SolError(f"cannot compare {ancestor} with {descendant} in {repo}: "
-                       f"{_reason(err)}")
+                       f"{git_reason(err)}")
     return status == 0
 
 
@@ -250,11 +241,11 @@ def add_worktree(repo: Path, path: Path, branch: str, base: str) -> str:
             raise SolError(f"cannot make a worktree for {branch}: base {base} is not in "
                            f"{repo}; fetch the world and retry")
         path.parent.mkdir(parents=True, exist_ok=True)
-        status, _, _ = _run(repo, "worktree", "add", "--quiet", "--no-track", "-b", branch,
-                            str(path.absolute()), base_sha, check=False)
+        status, _, _ = run_git(repo, "worktree", "add", "--quiet", "--no-track", "-b", branch,
+                               str(path.absolute()), base_sha, check=False)
         if status == 0:
             return base_sha
-    _run(repo, "worktree", "prune", what=f"cannot prune worktrees of {repo}")
+    run_git(repo, "worktree", "prune", what=f"cannot prune worktrees of {repo}")
     target = path.resolve()
     registered = _worktrees(repo)
     if target in registered:
@@ -274,17 +265,17 @@ def add_worktree(repo: Path, path: Path, branch: str, base: str) -> str:
     else:
         args = ["worktree", "add", "--quiet", "--no-track", "-b", branch, str(path.absolute()),
                 base]
-    status, _, err = _run(repo, *args, check=False)
+    status, _, err = run_git(repo, *args, check=False)
     if status != 0 and _worktrees(repo).get(target) != branch:
-        raise SolError(f"cannot make a worktree at {path} on {branch}: {_reason(err)}")
+        raise SolError(f"cannot make a worktree at {path} on {branch}: {git_reason(err)}")
     return merge_base(repo, branch, base)
 
 
 def merge_base(repo: Path, branch: str, base: str) -> str:
     """The commit branch forked from base; SolError when they share no history."""
-    status, out, err = _run(repo, "merge-base", branch, base, check=False)
+    status, out, err = run_git(repo, "merge-base", branch, base, check=False)
     if status != 0 or not out.strip():
-        reason = _reason(err) if err.strip() else "they share no history"
+        reason = git_reason(err) if err.strip() else "they share no history"
         raise SolError(f"cannot find where {branch} forked from {base} in {repo}: {reason}")
     return out.strip()
 
@@ -295,11 +286,11 @@ def remove_worktree(repo: Path, path: Path, *, force: bool = False) -> None:
     Without force, git refuses when the worktree has uncommitted or untracked files,
     so no work is lost by accident.
     """
-    _run(repo, "worktree", "prune", what=f"cannot prune worktrees of {repo}")
+    run_git(repo, "worktree", "prune", what=f"cannot prune worktrees of {repo}")
     if path.resolve() not in _worktrees(repo):
         return
     args = ["worktree", "remove", *(["--force"] if force else []), str(path.absolute())]
-    _run(repo, *args, what=f"cannot remove worktree {path}")
+    run_git(repo, *args, what=f"cannot remove worktree {path}")
 
 
 def delete_branch(repo: Path, branch: str, *, force: bool = False) -> None:
@@ -307,8 +298,8 @@ def delete_branch(repo: Path, branch: str, *, force: bool = False) -> None:
     branch not merged into the clone's HEAD (the target branch)."""
     if not branch_exists(repo, branch):
         return
-    _run(repo, "branch", "-D" if force else "-d", branch,
-         what=f"cannot delete branch {branch} in {repo}")
+    run_git(repo, "branch", "-D" if force else "-d", branch,
+            what=f"cannot delete branch {branch} in {repo}")
 
 
 def commits_beyond(repo: Path, branch: str, base: str) -> int:
@@ -341,17 +332,17 @@ def commit_all(worktree: Path, message: str, *, author_name: str,
     with no git identity. Hooks and signing are skipped: sol's gates judge the work, and
     a commit that only saves an agent's work must not be blocked by a local hook or key.
     """
-    _run(worktree, "add", "-A", what=f"cannot stage the changes in {worktree}")
-    status, _, err = _run(worktree, "diff", "--cached", "--quiet", check=False)
+    run_git(worktree, "add", "-A", what=f"cannot stage the changes in {worktree}")
+    status, _, err = run_git(worktree, "diff", "--cached", "--quiet", check=False)
     if status == 0:
         return None
     if status != 1:
-        raise SolError(f"cannot read the staged changes in {worktree}: {_reason(err)}")
+        raise SolError(f"cannot read the staged changes in {worktree}: {git_reason(err)}")
     identity = {"GIT_AUTHOR_NAME": author_name, "GIT_AUTHOR_EMAIL": author_email,
                 "GIT_COMMITTER_NAME": author_name, "GIT_COMMITTER_EMAIL": author_email}
-    _run(worktree, "-c", f"user.name={author_name}", "-c", f"user.email={author_email}",
-         "-c", "commit.gpgsign=false", "commit", "--quiet", "--no-verify", "-m", message,
-         env=identity, what=f"cannot commit in {worktree}")
+    run_git(worktree, "-c", f"user.name={author_name}", "-c", f"user.email={author_email}",
+            "-c", "commit.gpgsign=false", "commit", "--quiet", "--no-verify", "-m", message,
+            env=identity, what=f"cannot commit in {worktree}")
     return _out(worktree, "rev-parse", "HEAD")
 
 

@@ -23,7 +23,8 @@ from reconciler import degraded, engine
 from reconciler.cli.daemon import stop
 from reconciler.home import Home
 from reconciler.manifests import validate
-from reconciler.prefect import BACKOFF_MAX, is_ours, next_backoff, pid_alive, read_pid
+from reconciler.prefect import BACKOFF_MAX, next_backoff
+from reconciler.procs import is_ours, pid_alive, read_pid
 from reconciler.sphere import Sphere
 from reconciler.store import Store
 

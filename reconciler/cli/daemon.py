@@ -23,17 +23,8 @@ from .. import prefect
 from ..errors import SolError
 from ..home import Home
 from ..plan import summary
-from ..prefect import (
-    ALREADY_RUNNING,
-    STOP_GRACE,
-    already_running,
-    child_env,
-    is_ours,
-    pid_alive,
-    read_pid,
-    running,
-    wait_unlocked,
-)
+from ..prefect import ALREADY_RUNNING, already_running, child_env, running
+from ..procs import STOP_GRACE, is_ours, pid_alive, read_pid, wait_unlocked
 from ..sources import PREFIX, find, is_git, poll_interval
 from ..watch import touch
 from .common import git_source, load_specs, specs_option, sphere
