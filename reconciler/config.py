@@ -21,6 +21,9 @@ from .model import parse_duration
 
 DEFAULT_EVENTS = frozenset({"degraded", "failed", "escalated", "merged"})
 """What a plain-string `notify` entry is sent: the events a person must act on or hear."""
+PLAIN_EVENTS = DEFAULT_EVENTS - {"degraded"}
+"""A plain-string entry hears `degraded` from the sentinel itself, at once (degraded.py),
+so the outbox sends it the rest only: never the same news twice."""
 ALL = "*"
 COMMAND_TIMEOUT, WEBHOOK_TIMEOUT, MAX_TIMEOUT = 60.0, 10.0, 300.0
 EVENT_RE = re.compile(r"^[a-z][a-z0-9-]*$")
@@ -121,7 +124,7 @@ def parse_notify(value: Any, where: str) -> tuple[NotifyTarget, ...]:
 
 def _target(entry: Any, name: str) -> NotifyTarget:
     if isinstance(entry, str):
-        return NotifyTarget("command", _command(entry, name), DEFAULT_EVENTS, COMMAND_TIMEOUT)
+        return NotifyTarget("command", _command(entry, name), PLAIN_EVENTS, COMMAND_TIMEOUT)
     if not isinstance(entry, dict):
         raise SolError(f"{name} ({entry!r}) must be a command string or a mapping with "
                        "`command` or `webhook`")

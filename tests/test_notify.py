@@ -21,7 +21,7 @@ from ruamel.yaml import YAML
 from test_prefect import Run, daemon_commands, pid_of
 
 from reconciler import notify
-from reconciler.config import DEFAULT_EVENTS, load_config
+from reconciler.config import PLAIN_EVENTS, load_config
 from reconciler.errors import SolError
 from reconciler.home import Home
 from reconciler.sphere import Sphere
@@ -88,7 +88,8 @@ def test_config_accepts_the_three_shapes_and_names_the_bad_entry(sol_home: Home)
     config = load_config(sol_home)
     plain, command, hook = config.notify_targets
     assert config.notify == ("page-me --loud",)  # what degraded.py runs itself
-    assert (plain.kind, plain.events, plain.timeout) == ("command", DEFAULT_EVENTS, 60.0)
+    assert (plain.kind, plain.events, plain.timeout) == ("command", PLAIN_EVENTS, 60.0)
+    assert "degraded" not in plain.events  # the sentinel runs it directly, at once
     assert command.events == {"merged", "failed"} and not command.wants("cast")
     assert (hook.kind, hook.timeout) == ("webhook", 3.0)
     assert hook.wants("cast") and not hook.wants("notify-failed")
