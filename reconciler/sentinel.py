@@ -684,4 +684,9 @@ def requeue_after(sphere: Sphere, world: str | None = None) -> float | None:
     exit_at = degraded.exit_at(sphere.store)
     if exit_at is not None:
         deadlines.append(exit_at)
+    from . import envoys
+
+    envoy_after = envoys.requeue_after(sphere, world)
+    if envoy_after is not None:
+        deadlines.append(now + envoy_after)
     return max(0.0, min(deadlines) - now) if deadlines else None
