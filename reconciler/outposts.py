@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import select
+import shutil
 import threading
 import time
 import uuid
@@ -106,12 +107,77 @@ def writ_tether(sphere: Sphere, world: Record, writ: Record, agent: str, session
     )
 
 
+def _gitdir(worktree: Path) -> Path | None:
+    """The worktree's own git directory, read from its `.git` file (no git process)."""
+    try:
+        pointer = (worktree / ".git").read_text().strip()
+    except OSError:
+        return None
+    if not pointer.startswith("gitdir: "):
+        return None
+    return worktree / pointer.removeprefix("gitdir: ")  # absolute, or relative to it
+
+
+def _remake_half_made(sphere: Sphere, world: str, writ: str, worktree: Path) -> None:
+    """Remove a worktree that `git worktree add` never finished, so the cast makes it
+    again (the branch is kept).
+
+    git locks a new worktree `initializing` until its checkout is done; a cast killed
+    meanwhile leaves it so: files missing, maybe no index. An agent started there would
+    commit the missing files as deletions. No agent ever worked in it: a session starts
+    only after the worktree is made, and every later cast comes through here first.
+    """
+    gitdir = _gitdir(worktree)
+    try:
+        if gitdir is None or (gitdir / "locked").read_text().strip() != "initializing":
+            return
+    except OSError:
+        return
+    shutil.rmtree(worktree, ignore_errors=True)
+    shutil.rmtree(gitdir, ignore_errors=True)
+    sphere.store.event("worktree-remade", kind="Writ", world=world, name=writ,
+                       message=f"worktree {worktree} was left half made (locked "
+                       "initializing) by a cast that was killed: made again from its branch")
+
+
+def clear_git_locks(worktree: Path, branch: str) -> list[Path]:
+    """Remove the lock files a git command killed mid-write leaves (the worktree's index
+    and HEAD, its branch's ref): every later git command there would fail on them.
+
+    Only for a worktree whose session is not running (cast and respawn make sure, under
+    the world's cast lock): nothing of ours can still hold them. No git process: the
+    paths are read from the worktree's `.git` file.
+    """
+    gitdir = _gitdir(worktree)
+    if gitdir is None:
+        return []
+    try:
+        common = (gitdir / (gitdir / "commondir").read_text().strip()).resolve()
+    except OSError:
+        common = gitdir
+    removed = []
+    for lock in (gitdir / "index.lock", gitdir / "HEAD.lock",
+                 common / "refs" / "heads" / f"{branch}.lock"):
+        try:
+            lock.unlink()
+        except OSError:
+            continue
+        removed.append(lock)
+    return removed
+
+
 def start_session(sphere: Sphere, world: Record, t: tether.Tether) -> None:
     """Start (or restart) the agent's session from its tether; used by cast and respawn."""
     wspec = WorldSpec.from_spec(world.spec)
     runtime = Runtime(t.runtime.get("name") or wspec.runtime.name, t.runtime.get("model"),
                       t.runtime.get("command")) if t.runtime else wspec.runtime
     worktree = sphere.home.worktree(t.world, t.agent)
+    cleared = clear_git_locks(worktree, t.branch)
+    if cleared:
+        sphere.store.event("git-locks-removed", kind="Writ", world=t.world, name=t.writ,
+                           message=f"removed {', '.join(map(str, cleared))}, left by a git "
+                           f"command of an earlier session of {t.agent} that was killed",
+                           agent=t.agent)
     launch = runtimes.launch(runtime, tether=t, home=sphere.home, agent=t.agent,
                              tether_path=sphere.home.tether(t.world, t.agent),
                              worktree=worktree, target=wspec.branch)
@@ -165,7 +231,7 @@ def cast_writs(sphere: Sphere, world_name: str, writ_names: list[str]) -> list[S
 
 def _wake_sentinel(sphere: Sphere, world: str) -> None:
     """A new session: the world's sentinel (if a daemon runs one) starts watching it."""
-    from .prefect import ChildSpec
+    from .child import ChildSpec
 
     with suppress(OSError):
         ChildSpec("sentinel", world).wake_file(sphere.home).touch()
@@ -203,6 +269,7 @@ def _cast_locked(sphere: Sphere, world: Record, wspec: WorldSpec, writ_name: str
         made.append("agent")
         repo = sphere.home.repo(world_name)
         worktree = sphere.home.worktree(world_name, agent)
+        _remake_half_made(sphere, world_name, writ_name, worktree)
         existed = worktree.exists()
         base = worktrees.add_worktree(repo, worktree, f"sol/{writ_name}",
                                       f"refs/heads/{wspec.branch}")
@@ -274,9 +341,9 @@ class DeathWatch:
     process or the tmux server exits.
 
     The pane-died hook alone is not enough: a tmux linked with libutempter misses some
-    SIGCHLDs and fires nothing until someone looks (2 kills in 20 in
-    tests/bench/bench_supervision.py waited for the 30 s resync), and kill-server or a
-    kill -9 of the server fires no hook at all. A pidfd becomes readable when its
+    SIGCHLDs and fires nothing until someone looks (from 4 to 15 kills in 20 in
+    tests/bench/bench_supervision.py; the daemon then waited for its 30 s resync), and
+    kill-server or a kill -9 of the server fires no hook at all. A pidfd becomes readable when its
     process exits, so one thread blocked in poll() learns of every exit: no polling, and
     one tmux call per new session to learn its pid. Linux only (os.pidfd_open);
     elsewhere the hooks and the resync remain.

@@ -10,6 +10,10 @@ Proven, with real tmux, git and SQLite:
 - no writ runs twice at once: sampled from tmux (live sessions mapped to writs through
   tethers and the agents table) and from inside the agents (each block holds a flock
   named after its writ; a second holder writes a violation).
+
+Then the moments a whole-system run rarely hits, each on its own: deaths tmux tells no
+one of (`outposts.DeathWatch`), an agent killed inside `git commit` (its lock files), a
+cast killed inside `git worktree add` (a half-made worktree).
 """
 
 from __future__ import annotations
@@ -24,15 +28,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import git, poll
+from conftest import git, make_repo, poll
 from helpers import world_yaml, writ_yaml, write_specs
 from test_prefect import Run, daemon_commands, events, pid_of
 
-from reconciler import degraded
+from reconciler import degraded, sentinel
 from reconciler.home import Home
 from reconciler.outposts import DeathWatch, parse_session
-from reconciler.prefect import pid_alive, read_pid
+from reconciler.procs import pid_alive, read_pid
 from reconciler.sessions import TmuxSessions
+from reconciler.sphere import Sphere
 from reconciler.store import Store
 
 W = "shop"
@@ -58,11 +63,14 @@ def record_commits(home_dir: Path, log: Path) -> None:
     (home_dir / ".gitconfig").write_text(f"[core]\n\thooksPath = {hooks}\n")
 
 
-def step(name: str, seconds: float, locks: Path, violations: Path) -> str:
-    """Hold the writ's flock while working: a second live run of the writ cannot get it."""
+def step(name: str, seconds: float, locks: Path, violations: Path,
+         hold: Path | None = None) -> str:
+    """Hold the writ's flock while working (a second live run of the writ cannot get
+    it); with `hold`, work until that file exists."""
+    wait = f"while [ ! -e '{hold}' ]; do sleep 0.05; done\n" if hold else ""
     return (f"exec 9>>'{locks}/{name}.lock'\n"
             f"if ! flock -n 9; then echo \"$SOL_WRIT $SOL_SESSION\" >> '{violations}'; fi\n"
-            f"sleep {seconds}\n"
+            f"{wait}sleep {seconds}\n"
             f"echo {name} > {name}.txt")
 
 
@@ -176,13 +184,17 @@ def lost_commits(clone: Path, branch: str, log: Path) -> list[str]:
 
 def test_kill_9_of_agent_reconcilers_tmux_and_prefect_loses_and_doubles_nothing(
         sol_home: Home, repo: Path, tmp_path: Path, daemon: Run) -> None:
+    """Odd writs finish at once; even ones work until `go` exists, so three agents are
+    always at work when something is killed, and the order of events is fixed."""
     commits, locks, violations = tmp_path / "commits.log", tmp_path / "locks", tmp_path / "v"
+    go = tmp_path / "go"
     locks.mkdir()
     record_commits(Path(os.environ["HOME"]), commits)
     extra = ("forge:\n  gates:\n    - {name: ok, run: 'true', timeout: 1m}\n"
              "sentinel: {maxRespawns: 5, staleAfter: 10s}\n")
     specs = write_specs(tmp_path / "specs", world_yaml(W, repo, max_active=3, extra=extra),
-                        *(writ_yaml(n, W, step(n, 0.3 if i % 2 else 2, locks, violations))
+                        *(writ_yaml(n, W, step(n, 0.3, locks, violations,
+                                               hold=None if i % 2 else go))
                           for i, n in enumerate(WRITS)))
     sampler = Sampler(sol_home)
     started = time.monotonic()
@@ -201,22 +213,23 @@ def test_kill_9_of_agent_reconcilers_tmux_and_prefect_loses_and_doubles_nothing(
         poll(lambda: restarted(sol_home, old), timeout=15, what="reconcilers restarted")
         assert {e.data["child"] for e in events(sol_home, "restarted")} >= set(CHILDREN)
 
-        # the tmux server, with agents at work and work already landed
-        poll(lambda: "Merged" in phases(sol_home).values() and len(pane_pids(sol_home)) >= 2,
-             timeout=30, what="a merge and two live agents")
+        # the tmux server, with three agents at work and work already landed
+        poll(lambda: "Merged" in phases(sol_home).values() and len(pane_pids(sol_home)) == 3,
+             timeout=30, what="a merge and three agents at work")
         deaths = len(events(sol_home, "session-died"))
         subprocess.run(["tmux", "-L", sol_home.socket_name, "kill-server"], check=True)
-        poll(lambda: len(events(sol_home, "session-died")) >= deaths + 2, timeout=15,
-             what="the deaths recorded")
+        poll(lambda: len(events(sol_home, "session-died")) == deaths + 3, timeout=10,
+             what="the three deaths recorded at once (tmux itself says nothing)")
+        poll(lambda: is_degraded(sol_home), timeout=5, what="a burst of deaths: Degraded")
 
-        # the prefect, twice: with every agent dead, then with respawned agents at work
+        # the prefect, twice: with every agent dead, then with three respawned at work
         for again in range(2):
             kill_prefect(sol_home)
             assert daemon("up", "-f", str(specs)).returncode == 0
             if again == 0:
-                if is_degraded(sol_home):  # the server's death was a burst of deaths
-                    assert daemon("resume").returncode == 0
-                poll(lambda: pane_pids(sol_home), timeout=20, what="agents respawned")
+                assert daemon("resume").returncode == 0  # what its operator does
+                poll(lambda: len(pane_pids(sol_home)) == 3, timeout=20, what="respawned")
+        go.touch()
         poll(lambda: set(phases(sol_home).values()) == {"Merged"}, timeout=45,
              what=f"every writ Merged (now {phases(sol_home)})")
     finally:
@@ -310,3 +323,71 @@ def fd_targets() -> list[str]:
         except OSError:
             continue
     return targets
+
+
+def test_an_agent_killed_mid_commit_leaves_git_locks_its_respawn_clears(
+        sol_home: Home, repo: Path, tmp_path: Path, sol) -> None:
+    """kill -9 of `git commit` leaves index.lock (and maybe HEAD.lock and the branch's
+    ref lock): every later git command in the worktree fails on them. The respawned
+    session starts only once nothing of the old one can still hold them."""
+    go = tmp_path / "go"
+    wait = f"while [ ! -e '{go}' ]; do sleep 0.05; done\necho done > f.txt"
+    sol("apply", "-f", str(write_specs(tmp_path / "specs", world_yaml(W, repo),
+                                       writ_yaml("a", W, wait))), check=True)
+    sphere = Sphere(sol_home)
+    try:
+        agent = sphere.store.get("Writ", W, "a").status["agent"]
+        worktree = sol_home.worktree(W, agent)
+        gitdir = Path(git(worktree, "rev-parse", "--absolute-git-dir"))
+        common = Path(git(worktree, "rev-parse", "--path-format=absolute",
+                          "--git-common-dir"))
+        pid = poll(lambda: sphere.sessions.pane_pid(f"sol-{W}-{agent}"), what="the agent")
+        left = [gitdir / "index.lock", gitdir / "HEAD.lock", common / "refs/heads/sol/a.lock"]
+        for lock in left:  # what a git commit killed at the wrong moment leaves
+            lock.write_text("")
+        os.kill(int(pid), signal.SIGKILL)
+        go.touch()
+
+        def landed() -> bool:
+            sentinel.reconcile(sphere)
+            return sphere.store.get("Writ", W, "a").phase == "Resolved"
+
+        poll(landed, timeout=30, what="the respawned agent resolves")
+        assert [e.type for e in sphere.store.events(name="a", types=["respawned",
+                "session-died"])] == ["session-died", "respawned"]
+        assert git(sol_home.repo(W), "show", "sol/a:f.txt") == "done"
+        assert not any(lock.exists() for lock in left)
+    finally:
+        sphere.close()
+
+
+def test_a_worktree_half_made_by_a_killed_cast_is_made_again_not_used(
+        sol_home: Home, tmp_path: Path, sol) -> None:
+    """kill -9 of a cast in `git worktree add` leaves a worktree git marks `locked:
+    initializing`, checked out in part, without an index. An agent started in it would
+    commit the missing files as deletions; no agent ever worked there, so the next cast
+    makes it again."""
+    files = {f"src/f{i}.txt": f"{i}\n" for i in range(20)}
+    source = make_repo(tmp_path / "source", files)
+    specs = write_specs(tmp_path / "specs", world_yaml(W, source))
+    sol("apply", "-f", str(specs), check=True)
+    clone, worktree = sol_home.repo(W), sol_home.worktree(W, "vega")
+    git(clone, "worktree", "add", "--quiet", "-b", "sol/a", str(worktree), "main")
+    gitdir = Path(git(worktree, "rev-parse", "--absolute-git-dir"))
+    for name in list(files)[10:]:
+        (worktree / name).unlink()  # the checkout was cut short
+    (gitdir / "index").rename(gitdir / "index.lock")
+    (gitdir / "locked").write_text("initializing\n")
+    sphere = Sphere(sol_home)
+    try:
+        sphere.store.put_agent(W, "vega", writ="a", state="working")  # the killed cast's
+        write_specs(specs, world_yaml(W, source), writ_yaml("a", W, "echo a > a.txt"))
+        sol("apply", "-f", str(specs), check=True)
+        assert sphere.store.get("Writ", W, "a").status["agent"] == "vega"
+        poll(lambda: sphere.store.get("Writ", W, "a").phase == "Resolved", what="resolved")
+        [repaired] = sphere.store.events(types=["worktree-remade"])
+        assert "initializing" in repaired.message
+        assert git(clone, "diff", "--name-status", "main", "sol/a") == "A\ta.txt"
+        assert not (gitdir / "locked").exists()
+    finally:
+        sphere.close()

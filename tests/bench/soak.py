@@ -1,10 +1,11 @@
 """Soak (not in CI): many writs under a daemon while random processes are killed.
 
-For MINUTES, every 1-5 s, one of: kill -9 of a live agent, of a reconciler (consul,
-sentinel, forge, notifier), of the tmux server, or of the prefect (then `sol up` again
-after 0-3 s). New writs are saved into the watched specs directory as it goes, so work
-never runs out. Whenever the burst of deaths makes the sphere Degraded, the soak does
-what its operator would: `sol resume`. Then the chaos stops and the sphere must settle.
+For MINUTES, every 1-5 s (`--pause`), one of: kill -9 of a live agent, of a reconciler
+(consul, sentinel, forge, notifier), of the tmux server, or of the prefect (then
+`sol up` again after 0-3 s). New writs are saved into the watched specs directory as it
+goes (6 at most every 15 s, when fewer than 8 wait), so work never runs out. Whenever
+the burst of deaths makes the sphere Degraded, the soak does what its operator would:
+`sol resume`. Then the chaos stops and the sphere must settle.
 
 Checked at the end (exit 1 if any fails):
 - every writ reached a terminal phase (Merged, or Failed with its branch kept);
@@ -14,7 +15,8 @@ Checked at the end (exit 1 if any fails):
 - no writ ever ran twice at once: neither in tmux (sampled every 50 ms) nor inside the
   agents (each block holds a flock named after its writ).
 
-Run: `python tests/bench/soak.py [--minutes 3] [--writs 30] [--seed N] [--keep]`.
+Run: `python tests/bench/soak.py [--minutes 3] [--writs 30] [--pause 1 5] [--seed N]
+[--keep]`.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ from test_durability import (  # noqa: E402
 
 from reconciler import degraded  # noqa: E402
 from reconciler.home import Home  # noqa: E402
-from reconciler.prefect import is_ours, pid_alive, read_pid  # noqa: E402
+from reconciler.procs import is_ours, pid_alive, read_pid  # noqa: E402
 from reconciler.store import Store  # noqa: E402
 
 TERMINAL = {"Merged", "Failed", "Cancelled", "Done"}
@@ -208,6 +210,8 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, default=3.0)
     parser.add_argument("--writs", type=int, default=30)
     parser.add_argument("--seed", type=int, default=int(time.time()))
+    parser.add_argument("--pause", type=float, nargs=2, default=(1.0, 5.0),
+                        metavar=("MIN", "MAX"), help="seconds between kills (default 1 5)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = parser.parse_args()
     rng = random.Random(args.seed)
@@ -223,13 +227,13 @@ def main() -> int:
     try:
         next_batch = started + 15
         while time.monotonic() - started < args.minutes * 60:
-            time.sleep(rng.uniform(1.0, 5.0))
+            time.sleep(rng.uniform(*args.pause))
             what = soak.chaos()
             soak.resume_if_degraded()
-            if time.monotonic() > next_batch:
-                soak.add(6)
-                next_batch += 15
             done = Counter(phases(soak.home).values())
+            if time.monotonic() > next_batch and done["Pending"] < 8:
+                soak.add(6)  # more work only as it is taken: the end must stay reachable
+                next_batch = time.monotonic() + 15
             print(f"  {time.monotonic() - started:6.1f}s killed {what:<16} "
                   f"{dict(sorted(done.items()))}", flush=True)
         chaos_over = time.monotonic()
