@@ -211,6 +211,7 @@ def reconcile(sphere: Sphere, world: str | None = None, *,
             if not held:
                 continue
             gates.kill_leftover(gate_record(sphere, rec.name))
+            _clear_stale_locks(sphere, rec.name)
             for action in plan_forge(observe(sphere, rec)):
                 if action.kind == "merge":
                     if budget is not None and budget <= 0:
@@ -225,6 +226,19 @@ def reconcile(sphere: Sphere, world: str | None = None, *,
                     break
                 done.append(action)
     return done
+
+
+def _clear_stale_locks(sphere: Sphere, world: str) -> None:
+    """A forge killed inside git leaves index.lock in its worktree, and every later reset
+    would fail on it. We hold the world's forge lock, so no git of ours is running there.
+    """
+    from .outposts import clear_git_locks
+
+    removed = clear_git_locks(sphere.home.forge_worktree(world), None)
+    if removed:
+        sphere.store.event("git-locks-removed", kind="World", world=world, name=world,
+                           message="removed " + ", ".join(p.name for p in removed)
+                           + " left in the forge worktree by a killed git")
 
 
 def _worlds(sphere: Sphere, world: str | None) -> list[Record]:

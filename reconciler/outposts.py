@@ -140,7 +140,7 @@ def _remake_half_made(sphere: Sphere, world: str, writ: str, worktree: Path) -> 
                        "initializing) by a cast that was killed: made again from its branch")
 
 
-def clear_git_locks(worktree: Path, branch: str) -> list[Path]:
+def clear_git_locks(worktree: Path, branch: str | None) -> list[Path]:
     """Remove the lock files a git command killed mid-write leaves (the worktree's index
     and HEAD, its branch's ref): every later git command there would fail on them.
 
@@ -156,8 +156,10 @@ def clear_git_locks(worktree: Path, branch: str) -> list[Path]:
     except OSError:
         common = gitdir
     removed = []
-    for lock in (gitdir / "index.lock", gitdir / "HEAD.lock",
-                 common / "refs" / "heads" / f"{branch}.lock"):
+    locks = [gitdir / "index.lock", gitdir / "HEAD.lock"]
+    if branch:
+        locks.append(common / "refs" / "heads" / f"{branch}.lock")
+    for lock in locks:
         try:
             lock.unlink()
         except OSError:

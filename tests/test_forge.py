@@ -559,3 +559,18 @@ def test_unknown_world_is_a_clear_error(sphere: Sphere):
 
     with pytest.raises(SolError, match="world nowhere is not applied"):
         forge.reconcile(sphere, "nowhere")
+
+
+def test_an_index_lock_left_by_a_killed_forge_is_cleared(sphere: Sphere, make_world):
+    w = make_world(gates=[gate("ok", "true")])
+    w.writ("a", {"a.txt": "a\n"})
+    forge.reconcile(sphere)
+    w.assert_landed("a")
+    wt = sphere.home.forge_worktree(W)
+    lock = Path(git(wt, "rev-parse", "--absolute-git-dir")) / "index.lock"
+    lock.write_text("")  # what `kill -9` of a forge inside `git merge` leaves
+    w.writ("b", {"b.txt": "b\n"})
+    forge.reconcile(sphere)
+    w.assert_landed("b")
+    assert not lock.exists()
+    assert w.events("git-locks-removed")
