@@ -168,8 +168,10 @@ def clear_git_locks(worktree: Path, branch: str | None) -> list[Path]:
     return removed
 
 
-def start_session(sphere: Sphere, world: Record, t: tether.Tether) -> None:
-    """Start (or restart) the agent's session from its tether; used by cast and respawn."""
+def start_session(sphere: Sphere, world: Record, t: tether.Tether, *,
+                  absent: bool = False) -> None:
+    """Start (or restart) the agent's session from its tether; used by cast and respawn.
+    `absent`: the caller saw, under the cast lock, that no session of that name exists."""
     wspec = WorldSpec.from_spec(world.spec)
     runtime = Runtime(t.runtime.get("name") or wspec.runtime.name, t.runtime.get("model"),
                       t.runtime.get("command")) if t.runtime else wspec.runtime
@@ -190,7 +192,8 @@ def start_session(sphere: Sphere, world: Record, t: tether.Tether) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(content)
     sphere.sessions.start(session_name(t.world, t.agent), launch.argv, cwd=worktree,
-                          env=launch.env, log=sphere.home.agent_log(t.world, t.agent))
+                          env=launch.env, log=sphere.home.agent_log(t.world, t.agent),
+                          absent=absent)
 
 
 def cast(sphere: Sphere, world_name: str, writ_name: str) -> None:
@@ -214,14 +217,15 @@ def cast_writs(sphere: Sphere, world_name: str, writ_names: list[str]) -> list[S
         if world is None:
             return failures
         wspec = WorldSpec.from_spec(world.spec)
-        live = occupied(live_counts(sphere), sphere.store.list("Writ", world_name)).get(
-            world_name, 0) if wspec.max_active else 0
+        listing = sphere.sessions.list("sol-")
+        live = occupied(count_live(listing), sphere.store.list("Writ", world_name)).get(
+            world_name, 0)
         for writ_name in writ_names:
             if wspec.max_active and live >= wspec.max_active:
                 failures.append(Retry(f"capacity {live}/{wspec.max_active}"))
                 continue
             try:
-                if _cast_locked(sphere, world, wspec, writ_name):
+                if _cast_locked(sphere, world, wspec, writ_name, listing):
                     live += 1
                     started += 1
             except SolError as exc:
@@ -239,7 +243,8 @@ def _wake_sentinel(sphere: Sphere, world: str) -> None:
         ChildSpec("sentinel", world).wake_file(sphere.home).touch()
 
 
-def _cast_locked(sphere: Sphere, world: Record, wspec: WorldSpec, writ_name: str) -> bool:
+def _cast_locked(sphere: Sphere, world: Record, wspec: WorldSpec, writ_name: str,
+                 listing: dict[str, bool]) -> bool:
     """One cast, the world's cast lock held; True if a session was started."""
     store = sphere.store
     world_name = world.name
@@ -280,7 +285,8 @@ def _cast_locked(sphere: Sphere, world: Record, wspec: WorldSpec, writ_name: str
         t = writ_tether(sphere, world, claimed, agent, session, base)
         tether.write(sphere.home.tether(world_name, agent), t)
         made.append("tether")
-        start_session(sphere, world, t)
+        start_session(sphere, world, t,
+                      absent=session_name(world_name, agent) not in listing)
     except (SolError, OSError) as exc:
         message = getattr(exc, "message", None) or str(exc)
         _undo(sphere, world_name, agent, writ_name, made)
