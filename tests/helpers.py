@@ -69,3 +69,18 @@ def tmux_sessions(home: Home) -> dict[str, bool]:
         name, dead = line.rsplit(" ", 1)
         result[name] = dead != "1"
     return result
+
+
+def gone(pid: int) -> bool:
+    """No such process, or only a zombie nobody reaped yet (pid 1 may not reap here)."""
+    from reconciler.procs import pid_alive
+
+    return not pid_alive(pid)
+
+
+def meta(home: Home, key: str) -> str | None:
+    s = Store(home.db)
+    try:
+        return s.get_meta(key)
+    finally:
+        s.close()

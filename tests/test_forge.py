@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, git, make_repo, poll
+from helpers import gone
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -31,13 +32,6 @@ from reconciler.sphere import Sphere
 W = "shop"
 README = "line1\nline2\nline3\n"
 
-
-def gone(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return True
-    return stat[stat.rfind(")") + 2:].split()[0] == "Z"
 
 
 class World:

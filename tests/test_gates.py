@@ -10,18 +10,10 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, poll
+from helpers import gone
 
 from reconciler import gates
 from reconciler.gates import format_duration, kill_leftover, read_tail, run_gate
-
-
-def gone(pid: int) -> bool:
-    """No such process, or only a zombie nobody reaped yet (pid 1 may not reap here)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return True
-    return stat[stat.rfind(")") + 2:].split()[0] == "Z"
 
 
 def env(**extra: str) -> dict[str, str]:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from conftest import git, make_repo, poll
-from helpers import tmux_sessions, world_yaml, writ_status, writ_yaml
+from helpers import meta, tmux_sessions, world_yaml, writ_status, writ_yaml
 from test_prefect import Run, cli_argv, daemon_commands, events
 
 from reconciler.errors import SolError
@@ -53,13 +53,6 @@ def specs_repo(tmp_path: Path, world_source: Path, extra: str = SUSPENDED) -> Pa
 def src(repo: Path) -> str:
     return f"git+{repo}@main#specs"
 
-
-def meta(home: Home, key: str) -> str | None:
-    store = Store(home.db)
-    try:
-        return store.get_meta(key)
-    finally:
-        store.close()
 
 
 def records(home: Home) -> list:

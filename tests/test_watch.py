@@ -14,21 +14,13 @@ from pathlib import Path
 
 import pytest
 from conftest import poll
-from helpers import tmux_sessions, world_yaml, writ_status, writ_yaml, write_specs
+from helpers import meta, tmux_sessions, world_yaml, writ_status, writ_yaml, write_specs
 from test_prefect import Run, daemon_commands, events, live_agent
 
 from reconciler.home import Home
 from reconciler.sphere import Sphere
 from reconciler.store import Store
 from reconciler.watch import DEBOUNCE_MAX, FileWaker, SpecSync, Wakeup, ignored
-
-
-def meta(home: Home, key: str) -> str | None:
-    store = Store(home.db)
-    try:
-        return store.get_meta(key)
-    finally:
-        store.close()
 
 
 def phase(home: Home, *key: str) -> str | None:
