@@ -16,6 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from conftest import make_repo  # noqa: E402
 from helpers import world_yaml, writ_yaml, write_specs  # noqa: E402
 
 from reconciler import engine  # noqa: E402
@@ -27,14 +28,6 @@ from reconciler.sphere import Sphere  # noqa: E402
 def run(*argv: str, cwd: Path | None = None) -> None:
     subprocess.run(argv, cwd=cwd, check=True, capture_output=True)
 
-
-def make_source(path: Path) -> Path:
-    path.mkdir(parents=True)
-    run("git", "init", "-q", "-b", "main", cwd=path)
-    (path / "README.md").write_text("bench\n")
-    run("git", "add", "-A", cwd=path)
-    run("git", "-c", "user.name=b", "-c", "user.email=b@b", "commit", "-qm", "init", cwd=path)
-    return path
 
 
 def floor(tmp: Path, source: Path, n: int) -> float:
@@ -79,7 +72,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="solbench-") as tmpdir:
         tmp = Path(tmpdir)
         os.environ["TMUX_TMPDIR"] = str(tmp)
-        source = make_source(tmp / "source")
+        source = make_repo(tmp / "source")
         base = floor(tmp, source, n)
         ours = sol_cast(tmp, source, n)
     print(f"{'writs':>6} {'floor total':>12} {'floor/writ':>11} {'sol total':>10} "

@@ -14,10 +14,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from reconciler import forge, worktrees
-from reconciler.home import Home
-from reconciler.model import RESOLVED, Manifest
-from reconciler.sphere import Sphere
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from conftest import make_repo  # noqa: E402
+
+from reconciler import forge, worktrees  # noqa: E402
+from reconciler.home import Home  # noqa: E402
+from reconciler.model import RESOLVED, Manifest  # noqa: E402
+from reconciler.sphere import Sphere  # noqa: E402
 
 W = "bench"
 IDENTITY = ["-c", "user.name=bench", "-c", "user.email=bench@sol.invalid"]
@@ -27,14 +31,6 @@ def git(cwd: Path, *args: str) -> str:
     return subprocess.run(["git", *IDENTITY, *args], cwd=cwd, check=True,
                           capture_output=True, text=True).stdout.strip()
 
-
-def make_source(path: Path) -> Path:
-    path.mkdir(parents=True)
-    git(path, "init", "-q", "-b", "main")
-    (path / "README.md").write_text("bench\n")
-    git(path, "add", "-A")
-    git(path, "commit", "-qm", "init")
-    return path
 
 
 def resolved_writs(sphere: Sphere, source: Path, n: int, gate_seconds: float) -> Path:
@@ -86,7 +82,7 @@ def main() -> None:
         os.environ["TMUX_TMPDIR"] = str(tmp)
         os.environ.pop("TMUX", None)
         sphere = Sphere(Home(tmp / "home"))
-        repo = resolved_writs(sphere, make_source(tmp / "source"), n, gate_seconds)
+        repo = resolved_writs(sphere, make_repo(tmp / "source"), n, gate_seconds)
         base = floor(repo, n, gate_seconds, tmp)
         start = time.perf_counter()
         forge.reconcile(sphere, W)

@@ -36,6 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from conftest import make_repo, poll  # noqa: E402
 from helpers import world_yaml, writ_yaml, write_specs  # noqa: E402
 
 from reconciler.home import Home  # noqa: E402
@@ -77,25 +78,9 @@ def sol(*args: str) -> str:
 
 def wait(condition: Callable[[], object], timeout: float, what: str,
          interval: float = 0.01) -> object:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise SystemExit(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
+    """Poll finely: the bench measures latencies of about a second."""
+    return poll(condition, timeout, interval, what)
 
-
-def make_source(path: Path) -> Path:
-    path.mkdir(parents=True)
-    for argv in (["init", "-q", "-b", "main"], ["config", "user.name", "b"],
-                 ["config", "user.email", "b@b"]):
-        subprocess.run(["git", *argv], cwd=path, check=True)
-    (path / "README.md").write_text("bench\n")
-    subprocess.run(["git", "add", "-A"], cwd=path, check=True)
-    subprocess.run(["git", "commit", "-qm", "init"], cwd=path, check=True)
-    return path
 
 
 def event(store: Store, kind: str, writ: str, after: int = 0) -> float | None:
@@ -277,7 +262,7 @@ def main() -> int:
                           GIT_AUTHOR_NAME="b", GIT_AUTHOR_EMAIL="b@b",
                           GIT_COMMITTER_NAME="b", GIT_COMMITTER_EMAIL="b@b")
         home = Home(tmp / "home")
-        source = make_source(tmp / "source")
+        source = make_repo(tmp / "source")
         first = [f"idle{i}" for i in range(10)]
         later = [f"late{i}" for i in range(max(5, args.kills - 10))]
         world = world_yaml(W, source, max_active=0, extra="sentinel: {maxRespawns: 100}\n")

@@ -35,6 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from conftest import make_repo  # noqa: E402
 from helpers import world_yaml, writ_yaml, write_specs  # noqa: E402
 from test_durability import (  # noqa: E402
     Sampler,
@@ -65,16 +66,6 @@ def sol(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return done
 
 
-def make_source(path: Path) -> Path:
-    path.mkdir(parents=True)
-    for argv in (["init", "-q", "-b", "main"], ["config", "user.name", "s"],
-                 ["config", "user.email", "s@s"]):
-        subprocess.run(["git", *argv], cwd=path, check=True)
-    (path / "README.md").write_text("soak\n")
-    subprocess.run(["git", "add", "-A"], cwd=path, check=True)
-    subprocess.run(["git", "commit", "-qm", "init"], cwd=path, check=True)
-    return path
-
 
 class Soak:
     def __init__(self, tmp: Path, rng: random.Random) -> None:
@@ -98,7 +89,7 @@ class Soak:
                           GIT_COMMITTER_NAME="s", GIT_COMMITTER_EMAIL="s@s")
         for var in ("TMUX", "TMUX_PANE"):
             os.environ.pop(var, None)
-        source = make_source(self.tmp / "source")
+        source = make_repo(self.tmp / "source")
         extra = ("forge:\n  gates:\n    - {name: ok, run: 'sleep 0.2', timeout: 1m}\n"
                  "sentinel: {maxRespawns: 10, staleAfter: 20s}\n")
         write_specs(self.specs, world_yaml(W, source, max_active=4, extra=extra))
