@@ -196,12 +196,6 @@ def start_session(sphere: Sphere, world: Record, t: tether.Tether, *,
                           absent=absent)
 
 
-def cast(sphere: Sphere, world_name: str, writ_name: str) -> None:
-    """Dispatch one Pending writ; raises Retry for capacity, SolError after recording it."""
-    failures = cast_writs(sphere, world_name, [writ_name])
-    if failures:
-        raise failures[0]
-
 
 def cast_writs(sphere: Sphere, world_name: str, writ_names: list[str]) -> list[SolError]:
     """Cast writs of one world in order under one hold of the world's cast lock.
