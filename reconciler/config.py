@@ -5,6 +5,7 @@ The `notify` list is documented in reconciler/notify.py, which delivers it.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shlex
@@ -40,8 +41,16 @@ class NotifyTarget:
 
     @property
     def key(self) -> str:
-        """Names the target in the outbox: the same entry is the same target."""
-        return f"{self.kind}:{self.address}"
+        """Names the target in the outbox, logs and events: the same entry is the same
+        target. A webhook URL often carries its token (in the path, the query or as a
+        user), so it is shown as scheme and host plus a hash of the whole URL."""
+        if self.kind != "webhook":
+            return f"{self.kind}:{self.address}"
+        parts = urlsplit(self.address)
+        digest = hashlib.sha256(self.address.encode()).hexdigest()[:8]
+        host = parts.hostname or "?"
+        port = f":{parts.port}" if parts.port else ""
+        return f"webhook:{parts.scheme}://{host}{port}/…#{digest}"
 
     def wants(self, event_type: str) -> bool:
         """`*` is every event but the notifier's own failures (a failing target must not

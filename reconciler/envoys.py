@@ -31,12 +31,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import degraded, personas, runtimes, worktrees
+from . import degraded, hook, personas, runtimes, worktrees
 from .errors import SolError
 from .home import Home, session_name
 from .locks import flock
 from .model import ERROR, PENDING, RUNNING, SUSPENDED, EnvoySpec, Runtime, WorldSpec
 from .plan import CREATE, DELETE, NOTE, UPDATE, Action
+from .runtimes import claude
 from .specs import target
 from .sphere import Sphere
 from .store import Record
@@ -229,31 +230,20 @@ def envoy_env(home: Home, record: Record, memory: Path, persona: Path) -> dict[s
 
 
 def build_launch(runtime: Runtime, record: Record, *, env: dict[str, str], worktree: Path,
-                 text: str, respawn: bool) -> runtimes.Launch:
-    """argv (never a shell string built from manifest data), env and persona file."""
+                 text: str, respawn: bool, station: Path, home: Home) -> runtimes.Launch:
+    """argv (never a shell string built from manifest data), env and persona file; a
+    respawned claude resumes the envoy's conversation."""
     if runtime.name == "command":
         return runtimes.Launch(["bash", "-c", runtime.command or ""], env)
+    seen = hook.read(station / hook.CONVERSATION) or {} if respawn else {}
+    resume = str(seen.get("id") or "") or None if runtime.name == "claude" else None
+    prompt = ((claude.RESUMED if resume else
+               "Your previous session ended; sol started this one in the same worktree. ")
+              if respawn else "") + ("" if resume else claude.ENVOY_KICKOFF)
     name = runtimes.PERSONA_FILES[runtime.name]
-    if runtime.name == "codex" and (worktree / "AGENTS.md").is_file():
-        text += ("\n## The project's own instructions\n\nThis file takes the place of the "
-                 "project's `AGENTS.md` for Codex. Read `AGENTS.md` yourself and follow it "
-                 "wherever it does not contradict the orders above.\n")
-    prompt = (("Your previous session ended; sol started this one in the same worktree. "
-               if respawn else "")
-              + f"You are envoy {record.name} of world {record.world}. Read your standing "
-              f"orders in {name} and your notes in $SOL_MEMORY (notes.md, if it exists), "
-              "then tell the person you are ready and wait for their instructions.")
-    files = {name: text + f"\n---\n\nDo not commit {name}: it is excluded from git on purpose.\n"}
-    exclude = [f"/{name}"]
-    if runtimes._tracked(worktree, name):  # the project owns that file: orders in the prompt
-        prompt, files, exclude = f"{text}\n\n{prompt}", {}, []
-    if runtime.name == "claude":
-        flags = ["--dangerously-skip-permissions",
-                 *(["--model", runtime.model] if runtime.model else [])]
-    else:
-        flags = ["--dangerously-bypass-approvals-and-sandbox",
-                 *(["-m", runtime.model] if runtime.model else [])]
-    return runtimes.Launch([runtime.name, *flags, prompt], env, files, exclude)
+    text += f"\n---\n\nDo not commit {name}: it is excluded from git on purpose.\n"
+    return runtimes.cli_launch(runtime, env=env, station=station, worktree=worktree,
+                               home=home, text=text, prompt=prompt, resume=resume)
 
 
 @dataclass(frozen=True)
@@ -307,7 +297,8 @@ def prepare(sphere: Sphere, record: Record, world: Record, *, respawn: bool) -> 
         (root / "persona.md").write_text(full, encoding="utf-8")
         launch = build_launch(runtime, record, env=envoy_env(home, record, memory,
                                                               root / "persona.md"),
-                              worktree=worktree, text=full, respawn=respawn)
+                              worktree=worktree, text=full, respawn=respawn, station=root,
+                              home=home)
         if launch.exclude:
             worktrees.exclude(worktree, launch.exclude)
         for rel, content in launch.files.items():

@@ -83,15 +83,27 @@ class Home:
         return f"sol-{digest}"
 
     def init(self) -> None:
-        """Create the layout; idempotent."""
+        """Create the layout, private to the user (0700): it holds agents' environments,
+        transcripts and logs. Idempotent."""
         try:
             for path in (self.root, self.logs, self.run, self.root / "worlds"):
-                path.mkdir(parents=True, exist_ok=True)
+                path.mkdir(mode=0o700, parents=True, exist_ok=True)
+                if path.stat().st_mode & 0o077:
+                    path.chmod(0o700)
         except OSError as exc:
             raise SolError(
                 f"cannot create SOL_HOME {self.root}: {exc.strerror}; "
                 "set SOL_HOME to a writable directory"
             ) from exc
+
+
+def private(path: Path) -> None:
+    """Make a file of the sphere readable by the user alone (0600), if it is not."""
+    try:
+        if path.stat().st_mode & 0o077:
+            path.chmod(0o600)
+    except OSError:
+        pass
 
 
 def session_name(world: str, agent: str) -> str:

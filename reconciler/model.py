@@ -74,11 +74,18 @@ class Runtime:
     name: str = "claude"
     model: str | None = None
     command: str | None = None
+    sandboxed: bool = False  # sol runs inside a sandbox: claude may bypass permissions as root
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any] | None) -> Runtime:
         spec = spec or {}
-        return cls(spec.get("name", "claude"), spec.get("model"), spec.get("command"))
+        return cls(spec.get("name", "claude"), spec.get("model"), spec.get("command"),
+                   bool(spec.get("sandboxed", False)))
+
+    def to_dict(self) -> dict[str, Any]:
+        """As the tether keeps it."""
+        return {"name": self.name, "model": self.model, "command": self.command,
+                "sandboxed": self.sandboxed}
 
 
 @dataclass(frozen=True)

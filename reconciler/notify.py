@@ -307,7 +307,7 @@ def _post(target: NotifyTarget, row: OutboxRow) -> str | None:
     except urllib.error.HTTPError as exc:
         return f"HTTP {exc.code} {exc.reason}"
     except urllib.error.URLError as exc:
-        return f"cannot reach {target.address}: {exc.reason}"
+        return f"cannot reach {target.key}: {exc.reason}"
     except TimeoutError:
         return f"no answer within {target.timeout:g}s"
     except (OSError, HTTPException) as exc:

@@ -101,7 +101,7 @@ def writ_tether(sphere: Sphere, world: Record, writ: Record, agent: str, session
         description=spec.description, kind=spec.kind, branch=f"sol/{writ.name}",
         base=base, attempt=int(writ.status.get("attempt", 1)), generation=writ.generation,
         session=session,
-        runtime={"name": runtime.name, "model": runtime.model, "command": runtime.command},
+        runtime=runtime.to_dict(),
         gates=[{"name": g.name, "run": g.run, "timeout": g.timeout} for g in wspec.gates],
         feedback=writ.status.get("feedback"), created_at=now, updated_at=now,
     )
@@ -173,8 +173,8 @@ def start_session(sphere: Sphere, world: Record, t: tether.Tether, *,
     """Start (or restart) the agent's session from its tether; used by cast and respawn.
     `absent`: the caller saw, under the cast lock, that no session of that name exists."""
     wspec = WorldSpec.from_spec(world.spec)
-    runtime = Runtime(t.runtime.get("name") or wspec.runtime.name, t.runtime.get("model"),
-                      t.runtime.get("command")) if t.runtime else wspec.runtime
+    runtime = Runtime.from_spec({**t.runtime, "name": t.runtime.get("name")
+                                 or wspec.runtime.name}) if t.runtime else wspec.runtime
     worktree = sphere.home.worktree(t.world, t.agent)
     cleared = clear_git_locks(worktree, t.branch)
     if cleared:

@@ -31,7 +31,8 @@ def setup_logging(path: Path, *, console: bool = False) -> None:
     logger.remove()
     # watchdog logs an error when a watched directory is deleted: expected here
     logging.getLogger("watchdog.observers.inotify").setLevel(logging.CRITICAL)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    os.umask(0o077)  # a daemon's logs and files are the user's alone
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     logger.add(path, serialize=True, level="INFO", rotation="10 MB", retention=3)
     if console:
         logger.add(sys.stderr, level="INFO", format="{time:HH:mm:ss} {message}")

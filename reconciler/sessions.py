@@ -5,7 +5,13 @@ by one SOL_HOME (`tmux -L <Home.socket_name>`), never on the user's default serv
 every tmux client we run has TMUX and TMUX_PANE removed from its environment so nothing
 of the caller's own tmux leaks in.
 
-Quoting, in one place: the agent's argv is joined with `shlex.join` and run by
+Nothing secret on a command line: the agent's argv and environment go to a 0600 launch
+file that `reconciler.launcher` reads and deletes before it execs the agent, so tmux's
+command line (kept by the server for the session's life, and shown by `ps`) holds only
+that file's path. Text typed into a session goes through a tmux paste buffer loaded from
+stdin, never through send-keys arguments.
+
+Quoting, in one place: the launcher's argv is joined with `shlex.join` and run by
 `/bin/sh -c exec ...` (tmux execs a multi-argument command directly, so the user's
 login shell never parses it); every free-form tmux argument goes through `_arg`
 (tmux's client splits commands on an argument that ends in `;`); arguments tmux expands
@@ -20,6 +26,7 @@ import shlex
 import shutil
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -31,8 +38,9 @@ import libtmux
 from libtmux import exc as tmux_exc
 from libtmux.common import tmux_cmd
 
+from . import launcher
 from .errors import SolError
-from .home import Home
+from .home import private
 
 HISTORY_LIMIT = 100_000
 """Scrollback lines kept per pane, so recent_output and `sol attach` see long runs."""
@@ -40,8 +48,9 @@ HISTORY_LIMIT = 100_000
 WIDTH, HEIGHT = 200, 50
 """Size of a detached session: wide enough that agent output is not wrapped to bits."""
 
-SEND_CHUNK = 2_000
-"""Characters per send-keys call, so each tmux command message stays small."""
+PASTE_SETTLE = 0.3
+"""Seconds between a paste and its Enter: a TUI that reads a paste in several reads
+would otherwise take the Enter as part of the paste."""
 
 _STATE = "#{pid}\t#{pane_dead}\t#{pane_dead_time}\t#{pane_pid}"
 """One pane's state in one format: server pid, dead, when tmux saw the exit, pane pid."""
@@ -183,14 +192,13 @@ class TmuxSessions(SessionBackend):
     looks at the session (see _state), so a daemon keeps its periodic resync.
     """
 
-    def __init__(self, socket_name: str, hook_file: Path | None = None) -> None:
+    def __init__(self, socket_name: str, hook_file: Path | None = None,
+                 launch_dir: Path | None = None) -> None:
         self.socket_name = socket_name
         self.hook_file = hook_file
+        self.launch_dir = launch_dir or Path(tempfile.gettempdir()) / (
+            f"sol-launch-{os.getuid()}-{socket_name}")
         self._server = libtmux.Server(socket_name=socket_name)
-
-    @classmethod
-    def for_home(cls, home: Home, hook_file: Path | None = None) -> TmuxSessions:
-        return cls(home.socket_name, hook_file)
 
     def _run(self, *args: str) -> tmux_cmd:
         """One tmux invocation on our server (args may chain commands with ';')."""
@@ -262,7 +270,9 @@ class TmuxSessions(SessionBackend):
         if not cwd.is_dir():
             raise SolError(f"session {name} cannot start in {cwd}: no such directory")
         try:
-            log.parent.mkdir(parents=True, exist_ok=True)
+            log.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            log.touch(mode=0o600)
+            private(log)
         except OSError as exc:
             raise SolError(f"cannot create log directory {log.parent}: {exc.strerror}") from exc
         # `absent`: the caller listed the sessions under a lock that every starter takes,
@@ -279,10 +289,11 @@ class TmuxSessions(SessionBackend):
         args = ["set-option", "-g", "history-limit", str(HISTORY_LIMIT), ";",
                 "new-session", "-d", "-s", name, "-x", str(WIDTH), "-y", str(HEIGHT),
                 "-c", _arg(_literal_format(str(cwd.absolute())))]
-        for key, value in env.items():
-            if key not in _LEAKY:
-                args += ["-e", _arg(f"{key}={value}")]
-        args += ["/bin/sh", "-c", _arg("exec " + shlex.join(argv)), ";",
+        launch_file = self.launch_dir / f"{name}.json"
+        launcher.write(launch_file, argv,
+                       {k: v for k, v in env.items() if k not in _LEAKY}, cwd.absolute())
+        args += ["/bin/sh", "-c", _arg("exec " + shlex.join(launcher.command(launch_file))),
+                 ";",
                  "set-option", "-w", "-t", target, "remain-on-exit", "on", ";",
                  "pipe-pane", "-o", "-t", target, _arg(pipe)]
         args += self._hook_args()
@@ -293,6 +304,8 @@ class TmuxSessions(SessionBackend):
             time.sleep(delay)
             result = self._run(*args)
         if result.returncode != 0:
+            with suppress(OSError):
+                launch_file.unlink()
             if any("duplicate session" in line for line in result.stderr):
                 raise SolError(
                     f"session {name} is already running; stop it before starting it again"
@@ -357,9 +370,11 @@ class TmuxSessions(SessionBackend):
         return "\n".join(text[-lines:])
 
     def send_text(self, name: str, text: str) -> None:
-        """Type text as keys (nothing interprets it), then press Enter.
+        """Paste text into the session, then press Enter.
 
-        Newlines in text are typed as they are; long text goes in several calls.
+        The text reaches tmux on stdin (`load-buffer -`), never as an argument, and is
+        pasted bracketed (`paste-buffer -p`) when the program asked for it, so a TUI takes
+        newlines in it as text and the Enter that follows as "submit".
         """
         _check_name(name)
         pane = self._pane(name)
@@ -367,19 +382,31 @@ class TmuxSessions(SessionBackend):
             raise SolError(f"session {name} does not exist; cannot send it text")
         if pane[0]:
             raise SolError(f"session {name} has exited; cannot send it text")
-        target = _target(name)
-        chunks = [text[i:i + SEND_CHUNK] for i in range(0, len(text), SEND_CHUNK)]
-        for index, chunk in enumerate(chunks):
-            args = ["send-keys", "-t", target, "-l", "--", _arg(chunk)]
-            if index == len(chunks) - 1:
-                args += [";", "send-keys", "-t", target, "Enter"]
-            result = self._run(*args)
+        target, buffer = _target(name), f"sol-send-{name}"
+        if text:
+            loaded = self._stdin(text, "load-buffer", "-b", buffer, "-")
+            if loaded.returncode != 0:
+                raise SolError(f"tmux could not load text for session {name}: "
+                               f"{loaded.stderr.strip() or loaded.returncode}")
+            result = self._run("paste-buffer", "-d", "-p", "-b", buffer, "-t", target)
             if result.returncode != 0:
                 raise self._failed(f"send text to session {name}", result)
-        if not chunks:
-            result = self._run("send-keys", "-t", target, "Enter")
-            if result.returncode != 0:
-                raise self._failed(f"send text to session {name}", result)
+            time.sleep(PASTE_SETTLE)
+        result = self._run("send-keys", "-t", target, "Enter")
+        if result.returncode != 0:
+            raise self._failed(f"send text to session {name}", result)
+
+    def _stdin(self, text: str, *args: str) -> subprocess.CompletedProcess[str]:
+        """One tmux command that reads `text` on stdin (libtmux passes no stdin)."""
+        binary = shutil.which("tmux")
+        if binary is None:
+            raise SolError("tmux is not installed or not on PATH; install tmux 3.2 or newer")
+        env = {k: v for k, v in os.environ.items() if k not in _LEAKY}
+        try:
+            return subprocess.run([binary, "-L", self.socket_name, *args], input=text,
+                                  capture_output=True, text=True, env=env, timeout=30)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise SolError(f"cannot run tmux: {exc}; check with `sol doctor`") from exc
 
     def pane_pid(self, name: str) -> int | None:
         _check_name(name)

@@ -32,7 +32,8 @@ class Sphere:
     def sessions(self):  # noqa: ANN201 - SessionBackend, imported lazily (tmux is optional)
         from .sessions import TmuxSessions
 
-        return TmuxSessions(self.home.socket_name, hook_file=self.home.run / "tmux-events")
+        return TmuxSessions(self.home.socket_name, hook_file=self.home.run / "tmux-events",
+                            launch_dir=self.home.run / "launch")
 
     def close(self) -> None:
         self.store.close()

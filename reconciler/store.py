@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import SolError
-from .home import Home
+from .home import Home, private
 from .model import Manifest
 from .records import Agent, Event, MergeRequest, OutboxRow, Record
 
@@ -99,6 +99,7 @@ class Store:
 
     def _connect(self) -> None:
         self.db = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None)
+        private(self.path)  # SQLite gives its -wal and -shm files the database's mode
         self.db.row_factory = sqlite3.Row
         self.db.execute("PRAGMA busy_timeout=30000")
         self.db.execute("PRAGMA journal_mode=WAL")

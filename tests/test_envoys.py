@@ -85,7 +85,8 @@ def starts(calls: Path) -> list[list[str]]:
 
 def test_an_envoy_starts_in_its_worktree_and_survives_a_kill(
         sol_home: Home, repo: Path, fake_claude: Path) -> None:
-    sphere = setup(sol_home, repo, envoy_yaml("planner", runtime={"name": "claude"}))
+    sphere = setup(sol_home, repo,
+                   envoy_yaml("planner", runtime={"name": "claude", "sandboxed": True}))
     done = sentinel.reconcile(sphere, W)  # the sentinel's pass keeps envoys alive
     assert [a.kind for a in done] == ["start"]
     session = "sol-shop-envoy_planner"

@@ -26,7 +26,8 @@ from reconciler.runtimes import (
     session_path,
     sol_bin_dir,
 )
-from reconciler.tether import Tether, render
+from reconciler.runtimes.claude import KICKOFF
+from reconciler.tether import Tether
 from tests.conftest import git, make_repo
 
 NASTY_TITLE = """Fix "quotes" and 'singles' $(touch pwned) `touch pwned` ; rm -rf ~"""
@@ -168,12 +169,13 @@ def test_command_launch_runs_the_users_line_with_tether_in_env(
 def test_agent_cli_launch(sol_home: Home, worktree: Path, name: str, flag: str,
                           model_flag: str, persona_file: str) -> None:
     tether = make_tether()
-    plain = do_launch(Runtime(name), tether, sol_home, worktree)
-    assert plain.argv == [name, flag, render(tether, worktree=worktree)]
+    plain = do_launch(Runtime(name, sandboxed=True), tether, sol_home, worktree)
+    assert plain.argv == [name, flag, KICKOFF]  # the assignment is in the file, not argv
     assert model_flag not in plain.argv
     assert plain.files == {persona_file: persona(tether)}
     assert plain.exclude == [f"/{persona_file}"]
-    modelled = do_launch(Runtime(name, model="big-1"), tether, sol_home, worktree)
+    modelled = do_launch(Runtime(name, model="big-1", sandboxed=True), tether, sol_home,
+                         worktree)
     assert modelled.argv[:4] == [name, flag, model_flag, "big-1"]
     assert modelled.argv[-1] == plain.argv[-1]
 
@@ -182,7 +184,7 @@ def test_agent_cli_launch(sol_home: Home, worktree: Path, name: str, flag: str,
 def test_standin_cli_runs_in_the_worktree_with_verbatim_prompt(
         sol_home: Home, worktree: Path, standins: Path, name: str) -> None:
     tether = make_tether(title=NASTY_TITLE, description=NASTY_DESCRIPTION)
-    result = do_launch(Runtime(name, model="m-2"), tether, sol_home, worktree)
+    result = do_launch(Runtime(name, model="m-2", sandboxed=True), tether, sol_home, worktree)
     cast_files(result, worktree)
     done = subprocess.run(result.argv, env=result.env, cwd=worktree, timeout=30)
     assert done.returncode == 0
@@ -190,8 +192,7 @@ def test_standin_cli_runs_in_the_worktree_with_verbatim_prompt(
     assert Path(seen["argv"][0]).name == name
     assert seen["argv"][1:] == result.argv[1:]
     assert Path(seen["cwd"]) == worktree.resolve()
-    prompt = seen["argv"][-1]
-    assert NASTY_TITLE in prompt and NASTY_DESCRIPTION.rstrip("\n") in prompt
+    assert seen["argv"][-1] == KICKOFF  # no manifest text on any command line
     assert seen["env"]["SOL_WRIT"] == "add-limit" and "TMUX" not in seen["env"]
     assert seen["env"]["PATH"].split(os.pathsep)[0] == str(sol_bin_dir())
     text = (worktree / next(iter(result.files))).read_text()
@@ -209,7 +210,7 @@ def test_codex_persona_points_to_the_projects_agents_md(
     git(repo, "worktree", "add", "-q", "-b", "sol/add-limit", str(path))
     result = do_launch(Runtime("codex"), make_tether(), sol_home, path)
     assert "Read `AGENTS.md` yourself" in result.files["AGENTS.override.md"]
-    claude = do_launch(Runtime("claude"), make_tether(), sol_home, path)
+    claude = do_launch(Runtime("claude", sandboxed=True), make_tether(), sol_home, path)
     assert "AGENTS.md" not in claude.files["CLAUDE.local.md"]
 
 
@@ -218,10 +219,11 @@ def test_tracked_persona_file_is_never_overwritten(sol_home: Home, tmp_path: Pat
     path = tmp_path / "wt"
     git(repo, "worktree", "add", "-q", "-b", "sol/add-limit", str(path))
     tether = make_tether()
-    result = do_launch(Runtime("claude"), tether, sol_home, path)
+    result = do_launch(Runtime("claude", sandboxed=True), tether, sol_home, path)
     assert result.files == {} and result.exclude == []
-    assert result.argv[-1].startswith(persona(tether))
-    assert result.argv[-1].endswith(render(tether, worktree=path))
+    assert result.argv[-1] == KICKOFF
+    # The SessionStart hook prints these orders instead, before `sol prime`.
+    assert Path(result.env["SOL_PERSONA_CONTEXT"]).read_text() == persona(tether)
 
 
 # -- check -----------------------------------------------------------------------------
@@ -238,7 +240,7 @@ def test_check_refuses_a_cli_missing_from_path(
     standin = empty / name
     standin.write_text("#!/bin/sh\n")
     standin.chmod(0o755)
-    check(Runtime(name))
+    check(Runtime(name, sandboxed=True))
 
 
 def test_check_command_looks_at_its_program(tmp_path: Path,

@@ -6,6 +6,7 @@ sentence on stderr and becomes exit 1 (or the code it carries).
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -47,6 +48,9 @@ class SolGroup(click.Group):
 @click.version_option(package_name="sol", prog_name="sol")
 def main() -> None:
     """sol: run many AI coding agents on one git repository and land their work safely."""
+    # Everything sol makes (and the tmux server and agents it starts inherit this) is the
+    # user's alone: the sphere holds API keys in agents' environments and transcripts.
+    os.umask(0o077)
 
 
 def _register() -> None:

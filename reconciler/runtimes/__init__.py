@@ -16,8 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .. import hook
 from ..errors import SolError
 from ..model import Runtime, WorldSpec, WritSpec
+from . import claude
 from .personas import persona
 
 if TYPE_CHECKING:
@@ -111,6 +113,9 @@ def check(runtime: Runtime) -> None:
         label = runtime.name if runtime.name != "command" else f"command {program}"
         raise SolError(f"runtime {label} not found on PATH; install it or choose another "
                        "runtime")
+    refusal = claude.root_refusal(runtime.sandboxed) if runtime.name == "claude" else None
+    if refusal:
+        raise SolError(refusal)
 
 
 def _env(tether: Tether, home: Home, agent: str, tether_path: Path) -> dict[str, str]:
@@ -134,7 +139,7 @@ def _env(tether: Tether, home: Home, agent: str, tether_path: Path) -> dict[str,
     return env
 
 
-def _tracked(worktree: Path, name: str) -> bool:
+def tracked(worktree: Path, name: str) -> bool:
     """Whether the project itself tracks `name`; sol must not overwrite such a file."""
     try:
         out = subprocess.run(["git", "ls-files", "--", name], cwd=worktree,
@@ -144,30 +149,54 @@ def _tracked(worktree: Path, name: str) -> bool:
     return out.returncode == 0 and bool(out.stdout.strip())
 
 
-def _agent_launch(runtime: Runtime, tether: Tether, env: dict[str, str],
-                  worktree: Path, target: str | None) -> Launch:
-    """claude and codex: the real CLI, unattended, with the assignment as first prompt."""
-    from ..tether import render
-
-    text = persona(tether, target=target)
+def persona_files(runtime: Runtime, worktree: Path, text: str
+                  ) -> tuple[dict[str, str], list[str], bool]:
+    """The persona file for the CLI and its exclude line; the last value says the project
+    tracks that file itself, so sol leaves it alone and the SessionStart hook carries the
+    orders instead."""
     name = PERSONA_FILES[runtime.name]
     if runtime.name == "codex" and (Path(worktree) / "AGENTS.md").is_file():
         text += ("\n## The project's own instructions\n\nThis file takes the place of the "
                  "project's `AGENTS.md` for Codex. Read `AGENTS.md` yourself and follow it "
                  "wherever it does not contradict the orders above.\n")
-    prompt = render(tether, worktree=Path(worktree))
-    files, exclude = {name: text}, [f"/{name}"]
-    if _tracked(Path(worktree), name):
-        # The project owns that file: carry the persona in the prompt instead.
-        prompt = f"{text}\n\n{prompt}"
-        files, exclude = {}, []
+    if tracked(Path(worktree), name):
+        return {}, [], True
+    return {name: text}, [f"/{name}"], False
+
+
+def cli_launch(runtime: Runtime, *, env: dict[str, str], station: Path, worktree: Path,
+               home: Home, text: str, prompt: str, resume: str | None = None) -> Launch:
+    """claude or codex, unattended: persona file, config, argv with no secret and no
+    assignment text in it (`text` goes to a file, `prompt` is a fixed sentence)."""
+    files, exclude, owned = persona_files(runtime, worktree, text)
     if runtime.name == "claude":
-        flags = ["--dangerously-skip-permissions",
-                 *(["--model", runtime.model] if runtime.model else [])]
-    else:
-        flags = ["--dangerously-bypass-approvals-and-sandbox",
-                 *(["-m", runtime.model] if runtime.model else [])]
-    return Launch([runtime.name, *flags, prompt], env, files, exclude)
+        directory = claude.config_dir(station)
+        claude.seed(directory, worktree=Path(worktree).absolute(), home_root=home.root,
+                    env=env)
+        env = claude.session_env(env, directory, sandboxed=runtime.sandboxed)
+        if owned:
+            station.mkdir(mode=0o700, parents=True, exist_ok=True)
+            (station / "persona.md").write_text(text, encoding="utf-8")
+            env["SOL_PERSONA_CONTEXT"] = str(station / "persona.md")
+        return Launch(claude.argv(runtime.model, prompt=prompt, resume=resume), env, files,
+                      exclude)
+    flags = ["--dangerously-bypass-approvals-and-sandbox",
+             *(["-m", runtime.model] if runtime.model else [])]
+    return Launch(["codex", *flags, prompt], env, files, exclude)
+
+
+def _agent_launch(runtime: Runtime, tether: Tether, env: dict[str, str],
+                  worktree: Path, target: str | None, station: Path, home: Home) -> Launch:
+    """claude and codex for a writ: a respawn of the same attempt resumes the CLI's
+    conversation; a new attempt starts a fresh one, its feedback in the persona."""
+    resume = None
+    if runtime.name == "claude":
+        seen = hook.read(station / hook.CONVERSATION) or {}
+        if seen.get("writ") == tether.writ and str(seen.get("attempt")) == str(tether.attempt):
+            resume = str(seen.get("id") or "") or None
+    prompt = claude.RESUMED if resume else claude.KICKOFF
+    return cli_launch(runtime, env=env, station=station, worktree=worktree, home=home,
+                      text=persona(tether, target=target), prompt=prompt, resume=resume)
 
 
 def launch(runtime: Runtime, *, tether: Tether, home: Home, agent: str, tether_path: Path,
@@ -182,5 +211,9 @@ def launch(runtime: Runtime, *, tether: Tether, home: Home, agent: str, tether_p
         _command_program(runtime)
         return Launch(["bash", "-c", runtime.command or ""], env)
     if runtime.name in PERSONA_FILES:
-        return _agent_launch(runtime, tether, env, worktree, target)
+        refusal = claude.root_refusal(runtime.sandboxed) if runtime.name == "claude" else None
+        if refusal:
+            raise SolError(refusal)
+        return _agent_launch(runtime, tether, env, worktree, target,
+                             Path(tether_path).parent, home)
     raise SolError(f"runtime {runtime.name} is unknown: use one of {', '.join(NAMES)}")

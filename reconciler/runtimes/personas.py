@@ -126,4 +126,7 @@ def persona(tether: Tether, *, target: str | None = None) -> str:
         *_fenced(tether.description, "markdown"),
         "",
     ]
+    if tether.feedback:
+        sections += ["## Why the previous attempt was sent back", "",
+                     *_fenced(tether.feedback, "text"), ""]
     return "\n".join(sections)

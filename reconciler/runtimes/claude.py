@@ -1,0 +1,160 @@
+"""Claude Code, unattended: the config directory sol owns for it, its hooks, its argv.
+
+The interactive CLI stops at a dialog (onboarding, API-key approval, bypass mode,
+folder trust) unless its config already holds the answers. sol gives each outpost and
+envoy a config directory of its own (`CLAUDE_CONFIG_DIR`), seeded with those answers
+and with trust for that one worktree, and a `settings.json` whose hooks tell sol what
+the agent is doing (see `reconciler.hook`). The user's own `~/.claude*` is only read,
+never written: their settings come from `$SOL_HOME/claude/settings.json` if they put
+one there, their login from `~/.claude/.credentials.json` when no key is in the
+environment.
+
+The first prompt is never an argument (`ps` shows every argv): the assignment is in
+`CLAUDE.local.md`, which the CLI loads, and the SessionStart hook prints `sol prime`.
+The argument is a fixed sentence that tells the agent to begin.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+KICKOFF = ("Begin. Your standing orders and your assignment are in CLAUDE.local.md; "
+           "`sol prime` prints the assignment again.")
+RESUMED = ("Your previous session ended unexpectedly and sol restarted you in the same "
+           "worktree. Continue where you left off; `sol prime` prints your assignment.")
+ENVOY_KICKOFF = ("Read your standing orders in CLAUDE.local.md and your notes in $SOL_MEMORY "
+                 "(notes.md, if it exists), then tell the person you are ready and wait "
+                 "for their instructions.")
+
+HOOK_EVENTS = ("SessionStart", "UserPromptSubmit", "Stop", "StopFailure", "Notification")
+"""What sol listens to: a session begins, a turn begins, ends, fails, or waits."""
+
+FIXED_ENV = {
+    "DISABLE_AUTOUPDATER": "1",                      # a pinned CLI stays pinned
+    "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",  # no telemetry or update checks
+    "DISABLE_ERROR_REPORTING": "1",
+}
+
+
+def config_dir(station: Path) -> Path:
+    """The CLI's config directory of one outpost or envoy (beside its worktree)."""
+    return station / "claude"
+
+
+def user_settings(home_root: Path) -> Path:
+    """Where a user puts settings every agent's `settings.json` starts from."""
+    return home_root / "claude" / "settings.json"
+
+
+def root_refusal(sandboxed: bool) -> str | None:
+    """Why claude would refuse to start here, or None."""
+    if sandboxed or not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return None
+    return ("claude refuses --dangerously-skip-permissions as root: run sol as a normal "
+            "user, or, if sol runs inside a sandbox (a container or VM of its own), set "
+            "`runtime: {name: claude, sandboxed: true}` on the world or writ")
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    """Atomically, 0600: these files name the user's key and projects."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        os.fchmod(handle.fileno(), 0o600)
+        json.dump(data, handle, indent=2)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def hook_command() -> str:
+    """The command each hook runs: sol's own interpreter, so no PATH look-up and no
+    click start-up on every turn."""
+    return shlex.join([sys.executable, "-P", "-m", "reconciler.hook"])
+
+
+def settings(home_root: Path) -> dict[str, Any]:
+    """The user's settings (if any) with sol's hooks added after their own."""
+    data = _read_json(user_settings(home_root))
+    hooks = data.get("hooks") if isinstance(data.get("hooks"), dict) else {}
+    entry = {"hooks": [{"type": "command", "command": hook_command(), "timeout": 60}]}
+    for event in HOOK_EVENTS:
+        existing = hooks.get(event) if isinstance(hooks.get(event), list) else []
+        hooks[event] = [*existing, entry]
+    data["hooks"] = hooks
+    return data
+
+
+def seed(directory: Path, *, worktree: Path, home_root: Path, env: dict[str, str]) -> None:
+    """Make `directory` a config in which the CLI asks nothing: onboarding done, bypass
+    mode accepted, the key in `env` approved, `worktree` trusted. Keeps what the CLI
+    itself wrote there (its conversations and state) across restarts."""
+    config = directory / ".claude.json"
+    data = _read_json(config)
+    data.update({"hasCompletedOnboarding": True, "bypassPermissionsModeAccepted": True,
+                 "autoUpdates": False})
+    key = env.get("ANTHROPIC_API_KEY") or ""
+    if key:
+        responses = data.get("customApiKeyResponses")
+        if not isinstance(responses, dict):
+            responses = {}
+        approved = [k for k in responses.get("approved") or [] if isinstance(k, str)]
+        if key[-20:] not in approved:
+            approved.append(key[-20:])
+        data["customApiKeyResponses"] = {"approved": approved,
+                                         "rejected": list(responses.get("rejected") or [])}
+    projects = data.get("projects") if isinstance(data.get("projects"), dict) else {}
+    project = projects.get(str(worktree)) if isinstance(projects.get(str(worktree)), dict) \
+        else {}
+    project.update({"hasTrustDialogAccepted": True, "hasCompletedProjectOnboarding": True})
+    projects[str(worktree)] = project
+    data["projects"] = projects
+    _write_json(config, data)
+    _write_json(directory / "settings.json", settings(home_root))
+    _carry_login(directory, env)
+
+
+def _carry_login(directory: Path, env: dict[str, str]) -> None:
+    """Without a key or token in the environment, use the user's own login (a copy)."""
+    if env.get("ANTHROPIC_API_KEY") or env.get("CLAUDE_CODE_OAUTH_TOKEN") \
+            or env.get("ANTHROPIC_AUTH_TOKEN"):
+        return
+    mine = Path(env.get("HOME") or Path.home()) / ".claude" / ".credentials.json"
+    target = directory / ".credentials.json"
+    if mine.is_file():
+        try:
+            shutil.copyfile(mine, target)
+            target.chmod(0o600)
+        except OSError:
+            pass
+
+
+def session_env(env: dict[str, str], directory: Path, *, sandboxed: bool) -> dict[str, str]:
+    """The CLI's environment: the caller's, its own config dir, no outward traffic."""
+    out = {**env, **FIXED_ENV, "CLAUDE_CONFIG_DIR": str(directory)}
+    if sandboxed:
+        out["IS_SANDBOX"] = "1"
+    return out
+
+
+def argv(model: str | None, *, prompt: str, resume: str | None = None) -> list[str]:
+    """The CLI's argv; `resume` continues that conversation (a respawn after a crash)."""
+    return ["claude", "--dangerously-skip-permissions",
+            *(["--model", model] if model else []),
+            *(["--resume", resume] if resume else []),
+            prompt]
