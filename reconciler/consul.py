@@ -36,6 +36,7 @@ class Snapshot:
     live: dict[str, int] = field(default_factory=dict)  # world -> live outpost sessions
     sessions: dict[str, bool] = field(default_factory=dict)  # tmux session -> alive
     degraded: str | None = None  # why the sphere is degraded, if it is
+    now: float = 0.0  # when it was observed (rate-limit holds end at a time)
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,10 @@ def why_waiting(snapshot: Snapshot, writ: Record,
         return f"world {writ.world} is not ready ({world.phase}: {world.message or 'cloning'})"
     if WorldSpec.from_spec(world.spec).suspend:
         return "world suspended"
+    held = float(world.status.get("rateLimitedUntil") or 0.0)
+    if held > snapshot.now:
+        return (f"world {writ.world} is rate limited: no new agent for "
+                f"{held - snapshot.now:.0f}s (until the model API's limit resets)")
     spec = WritSpec.from_spec(writ.spec)
     if spec.suspend:
         return "writ suspended"
@@ -150,6 +155,7 @@ def snapshot(sphere) -> Snapshot:  # noqa: ANN001 - Sphere, kept import-light
         live=occupied(count_live(sessions), writs),
         sessions=sessions,
         degraded=degraded.reason if degraded else None,
+        now=time.time(),
     )
 
 

@@ -28,8 +28,9 @@ from typing import Any
 
 ACTIVITY = "activity.json"
 CONVERSATION = "claude-session.json"
-RATE_LIMITED = ("rate_limit", "overloaded")
-"""StopFailure error types that mean "wait", not "stuck"."""
+RATE_LIMITED = ("rate_limit", "overloaded", "(429)")
+"""Words of a StopFailure that mean "wait", not "stuck": its `error` is `rate_limit` for
+a 429, but `server_error` for a 529, whose message says `529 Overloaded`."""
 
 
 def station() -> Path | None:
@@ -78,10 +79,21 @@ def state_of(event: dict[str, Any], previous: dict[str, Any] | None, now: float
     if name == "StopFailure":
         error = str(event.get("error") or event.get("error_type") or "unknown")
         details = event.get("error_details") or event.get("last_assistant_message") or ""
-        limited = any(word in error.lower() for word in RATE_LIMITED)
+        text = f"{error} {details}".lower()
+        limited = any(word in text for word in RATE_LIMITED)
         return {**base, "state": "rate-limited" if limited else "error", "error": error,
                 "message": str(details)[:500]}
     return None
+
+
+def _wake_sentinel() -> None:
+    """The world's sentinel (if a daemon runs one) plans from the new state now: a turn
+    that ended starts its stall clock."""
+    home, world = os.environ.get("SOL_HOME"), os.environ.get("SOL_WORLD")
+    if home and world:
+        wake = Path(home) / "run" / f"sentinel-{world}.wake"
+        if wake.parent.is_dir():
+            wake.touch()
 
 
 def _prime() -> str:
@@ -110,6 +122,7 @@ def main() -> None:
             record = state_of(event, read(path), time.time())
             if record is not None:
                 _write(path, record)
+                _wake_sentinel()
             if event.get("hook_event_name") == "SessionStart" and event.get("session_id"):
                 _write(where / CONVERSATION, {
                     "attempt": os.environ.get("SOL_ATTEMPT", ""),

@@ -76,6 +76,9 @@ def agent_name(sphere: Sphere, world: str, writ: str) -> str:
     existing = sphere.store.agent_for(world, writ)
     if existing:
         return existing.name
+    holder = _holding(sphere.home.outposts(world), f"sol/{writ}")
+    if holder is not None:
+        return holder  # a worktree kept from an earlier cast has the branch checked out
     taken = {a.name for a in sphere.store.agents(world) if a.writ}
     taken |= {p.name for p in sphere.home.outposts(world).glob("*")
               if (p / "tether.json").exists() or (p / "worktree").exists()}
@@ -116,6 +119,20 @@ def _gitdir(worktree: Path) -> Path | None:
     if not pointer.startswith("gitdir: "):
         return None
     return worktree / pointer.removeprefix("gitdir: ")  # absolute, or relative to it
+
+
+def _holding(outposts: Path, branch: str) -> str | None:
+    """The outpost whose worktree has `branch` checked out (git allows one), read from
+    each worktree's HEAD file: no git process."""
+    want = f"ref: refs/heads/{branch}"
+    for station in sorted(outposts.glob("*")) if outposts.is_dir() else ():
+        gitdir = _gitdir(station / "worktree")
+        try:
+            if gitdir is not None and (gitdir / "HEAD").read_text().strip() == want:
+                return station.name
+        except OSError:
+            continue
+    return None
 
 
 def _remake_half_made(sphere: Sphere, world: str, writ: str, worktree: Path) -> None:
@@ -287,8 +304,9 @@ def _cast_locked(sphere: Sphere, world: Record, wspec: WorldSpec, writ_name: str
         store.set_status(key, phase=PENDING, reason="CastFailed",
                          message=f"cast failed: {message}", expect_phases=[WORKING],
                          agent=None, session=None)
-        store.event("cast-failed", kind="Writ", world=world_name, name=writ_name,
-                    message=message)
+        if (writ.reason, writ.message) != ("CastFailed", f"cast failed: {message}"):
+            store.event("cast-failed", kind="Writ", world=world_name, name=writ_name,
+                        message=message)  # once per cause, not once per pass
         raise SolError(f"cannot cast writ {world_name}/{writ_name}: {message}") from exc
     store.set_status(key, base=base)
     store.event("cast", kind="Writ", world=world_name, name=writ_name,

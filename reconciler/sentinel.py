@@ -24,7 +24,7 @@ import time
 import uuid
 from typing import Any
 
-from . import degraded, envoys, tether, worktrees
+from . import degraded, envoys, hook, tether, worktrees
 from .conditions import escalate, with_condition
 from .errors import SolError
 from .home import session_name
@@ -34,6 +34,8 @@ from .outposts import live_counts, parse_session, release, start_session, watch_
 from .plan import Action
 from .sentinel_plan import (
     ENDED,
+    RATE_LIMIT_HOLD,
+    ActivityView,
     OrphanView,
     OutpostView,
     SentinelView,
@@ -52,6 +54,11 @@ PENDING_RETRY = 1.0  # seconds; bounds the retry rate of an action that keeps fa
 DEAD_PANE = "Pane is dead"  # the line tmux's remain-on-exit adds: "Pane is dead (signal 9, ...)"
 NUDGE = ("sol: no output for {after}. If you are stuck, run sol escalate \"why\"; "
          "when done, run sol resolve.")
+TURN_NUDGE = ("sol: your turn ended {after} ago but the writ is not resolved. Go on with "
+              "the assignment (sol prime prints it). When the work is committed and the "
+              "gates pass, run sol resolve; if you are stuck, run sol escalate \"why\".")
+GO_ON = ("sol: the API rate limit has reset. Go on with the assignment where you left off "
+         "(sol prime prints it).")
 """Typed into a silent session. No backticks or `$`: a shell in the pane runs nothing."""
 
 
@@ -68,6 +75,16 @@ def _read_tether(sphere: Sphere, world: str, agent: str) -> tuple[bool, TetherVi
     except SolError:
         return True, None
     return True, TetherView(t.writ, t.session, float(t.updated_at))
+
+
+def _activity(sphere: Sphere, world: str, agent: str) -> ActivityView | None:
+    """What the agent's hooks last wrote (`reconciler.hook`), None without hooks."""
+    data = hook.read(sphere.home.outpost(world, agent) / hook.ACTIVITY)
+    if data is None or not isinstance(data.get("at"), int | float):
+        return None
+    return ActivityView(str(data.get("state") or ""), float(data["at"]),
+                        str(data.get("session") or ""), str(data.get("error") or ""),
+                        str(data.get("message") or ""))
 
 
 def _mtime(path: os.PathLike[str]) -> float | None:
@@ -103,7 +120,8 @@ def observe(sphere: Sphere, world: str, listing: dict[str, bool], now: float, *,
         outposts[agent] = OutpostView(
             agent, has_file, view, sessions.get(agent),
             _mtime(home.agent_log(world, agent)) if sessions.get(agent) else None,
-            row.writ if row else None)
+            row.writ if row else None,
+            _activity(sphere, world, agent) if sessions.get(agent) else None)
     live = sum(1 for a, alive in sessions.items() if alive and not a.startswith("envoy"))
     found: list[OrphanView] = []
     if orphans and spec is not None:
@@ -295,7 +313,7 @@ def _nudge_session(sphere: Sphere, action: Action) -> bool:
     writ = _current(sphere, action)
     if spec is None or writ is None or _nudge(writ.status, d["session"]) is not None:
         return False
-    text = NUDGE.format(after=duration(spec.stall_after))
+    text = (TURN_NUDGE if d.get("hooks") else NUDGE).format(after=duration(spec.stall_after))
     try:
         sphere.sessions.send_text(session_name(d["world"], d["agent"]), text)
     except SolError:
@@ -344,6 +362,64 @@ def _unstall(sphere: Sphere, action: Action) -> bool:
                                                  "OutputResumed", "the agent prints again")
         store.set_status(writ.key, nudge=None, **extra)
         store.event("output-resumed", kind="Writ", world=d["world"], name=d["writ"],
+                    message=action.description, agent=d["agent"], session=d["session"])
+    return True
+
+
+def _rate_limited(sphere: Sphere, action: Action) -> bool:
+    """RateLimited on the writ, and the world holds new casts until the limit resets:
+    no nudge, no escalation, no respawn (the agent is alive and waits)."""
+    d, store = action.data, sphere.store
+    world, until = d["world"], float(d["until"])
+    with store.transaction():
+        writ = _current(sphere, action)
+        limited = writ.status.get("rateLimit") if writ else None
+        if writ is None or (isinstance(limited, dict) and limited.get("at") == d["at"]):
+            return False
+        when = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(until))
+        message = (f"agent {d['agent']}: the model API refused with {d['error']}; it waits, "
+                   f"and world {world} casts no new agent until {when}")
+        store.set_status(writ.key, rateLimit={"at": d["at"], "until": until,
+                                              "error": d["error"]},
+                         conditions=with_condition(writ.status, "RateLimited", True,
+                                                   "RateLimitError", message))
+        record = store.get("World", "", world)
+        if record is not None and float(record.status.get("rateLimitedUntil") or 0) < until:
+            store.set_status(record.key, rateLimitedUntil=until)
+        store.event("rate-limited", kind="Writ", world=world, name=d["writ"], message=message,
+                    agent=d["agent"], session=d["session"], until=until, error=d["error"])
+    return True
+
+
+def _rate_limit_over(sphere: Sphere, action: Action) -> bool:
+    """The limit has reset: tell the agent to go on (once a minute at most)."""
+    d, store = action.data, sphere.store
+    writ = _current(sphere, action)
+    limited = writ.status.get("rateLimit") if writ else None
+    if writ is None or not isinstance(limited, dict) or limited.get("at") != d["at"]:
+        return False
+    if time.time() < float(limited.get("sentAt") or 0.0) + RATE_LIMIT_HOLD:
+        return False
+    try:
+        sphere.sessions.send_text(session_name(d["world"], d["agent"]), GO_ON)
+    except SolError:
+        return False
+    store.set_status(writ.key, rateLimit={**limited, "sentAt": time.time()})
+    store.event("rate-limit-over", kind="Writ", world=d["world"], name=d["writ"],
+                message=f"agent {d['agent']} told to go on: the rate limit has reset",
+                agent=d["agent"], session=d["session"])
+    return True
+
+
+def _rate_limit_cleared(sphere: Sphere, action: Action) -> bool:
+    d, store = action.data, sphere.store
+    with store.transaction():
+        writ = _current(sphere, action)
+        if writ is None or not writ.status.get("rateLimit"):
+            return False
+        store.set_status(writ.key, rateLimit=None, conditions=with_condition(
+            writ.status, "RateLimited", False, "Working", "the agent works again"))
+        store.event("rate-limit-cleared", kind="Writ", world=d["world"], name=d["writ"],
                     message=action.description, agent=d["agent"], session=d["session"])
     return True
 
@@ -405,6 +481,8 @@ def _report_orphan(sphere: Sphere, action: Action) -> bool:
 ACTS = {
     "record-death": _record_death, "respawn": _respawn, "fail": _fail,
     "nudge": _nudge_session, "stall": _stall, "unstall": _unstall,
+    "rate-limited": _rate_limited, "rate-limit-over": _rate_limit_over,
+    "rate-limit-cleared": _rate_limit_cleared,
     "stop-zombie": _stop_zombie, "remove-orphan": _remove_orphan,
     "report-orphan": _report_orphan,
 }

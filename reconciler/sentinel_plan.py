@@ -6,6 +6,7 @@ functions in `sentinel` carry the actions out (DESIGN sections 6 and 8).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +17,8 @@ from .specs import target
 from .store import Record
 
 BACKOFF_MAX = 60.0
+RATE_LIMIT_HOLD = 60.0  # seconds a rate-limited world waits when the error names no reset
+_RETRY_AFTER = re.compile(r"(?:retry|try again|resets?)\D{0,20}?(\d+(?:\.\d+)?)\s*s", re.I)
 ZOMBIE_GRACE = 5.0  # an agent's writ changed this recently: its session may be ending itself
 ENDED = frozenset({MERGED, CANCELLED, FAILED, DONE})
 
@@ -49,6 +52,17 @@ class TetherView:
 
 
 @dataclass(frozen=True)
+class ActivityView:
+    """What the agent's CLI last told sol through its hooks (`reconciler.hook`)."""
+
+    state: str                         # working | idle | rate-limited | error
+    at: float                          # when it entered that state
+    session: str                       # the sol session id it was told in
+    error: str = ""
+    message: str = ""
+
+
+@dataclass(frozen=True)
 class OutpostView:
     """One agent of the world as observed: its tether, its session, its last output."""
 
@@ -58,6 +72,7 @@ class OutpostView:
     session: bool | None = None        # None: no session; True: alive; False: dead pane
     last_output: float | None = None   # mtime of the session log
     writ: str | None = None            # the writ its agent row holds
+    activity: ActivityView | None = None  # hooks' word, when the runtime has hooks
 
 
 @dataclass(frozen=True)
@@ -110,10 +125,75 @@ def _writ_action(op: str, kind: str, writ: Record, text: str, **data: Any) -> Ac
                    **data})
 
 
+def _condition(status: dict[str, Any], type: str) -> bool:
+    return any(c.get("type") == type and c.get("status") == "True"
+               for c in status.get("conditions") or [])
+
+
+def rate_limit_until(a: ActivityView) -> float:
+    """When a rate-limited agent may try again: the reset time its error named, else
+    RATE_LIMIT_HOLD after the error."""
+    match = _RETRY_AFTER.search(a.message or "")
+    wait = float(match.group(1)) if match else RATE_LIMIT_HOLD
+    return a.at + min(max(wait, 1.0), 3600.0)
+
+
+def _plan_activity(writ: Record, a: ActivityView, spec: WorldSpec, now: float
+                   ) -> tuple[Action | None, float | None]:
+    """A CLI with hooks: never nudged while a turn runs (a long tool call, a slow
+    stream); nudged once `stallAfter` after its turn ended without `sol resolve`, then
+    Stalled if the next turn also ends so; rate limits wait for their reset instead."""
+    after, session = spec.stall_after, str(writ.status.get("session"))
+    limited = writ.status.get("rateLimit")
+    if a.state == "rate-limited":
+        until = rate_limit_until(a)
+        if not isinstance(limited, dict) or limited.get("at") != a.at:
+            return _writ_action(UPDATE, "rate-limited", writ,
+                                f"API error {a.error}: hold until the limit resets",
+                                at=a.at, until=until, error=a.error), None
+        sent = float(limited.get("sentAt") or 0.0)
+        if sent and now < sent + RATE_LIMIT_HOLD:
+            return None, sent + RATE_LIMIT_HOLD  # told to go on: its next turn shows
+        if now >= until:
+            return _writ_action(UPDATE, "rate-limit-over", writ,
+                                "the rate limit has reset: tell the agent to go on",
+                                at=a.at), None
+        return None, until
+    if isinstance(limited, dict) and a.at > float(limited.get("at") or 0.0):
+        return _writ_action(UPDATE, "rate-limit-cleared", writ,
+                            "the agent works again: RateLimited cleared"), None
+    nudge = _nudge(writ.status, session)
+    if a.state == "working":
+        if _stalled(writ.status) and nudge and a.at > float(nudge.get("stalledAt") or 0.0):
+            return _writ_action(UPDATE, "unstall", writ, "the agent works again"), None
+        return None, None
+    if after <= 0:
+        return None, None  # stallAfter: 0s turns stall detection off
+    since = a.at
+    if nudge is not None:
+        if nudge.get("stalled"):
+            return None, None
+        since = max(since, float(nudge.get("at") or 0.0))
+        if now >= since + after:
+            return _writ_action(UPDATE, "stall", writ,
+                                f"turn ended again without `sol resolve` {duration(after)} "
+                                "after a nudge: Stalled"), None
+        return None, since + after
+    if now - since >= after:
+        return _writ_action(UPDATE, "nudge", writ,
+                            f"turn ended {duration(now - since)} ago without `sol resolve`: "
+                            "nudge the agent", hooks=True), None
+    return None, since + after
+
+
 def _plan_stall(writ: Record, o: OutpostView, spec: WorldSpec, now: float
                 ) -> tuple[Action | None, float | None]:
-    """Nudge, then Stalled; output after the nudge (beyond its echo) clears both."""
-    after, session = spec.stall_after, str(writ.status.get("session"))
+    """Nudge, then Stalled; output after the nudge (beyond its echo) clears both. An
+    agent whose CLI reports through hooks is judged by them, not by its pane."""
+    session = str(writ.status.get("session"))
+    if o.activity is not None and o.activity.session == session:
+        return _plan_activity(writ, o.activity, spec, now)
+    after = spec.stall_after
     nudge = _nudge(writ.status, session)
     last = o.last_output or 0.0
     if nudge is not None:
@@ -151,7 +231,7 @@ def plan_sentinel(view: SentinelView) -> SentinelPlan:
         if o is None or o.tether is None or o.tether.writ != writ.name:
             continue  # no tether: the consul recovers the writ, not us
         if o.session is True:
-            if spec.stall_after <= 0:
+            if spec.stall_after <= 0 and o.activity is None:
                 continue  # stallAfter: 0s turns stall detection off
             action, wake = _plan_stall(writ, o, spec, now)
             actions += [action] if action else []

@@ -81,13 +81,12 @@ def _runtime_checks(home: Home) -> list[tuple[str, bool, str]]:
     except SolError as exc:
         return [("database", False, exc.message)]
     seen: dict[str, Runtime] = {}
-    for world in store.list("World"):
-        runtime = Runtime.from_spec(world.spec.get("runtime"))
-        seen.setdefault(runtime.name, runtime)
-    for writ in store.list("Writ"):
-        if writ.spec.get("runtime"):
-            runtime = Runtime.from_spec(writ.spec["runtime"])
-            seen.setdefault(runtime.name, runtime)
+    specs = [w.spec.get("runtime") for w in store.list("World")]
+    specs += [w.spec["runtime"] for w in store.list("Writ") if w.spec.get("runtime")]
+    for spec in specs:
+        runtime = Runtime.from_spec(spec)
+        # claude as root runs only sandboxed: each setting is its own check
+        seen.setdefault(runtime.name + (" (sandboxed)" if runtime.sandboxed else ""), runtime)
     store.close()
     rows = []
     for name, runtime in sorted(seen.items()):

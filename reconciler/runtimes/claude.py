@@ -36,6 +36,9 @@ ENVOY_KICKOFF = ("Read your standing orders in CLAUDE.local.md and your notes in
 HOOK_EVENTS = ("SessionStart", "UserPromptSubmit", "Stop", "StopFailure", "Notification")
 """What sol listens to: a session begins, a turn begins, ends, fails, or waits."""
 
+KEY_VAR = "SOL_ANTHROPIC_API_KEY"
+"""Where the CLI's environment keeps the key for its `apiKeyHelper`."""
+
 FIXED_ENV = {
     "DISABLE_AUTOUPDATER": "1",                      # a pinned CLI stays pinned
     "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",  # no telemetry or update checks
@@ -88,9 +91,13 @@ def hook_command() -> str:
     return shlex.join([sys.executable, "-P", "-m", "reconciler.hook"])
 
 
-def settings(home_root: Path) -> dict[str, Any]:
-    """The user's settings (if any) with sol's hooks added after their own."""
+def settings(home_root: Path, *, key_helper: bool) -> dict[str, Any]:
+    """The user's settings (if any) with bypass mode accepted, sol's hooks added after
+    their own and, when sol passes the API key, the helper that hands it over."""
     data = _read_json(user_settings(home_root))
+    data["skipDangerousModePermissionPrompt"] = True
+    if key_helper and not data.get("apiKeyHelper"):
+        data["apiKeyHelper"] = f'printf %s "${KEY_VAR}"'
     hooks = data.get("hooks") if isinstance(data.get("hooks"), dict) else {}
     entry = {"hooks": [{"type": "command", "command": hook_command(), "timeout": 60}]}
     for event in HOOK_EVENTS:
@@ -102,22 +109,14 @@ def settings(home_root: Path) -> dict[str, Any]:
 
 def seed(directory: Path, *, worktree: Path, home_root: Path, env: dict[str, str]) -> None:
     """Make `directory` a config in which the CLI asks nothing: onboarding done, bypass
-    mode accepted, the key in `env` approved, `worktree` trusted. Keeps what the CLI
-    itself wrote there (its conversations and state) across restarts."""
+    mode accepted, `worktree` trusted, and the API key handed over by `apiKeyHelper`
+    (a key in the CLI's own environment needs an approval that would be stored in its
+    config; through the helper it is stored nowhere). Keeps what the CLI itself wrote
+    there (its conversations and state) across restarts."""
     config = directory / ".claude.json"
     data = _read_json(config)
     data.update({"hasCompletedOnboarding": True, "bypassPermissionsModeAccepted": True,
                  "autoUpdates": False})
-    key = env.get("ANTHROPIC_API_KEY") or ""
-    if key:
-        responses = data.get("customApiKeyResponses")
-        if not isinstance(responses, dict):
-            responses = {}
-        approved = [k for k in responses.get("approved") or [] if isinstance(k, str)]
-        if key[-20:] not in approved:
-            approved.append(key[-20:])
-        data["customApiKeyResponses"] = {"approved": approved,
-                                         "rejected": list(responses.get("rejected") or [])}
     projects = data.get("projects") if isinstance(data.get("projects"), dict) else {}
     project = projects.get(str(worktree)) if isinstance(projects.get(str(worktree)), dict) \
         else {}
@@ -125,7 +124,8 @@ def seed(directory: Path, *, worktree: Path, home_root: Path, env: dict[str, str
     projects[str(worktree)] = project
     data["projects"] = projects
     _write_json(config, data)
-    _write_json(directory / "settings.json", settings(home_root))
+    _write_json(directory / "settings.json",
+                settings(home_root, key_helper=bool(env.get("ANTHROPIC_API_KEY"))))
     _carry_login(directory, env)
 
 
@@ -145,8 +145,12 @@ def _carry_login(directory: Path, env: dict[str, str]) -> None:
 
 
 def session_env(env: dict[str, str], directory: Path, *, sandboxed: bool) -> dict[str, str]:
-    """The CLI's environment: the caller's, its own config dir, no outward traffic."""
+    """The CLI's environment: the caller's, its own config dir, no outward traffic; the
+    API key under another name, for `apiKeyHelper` (see seed)."""
     out = {**env, **FIXED_ENV, "CLAUDE_CONFIG_DIR": str(directory)}
+    key = out.pop("ANTHROPIC_API_KEY", "")
+    if key:
+        out[KEY_VAR] = key
     if sandboxed:
         out["IS_SANDBOX"] = "1"
     return out

@@ -14,7 +14,7 @@ Turn kinds:
   ``{"tool": "Name", "input": {...}}`` for any other tool. An optional ``"text"`` precedes it.
 - ``{"text": "..."}``: text, stop_reason ``end_turn``.
 - ``{"slow": seconds, "text": "..."}``: the text trickles out over that many seconds.
-- ``{"error": 429|529|500, "times": N, "retry_after": s}``: an HTTP error with the proper
+- ``{"error": 429|529|500|401|400, "times": N, "retry_after": s}``: an HTTP error with the proper
   Anthropic JSON body. An error turn is attached to the turn after it (same slot); it is played
   ``times`` times (default 1, counted per conversation) and then the slot's next turn plays.
 
@@ -44,9 +44,11 @@ from pathlib import Path
 from typing import Any
 
 Turn = dict[str, Any]
-ERRORS = {429: "rate_limit_error", 529: "overloaded_error", 500: "api_error"}
+ERRORS = {429: "rate_limit_error", 529: "overloaded_error", 500: "api_error",
+          401: "authentication_error", 400: "invalid_request_error"}
 ERROR_MESSAGES = {429: "Number of request tokens has exceeded your per-minute rate limit",
-                  529: "Overloaded", 500: "Internal server error"}
+                  529: "Overloaded", 500: "Internal server error", 401: "invalid x-api-key",
+                  400: "Invalid request"}
 
 
 def _text_of(content: Any) -> list[str]:
@@ -123,7 +125,8 @@ class AnthropicServer:
         self._httpd = ThreadingHTTPServer((self.host, self.port), handler)
         self._httpd.daemon_threads = True
         self.port = self._httpd.server_address[1]
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,),
+                                        daemon=True)
         self._thread.start()
         return self
 
@@ -258,11 +261,16 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def do_GET(self) -> None:  # noqa: N802
-        self.fake._record(self._base({}))
+        self.fake._record(self._base(self._read()[1]))
         self._json(200, {})
 
-    do_HEAD = do_GET  # noqa: N815
     do_PUT = do_DELETE = do_PATCH = do_GET  # noqa: N815
+
+    def do_HEAD(self) -> None:  # noqa: N802 - the CLI sends HEAD / at start-up
+        self.fake._record(self._base({}))
+        self.send_response(200)
+        self.send_header("content-length", "0")
+        self.end_headers()
 
     def _base(self, body: dict[str, Any]) -> dict[str, Any]:
         tools = body.get("tools") or []
