@@ -163,10 +163,15 @@ def test_a_killed_cli_resumes_its_conversation_and_an_idle_one_is_nudged(
         nudge = model.wait_for(lambda s: s.saw("your turn ended"), timeout=90)
         assert nudge
         [nudged] = poll(lambda: events(sol_home, "nudged"), what="the nudge event")
-        # The answer to the nudge (slot 2) was served: kill the CLI.
+        # The answer to the nudge (slot 2) was served and its turn ended (the Stop hook
+        # wrote it down, so the CLI's transcript holds it): kill the CLI.
         model.wait_for(lambda s: any(r.get("slot") == 2 and r.get("tools")
                                      for r in s.requests), timeout=60)
         record = writ_status(sol_home, "shop", "talk")
+        activity = sol_home.outpost("shop", record.status["agent"]) / "activity.json"
+        poll(lambda: json.loads(activity.read_text()).get("at", 0) > nudged.ts
+             and json.loads(activity.read_text()).get("state") == "idle",
+             what="the turn after the nudge to end")
         session = f"sol-shop-{record.status['agent']}"
         pid = int(poll(lambda: _pane_pid(sol_home, session), what="the claude pid"))
         os.kill(pid, signal.SIGKILL)
@@ -175,6 +180,7 @@ def test_a_killed_cli_resumes_its_conversation_and_an_idle_one_is_nudged(
 
     resumed = first_request(model, RESUMED)
     history = json.dumps(resumed["messages"])
+
     assert "one.txt" in history and "Thinking further." in history  # the earlier messages
     assert "your turn ended" in history
     assert resumed["slot"] == 3
