@@ -377,7 +377,8 @@ def _rate_limited(sphere: Sphere, action: Action) -> bool:
         if writ is None or (isinstance(limited, dict) and limited.get("at") == d["at"]):
             return False
         when = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(until))
-        message = (f"agent {d['agent']}: the model API refused with {d['error']}; it waits, "
+        said = d.get("said") or d["error"]
+        message = (f"agent {d['agent']} is rate limited by the model API ({said}); it waits, "
                    f"and world {world} casts no new agent until {when}")
         store.set_status(writ.key, rateLimit={"at": d["at"], "until": until,
                                               "error": d["error"]},

@@ -150,7 +150,8 @@ def _plan_activity(writ: Record, a: ActivityView, spec: WorldSpec, now: float
         if not isinstance(limited, dict) or limited.get("at") != a.at:
             return _writ_action(UPDATE, "rate-limited", writ,
                                 f"API error {a.error}: hold until the limit resets",
-                                at=a.at, until=until, error=a.error), None
+                                at=a.at, until=until, error=a.error,
+                                said=a.message[:300]), None
         sent = float(limited.get("sentAt") or 0.0)
         if sent and now < sent + RATE_LIMIT_HOLD:
             return None, sent + RATE_LIMIT_HOLD  # told to go on: its next turn shows

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from hypothesis import given
@@ -9,6 +10,7 @@ from hypothesis import strategies as st
 
 from reconciler.model import CANCELLED, DONE, FAILED, MERGED, RESOLVED, WORKING, WorldSpec
 from reconciler.sentinel import (
+    ActivityView,
     OrphanView,
     OutpostView,
     SentinelView,
@@ -17,6 +19,7 @@ from reconciler.sentinel import (
     echo_grace,
     plan_sentinel,
 )
+from reconciler.sentinel_plan import RATE_LIMIT_HOLD
 from reconciler.store import Record
 
 W = "shop"
@@ -236,3 +239,61 @@ def test_orphan_worktrees_are_removed_only_when_merged_and_clean_and_reported_on
     assert [(a.kind, a.data["agent"]) for a in plan.actions] == [
         ("remove-orphan", "a1"), ("report-orphan", "a2"), ("report-orphan", "a3")]
     assert plan.actions[0].op == "-" and plan.actions[1].op == "!"
+
+
+# ---- agents whose CLI reports through hooks (claude) ---------------------------------
+
+
+def hooked(state: str, at: float, *, session: str = "s1", message: str = "") -> OutpostView:
+    """An outpost whose hooks last said `state` at `at`; its pane silent for an hour."""
+    base = outpost(last_output=NOW - 3600, started=NOW - 3600)
+    return replace(base, activity=ActivityView(state, at, session, "", message))
+
+
+def test_a_turn_in_progress_is_never_nudged_however_silent_its_pane() -> None:
+    plan = plan_sentinel(view([writ()], [hooked("working", NOW - 3600)]))
+    assert plan.actions == () and plan.next_at is None
+
+
+def test_a_turn_that_ended_without_resolve_is_nudged_after_stall_after() -> None:
+    plan = plan_sentinel(view([writ()], [hooked("idle", NOW - 30)]))
+    assert plan.actions == () and plan.next_at == NOW + 30
+    [action] = plan_sentinel(view([writ()], [hooked("idle", NOW - 60)])).actions
+    assert action.kind == "nudge" and action.data["hooks"] is True
+
+
+def test_after_a_nudge_a_second_idle_turn_is_stalled_and_new_work_unstalls() -> None:
+    nudged = writ(nudge={"session": "s1", "at": NOW - 50})
+    plan = plan_sentinel(view([nudged], [hooked("idle", NOW - 40)]))
+    assert plan.actions == () and plan.next_at == NOW + 20  # from the later of the two
+    assert kinds(view([nudged], [hooked("idle", NOW - 70)])) == []  # answered: wait
+    late = writ(nudge={"session": "s1", "at": NOW - 61})
+    assert kinds(view([late], [hooked("idle", NOW - 100)])) == ["stall"]
+    stalled = writ(nudge={"session": "s1", "at": NOW - 61, "stalled": True,
+                          "stalledAt": NOW - 1},
+                   conditions=[{"type": "Stalled", "status": "True"}])
+    assert kinds(view([stalled], [hooked("idle", NOW - 100)])) == []
+    assert kinds(view([stalled], [hooked("working", NOW)])) == ["unstall"]
+
+
+def test_hooks_of_an_earlier_session_are_not_believed() -> None:
+    stale = hooked("working", NOW, session="s0")  # the pane is the judge again
+    assert kinds(view([writ()], [stale])) == ["nudge"]
+
+
+def test_a_rate_limit_holds_then_tells_the_agent_to_go_on_never_nudging() -> None:
+    said = "API Error: Request rejected (429) · retry after 30s"
+    limited = hooked("rate-limited", NOW - 5, message=said)
+    [action] = plan_sentinel(view([writ()], [limited])).actions
+    assert action.kind == "rate-limited" and action.data["until"] == NOW + 25
+    seen = writ(rateLimit={"at": NOW - 5, "until": NOW + 25})
+    plan = plan_sentinel(view([seen], [limited], now=NOW + 10))
+    assert plan.actions == () and plan.next_at == NOW + 25
+    assert kinds(view([seen], [limited], now=NOW + 25)) == ["rate-limit-over"]
+    told = writ(rateLimit={"at": NOW - 5, "until": NOW + 25, "sentAt": NOW + 25})
+    assert kinds(view([told], [limited], now=NOW + 30)) == []
+    assert kinds(view([told], [hooked("working", NOW + 31)], now=NOW + 32)) == [
+        "rate-limit-cleared"]
+    plain = hooked("rate-limited", NOW - 5, message="API Error: 529 Overloaded.")
+    assert plan_sentinel(view([writ()], [plain])).actions[0].data["until"] == (
+        NOW - 5 + RATE_LIMIT_HOLD)
