@@ -368,3 +368,15 @@ def test_events_filter_by_writ_and_stream_as_json_or_yaml(sphere: Sphere, sol) -
     assert [json.loads(line)["name"] for line in as_json.stdout.splitlines()] == ["a", "a"]
     as_yaml = YAML(typ="safe").load(sol("events", "--writ", "b", "-o", "yaml", check=True).stdout)
     assert [(e["type"], e["message"]) for e in as_yaml] == [("cast", "b!")]
+
+
+def test_a_webhook_token_never_names_its_target() -> None:
+    """Logs, events and the outbox name a webhook by host and a hash of its URL."""
+    from reconciler.config import NotifyTarget
+
+    url = "https://user:pw@hooks.example.org:8443/services/T0/B0/SECRETTOKEN?key=SECRET2"
+    target = NotifyTarget("webhook", url, frozenset({"*"}), 10.0)
+    assert "SECRET" not in target.key and "pw" not in target.key
+    assert target.key.startswith("webhook:https://hooks.example.org:8443/")
+    other = NotifyTarget("webhook", url.replace("SECRETTOKEN", "OTHER"), frozenset(), 1.0)
+    assert other.key != target.key
