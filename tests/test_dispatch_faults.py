@@ -224,3 +224,53 @@ def test_writ_whose_agent_vanished_is_cast_again_on_its_branch(
     assert tether.read(sol_home.tether("shop", agent)).branch == "sol/a"
     events = [e.type for e in Store(sol_home.db).events(name="a")]
     assert events.count("recovered") == 1 and events.count("cast") == 2
+
+
+def test_a_session_that_cannot_start_is_rolled_back_reported_once_and_cast_later(
+        sol_home: Home, repo: Path, tmp_path: Path, sol) -> None:
+    """No half-made cast wedges the writ: the worktree is removed (or reused), the writ
+    waits with one reason and one event, and the next pass after the fix casts it."""
+    blocker = sol_home.logs / "agents"
+    blocker.write_text("a file where the agents' log directory should be\n")
+    specs = write_specs(tmp_path / "specs", world_yaml("shop", repo),
+                        writ_yaml("a", "shop", "echo a > a.txt"))
+    sol("apply", "-f", str(specs), check=True)
+    sol("reconcile", "--once", "-f", str(specs), check=True)
+    record = writ_status(sol_home, "shop", "a")
+    assert (record.phase, record.reason) == ("Pending", "CastFailed")
+    assert "cannot create log directory" in record.message
+    store = Store(sol_home.db)
+    assert len(store.events(types=["cast-failed"])) == 1  # two passes, one event
+    store.close()
+    assert not list(sol_home.outposts("shop").glob("*/tether.json"))
+    assert tmux_sessions(sol_home) == {}
+    assert "sol/a" in git(sol_home.repo("shop"), "branch", "--list", "sol/a")
+    blocker.unlink()
+    sol("reconcile", "--once", "-f", str(specs), check=True)
+    poll(lambda: writ_status(sol_home, "shop", "a").phase in ("Resolved", "Merged"),
+         what="writ a cast again and resolved")
+
+
+def test_a_worktree_kept_by_a_rolled_back_cast_is_reused_not_left_holding_the_branch(
+        sol_home: Home, repo: Path, tmp_path: Path, sol) -> None:
+    specs = write_specs(tmp_path / "specs", command_world(repo), writ_yaml("a", "shop"))
+    sol("apply", "-f", str(specs), check=True)
+    agent = agent_of(sol_home, "a")
+    worktree = sol_home.worktree("shop", agent)
+    (worktree / "work.txt").write_text("an earlier attempt's work\n")
+    git(worktree, "add", "work.txt")
+    git(worktree, "commit", "-q", "-m", "earlier work")
+    # What an undo leaves when the worktree existed before the cast: the worktree (on
+    # branch sol/a, holding work not on the target), but no session, tether or agent row.
+    subprocess.run(["tmux", "-L", sol_home.socket_name, "kill-server"], capture_output=True)
+    tether.clear(sol_home.tether("shop", agent))
+    store = Store(sol_home.db)
+    store.free_agent("shop", agent)
+    store.set_status(("Writ", "shop", "a"), phase="Pending", reason="CastFailed",
+                     message="cast failed: something", agent=None, session=None)
+    store.close()
+    sol("reconcile", "--once", "-f", str(specs), check=True)
+    record = writ_status(sol_home, "shop", "a")
+    assert record.phase == "Working" and record.status["agent"] == agent
+    assert poll(lambda: tmux_sessions(sol_home).get(f"sol-shop-{agent}"))
+    assert (worktree / "work.txt").exists()
