@@ -16,6 +16,7 @@ import json
 import os
 import sys
 import tempfile
+from contextlib import suppress
 from pathlib import Path
 from typing import NoReturn
 
@@ -34,19 +35,9 @@ def write(path: Path, argv: list[str], env: dict[str, str], cwd: Path) -> None:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
-        with _quiet():
+        with suppress(OSError):
             os.unlink(tmp)
         raise
-
-
-class _quiet:
-    """suppress(OSError) without importing contextlib into every session start."""
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: object, value: object, tb: object) -> bool:
-        return isinstance(value, OSError)
 
 
 def command(path: Path) -> list[str]:
@@ -65,7 +56,7 @@ def main(args: list[str]) -> NoReturn:
         print(f"sol: cannot read the launch file {path}: {exc}; the session was started "
               "without it, so sol will start it again", file=sys.stderr)
         sys.exit(127)
-    with _quiet():
+    with suppress(OSError):
         path.unlink()
     argv, env = list(spec["argv"]), dict(spec["env"])
     try:
