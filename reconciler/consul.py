@@ -287,7 +287,10 @@ def reconcile(sphere, *, dry_run: bool = False) -> list[Action]:  # noqa: ANN001
     refreshed = [] if dry_run else refresh_tethers(sphere)
     snap = snapshot(sphere)
     if not dry_run:
+        from .recovery import recover
+
         recovered = recover_stale(sphere, snap)
+        recovered += recover(sphere, list(snap.writs.values()), snap.worlds)
         if recovered:
             snap = snapshot(sphere)
         refreshed += recovered

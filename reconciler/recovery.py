@@ -1,0 +1,128 @@
+"""Recover the store from what is on disk: the target branch is the durable record.
+
+`sol.db` can be lost or rebuilt (its own error message advises `mv sol.db sol.db.broken`).
+A rebuilt store knows every writ as Pending again, but the work is not lost and must not
+run twice:
+
+- a writ whose `Sol-Writ: <world>/<writ>` trailer is on the target branch has landed:
+  it is Merged, whatever the store says (searched from the writ's base when the store
+  knows one, so an older writ of the same name never counts);
+- a writ whose agent still runs (its tether names the writ and its session is alive) is
+  adopted as Working with that agent and session, not cast a second time.
+
+Branches `sol/<writ>` and kept worktrees need nothing here: a cast reuses them.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from . import tether, worktrees
+from .errors import SolError
+from .home import session_name
+from .model import MERGED, PENDING, WORKING, WorldSpec
+from .plan import UPDATE, Action
+from .specs import target
+from .sphere import Sphere
+from .store import Record
+
+_TRAILERS: dict[tuple[Path, str], dict[str, str]] = {}
+"""(repo, target tip) -> {"world/writ": commit}; a tip never changes its history."""
+
+
+def landed(repo: Path, branch: str) -> dict[str, str]:
+    """Every `Sol-Writ:` trailer on the first-parent history of `branch`, newest first
+    wins; one git process per new tip of the target."""
+    tip = worktrees.rev(repo, f"refs/heads/{branch}")
+    if tip is None:
+        return {}
+    key = (repo, tip)
+    if key not in _TRAILERS:
+        out = worktrees.run_git(
+            repo, "log", "--first-parent", "--fixed-strings", "--grep=Sol-Writ: ",
+            "--format=%H %(trailers:key=Sol-Writ,valueonly,separator=%x2C)", tip,
+            what=f"cannot read the history of {branch} in {repo}")[1]
+        found: dict[str, str] = {}
+        for line in out.splitlines():
+            sha, _, values = line.partition(" ")
+            for value in values.split(","):
+                found.setdefault(value.strip(), sha)
+        _TRAILERS.clear()  # one tip per world is all a pass needs
+        _TRAILERS[key] = found
+    return _TRAILERS[key]
+
+
+def recover(sphere: Sphere, writs: list[Record], worlds: dict[str, Record]) -> list[Action]:
+    """Merged for what landed, Working for what still runs; the actions taken."""
+    done: list[Action] = []
+    pending: dict[str, list[Record]] = {}
+    for writ in writs:
+        if writ.phase == PENDING and not writ.orphaned:
+            pending.setdefault(writ.world, []).append(writ)
+    for world, candidates in sorted(pending.items()):
+        record = worlds.get(world)
+        repo = sphere.home.repo(world)
+        if record is None or not worktrees.is_clone(repo):
+            continue
+        spec = WorldSpec.from_spec(record.spec)
+        try:
+            on_target = landed(repo, spec.branch)
+        except SolError:
+            continue  # the world reconciler reports a broken clone
+        for writ in candidates:
+            action = _merged(sphere, writ, repo, spec, on_target) or _adopt(sphere, writ)
+            if action is not None:
+                done.append(action)
+    return done
+
+
+def _merged(sphere: Sphere, writ: Record, repo: Path, spec: WorldSpec,
+            on_target: dict[str, str]) -> Action | None:
+    name = f"{writ.world}/{writ.name}"
+    commit = on_target.get(name)
+    base = str(writ.status.get("base") or "")
+    if commit and base:
+        from .forge import landed_commit
+
+        commit = landed_commit(repo, spec.branch, writ.world, writ.name, base)
+    if not commit:
+        return None
+    message = (f"already on {spec.branch} as {commit[:12]} (its Sol-Writ trailer): "
+               "recorded Merged, not run again")
+    if sphere.store.set_status(writ.key, phase=MERGED, reason="RecoveredFromTarget",
+                               message=message, expect_version=writ.version,
+                               observed_generation=writ.generation,
+                               mergeCommit=commit) is None:
+        return None
+    sphere.store.event("recovered-merged", kind="Writ", world=writ.world, name=writ.name,
+                       message=message, commit=commit)
+    return Action(UPDATE, "recover-merged", target("Writ", writ.world, writ.name), message,
+                  {"world": writ.world, "name": writ.name, "commit": commit})
+
+
+def _adopt(sphere: Sphere, writ: Record) -> Action | None:
+    """A live agent whose tether names this writ keeps working under it."""
+    base = sphere.home.outposts(writ.world)
+    for path in sorted(base.glob("*/tether.json")) if base.is_dir() else ():
+        try:
+            t = tether.read(path)
+        except SolError:
+            continue
+        if t.writ != writ.name or not sphere.sessions.is_alive(session_name(writ.world,
+                                                                            t.agent)):
+            continue
+        message = f"agent {t.agent} still works on it (session {t.session}): adopted"
+        if sphere.store.set_status(
+                writ.key, phase=WORKING, reason="Adopted", message=message,
+                expect_version=writ.version, agent=t.agent, session=t.session,
+                branch=t.branch, base=t.base, attempt=t.attempt, respawns=0) is None:
+            return None
+        sphere.store.put_agent(writ.world, t.agent, writ=writ.name, session=t.session,
+                               runtime=str(t.runtime.get("name") or ""), state="working")
+        sphere.store.event("adopted", kind="Writ", world=writ.world, name=writ.name,
+                           message=message, agent=t.agent, session=t.session)
+        return Action(UPDATE, "adopt", target("Writ", writ.world, writ.name), message,
+                      {"world": writ.world, "name": writ.name, "agent": t.agent,
+                       "at": time.time()})
+    return None
