@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import degraded, hook, personas, runtimes, worktrees
+from . import backup, degraded, hook, personas, runtimes, worktrees
 from .errors import SolError
 from .home import Home, session_name
 from .locks import flock
@@ -283,6 +283,8 @@ def prepare(sphere: Sphere, record: Record, world: Record, *, respawn: bool) -> 
     root = envoy_dir(home, record.world, record.name)
     worktree, memory = root / "worktree", root / "memory"
     try:
+        if not spec.specs:
+            backup.ensure(repo)
         worktrees.add_worktree(repo, worktree, f"envoy/{record.name}", base)
     except SolError as exc:
         raise EnvoyError("WorktreeFailed", exc.message) from exc

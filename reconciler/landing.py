@@ -14,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from . import gates, tether, worktrees
+from . import backup, gates, tether, worktrees
 from .conditions import escalate
 from .errors import Retry, SolError
 from .home import session_name
@@ -216,6 +216,7 @@ class Merge:
                                  f"sol forge: land {self.world}/{self.mr.writ}", self.ref, new, old,
                                  check=False)
         if status == 0:
+            backup.save(self.repo, self.spec.branch)  # with push: false, the only copy
             return True
         now = worktrees.rev(self.repo, self.ref)
         if now == new:

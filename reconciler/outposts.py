@@ -21,7 +21,7 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Protocol
 
-from . import runtimes, tether, worktrees
+from . import backup, runtimes, tether, worktrees
 from .errors import Retry, SolError
 from .home import session_name
 from .locks import flock
@@ -289,6 +289,7 @@ def _cast_locked(sphere: Sphere, world: Record, wspec: WorldSpec, writ_name: str
         worktree = sphere.home.worktree(world_name, agent)
         _remake_half_made(sphere, world_name, writ_name, worktree)
         existed = worktree.exists()
+        backup.ensure(repo)  # from the first commit on, the agent's work is kept twice
         base = worktrees.add_worktree(repo, worktree, f"sol/{writ_name}",
                                       f"refs/heads/{wspec.branch}")
         if not existed:

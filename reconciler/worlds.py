@@ -10,8 +10,9 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
-from . import worktrees
+from . import backup, worktrees
 from .errors import SolError
 from .locks import flock
 from .model import ERROR, READY, WorldSpec
@@ -117,7 +118,30 @@ def act(sphere: Sphere, action: Action) -> None:
             return
     sphere.store.set_meta(f"fetched:{name}", str(time.time()))
     sphere.store.event("cloned", kind="World", world=name, name=name, message=action.description)
+    _restore(sphere, name, repo, spec.branch)
     _set_ready(sphere, world, worktrees.rev(repo, f"refs/heads/{spec.branch}") or "")
+
+
+def _restore(sphere: Sphere, world: str, repo: Path, branch: str) -> None:
+    """A clone made again: agents' branches (and landed, unpushed work) come back from
+    the backup, and worktrees that lived in the old clone are re-attached in place."""
+    try:
+        restored = backup.restore(repo, branch)
+        stations = [(sphere.home.worktree(world, a.name), f"sol/{a.writ}")
+                    for a in sphere.store.agents(world) if a.writ]
+        envoys = sphere.home.world_dir(world) / "envoys"
+        stations += [(d / "worktree", f"envoy/{d.name}")
+                     for d in sorted(envoys.iterdir()) if d.is_dir()] if envoys.is_dir() else []
+        reattached = [str(path) for path, ref in stations if backup.reattach(repo, path, ref)]
+    except SolError as exc:
+        sphere.store.event("restore-failed", kind="World", world=world, name=world,
+                           message=f"cannot restore agents' work from the backup: {exc.message}")
+        return
+    if restored or reattached:
+        sphere.store.event(
+            "restored", kind="World", world=world, name=world,
+            message=f"from the backup: branches {', '.join(restored) or 'none'}; "
+                    f"worktrees re-attached: {', '.join(reattached) or 'none'}")
 
 
 def reconcile(sphere: Sphere, *, dry_run: bool = False) -> list[Action]:
