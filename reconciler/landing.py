@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from . import backup, gates, tether, worktrees
-from .conditions import escalate
+from .conditions import escalate, with_condition
 from .errors import Retry, SolError
 from .home import session_name
 from .model import FAILED, MERGED, MERGING, PENDING, RESOLVED, WorldSpec, WritSpec
@@ -351,8 +351,22 @@ def cleanup(sphere: Sphere, world: str, spec: WorldSpec, writ: str) -> None:
                 "removed; the work is on the target", agent=agent.name if agent else "")
 
 
+def push_reason(stderr: str) -> str:
+    """Why git refused a push: the remote's own first error (a non-bare repository with
+    the branch checked out explains itself there), or the rejection's reason."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    for line in lines:
+        if line.startswith("remote: error: "):
+            return line.removeprefix("remote: error: ")
+    for line in lines:
+        if line.startswith("! [") and "(" in line:
+            return line[line.index("(") + 1:].rstrip(")")
+    return git_reason(stderr)
+
+
 def push(sphere: Sphere, world: Record | None, spec: WorldSpec) -> bool:
-    """Push the target to the source; a failure is an event, retried on the next pass."""
+    """Push the target to the source; the outcome is the world's `Pushed` condition, a
+    failure an event (once per reason), retried on the next pass."""
     if world is None:
         return False
     repo = sphere.home.repo(world.name)
@@ -360,11 +374,26 @@ def push(sphere: Sphere, world: Record | None, spec: WorldSpec) -> bool:
     status, _, err = run_git(repo, "push", "--quiet", "origin", f"{ref}:{ref}",
                              timeout=worktrees.FETCH_TIMEOUT, check=False)
     if status != 0:
-        sphere.store.event("push-failed", kind="World", world=world.name, name=world.name,
-                           message=f"cannot push {spec.branch} to {spec.source}: "
-                           f"{git_reason(err)}; retrying on the next pass")
+        message = (f"cannot push {spec.branch} to {spec.source}: {push_reason(err)}; "
+                   "retrying on the next pass")
+        if _pushed(sphere, world, False, "PushFailed", message):
+            sphere.store.event("push-failed", kind="World", world=world.name, name=world.name,
+                               message=message)
         return False
+    _pushed(sphere, world, True, "Pushed", f"{spec.branch} pushed to {spec.source}")
     sphere.store.event("pushed", kind="World", world=world.name, name=world.name,
                        message=f"{spec.branch} pushed to {spec.source}",
                        commit=worktrees.rev(repo, ref) or "")
+    return True
+
+
+def _pushed(sphere: Sphere, world: Record, ok: bool, reason: str, message: str) -> bool:
+    """Set the world's Pushed condition; True when it changed."""
+    current = sphere.store.get(*world.key) or world
+    before = next((c for c in current.status.get("conditions") or []
+                   if c.get("type") == "Pushed"), None)
+    if before and (before.get("status"), before.get("message")) == (str(ok), message):
+        return False
+    sphere.store.set_status(world.key, conditions=with_condition(
+        current.status, "Pushed", ok, reason, message))
     return True

@@ -264,7 +264,7 @@ def _run(target: NotifyTarget, row: OutboxRow, cwd: str | None) -> str | None:
            "SOL_EVENT_JSON": _event_json(row), "SOL_DELIVERY": str(row.id)}
     with tempfile.TemporaryFile() as out:
         try:
-            proc = subprocess.Popen([*argv, event.type, event.message], cwd=cwd, env=env,
+            proc = subprocess.Popen([*argv, "--", event.type, event.message], cwd=cwd, env=env,
                                     stdin=subprocess.DEVNULL, stdout=out,
                                     stderr=subprocess.STDOUT, start_new_session=True)
         except OSError as exc:

@@ -443,6 +443,21 @@ def test_a_failed_push_is_an_event_and_retried_on_the_next_pass(sphere: Sphere, 
     assert git(bare, "rev-parse", "refs/heads/main") == commit
 
 
+def test_a_push_to_a_checked_out_branch_says_why_in_a_world_condition(
+        sphere: Sphere, make_world, tmp_path: Path):
+    work = make_repo(tmp_path / "work", {"README.md": README})  # main is checked out there
+    world = make_world(source_path=work, push=True)
+    world.writ("ship", {"s.txt": "s\n"})
+    forge.reconcile(sphere)
+    world.assert_landed("ship")
+    forge.reconcile(sphere)  # retried: the same reason is not a new event
+    [failed] = world.events("push-failed")
+    assert "refusing to update checked out branch" in failed.message
+    record = sphere.store.get("World", "", W)
+    [pushed] = [c for c in record.status["conditions"] if c["type"] == "Pushed"]
+    assert pushed["status"] == "False" and "checked out branch" in pushed["message"]
+
+
 # ---- crash safety ----------------------------------------------------------------
 
 

@@ -130,14 +130,14 @@ def test_command_gets_each_wanted_event_once_verbatim_and_nothing_is_executed(
     store.event("escalated", kind="Writ", world="shop", name="b", message="help")
     assert notify.pass_once(sphere) == 4  # merged + escalated, for each target
     got = lines(log)
-    assert [g["argv"] for g in got] == [["--from", "sol yaml", "merged", hostile],
-                                        ["--from", "sol yaml", "escalated", "help"]]
+    assert [g["argv"] for g in got] == [["--from", "sol yaml", "--", "merged", hostile],
+                                        ["--from", "sol yaml", "--", "escalated", "help"]]
     env = got[0]["env"]
     assert (env["SOL_EVENT"], env["SOL_WORLD"], env["SOL_OBJECT"]) == ("merged", "shop", "a")
     assert env["SOL_MESSAGE"] == hostile
     event = json.loads(env["SOL_EVENT_JSON"])
     assert (event["id"], event["message"], event["data"]) == (merged, hostile, {"sha": "1"})
-    assert [g["argv"][0] for g in lines(plain_log)] == ["merged", "escalated"]
+    assert [g["argv"][1] for g in lines(plain_log)] == ["merged", "escalated"]
     assert not (tmp_path / "pwned").exists() and not (tmp_path / "pwned2").exists()
     assert notify.pass_once(sphere) == 0 and len(lines(log)) == 2
     assert {r.state for r in rows(sphere)} == {"delivered"}
@@ -162,7 +162,7 @@ def test_a_failing_command_is_retried_with_backoff_in_order_until_it_succeeds(
     assert rows(sphere)[0].attempts == 3 and time.time() - started >= 0.5 + 1
     poll(lambda: (notify.pass_once(sphere), len(lines(log)) == 2)[1], timeout=10,
          what="the second row")
-    assert [g["argv"] for g in lines(log)] == [["failed", "a"], ["failed", "b"]]
+    assert [g["argv"] for g in lines(log)] == [["--", "failed", "a"], ["--", "failed", "b"]]
     assert [r.state for r in rows(sphere)] == ["delivered", "delivered"]
 
 
@@ -182,7 +182,7 @@ def test_after_the_last_attempt_a_row_is_dead_and_an_event_says_so(
     assert failed.data["target"] == "command:false" and "after 2 attempts" in failed.message
     assert (failed.world, failed.name) == ("shop", "a")
     poll(lambda: (notify.pass_once(sphere), lines(log))[1], timeout=10, what="watcher told")
-    assert lines(log)[0]["argv"][0] == "notify-failed"
+    assert lines(log)[0]["argv"][1] == "notify-failed"
     assert not [r for r in rows(sphere) if r.target == "command:false"
                 and r.event.type == "notify-failed"]  # a dead target is not fed itself
 
@@ -299,7 +299,7 @@ def test_each_event_is_queued_once_and_delivered_again_only_if_in_flight(
     assert crashing_pass(sphere.home, "sending") == 86  # nothing new: nothing queued twice
     assert [r.state for r in rows(sphere)] == ["sending"] * 3 and lines(log) == []
     assert crashing_pass(sphere.home) == 0
-    assert sorted(g["argv"][1] for g in lines(log)) == ["a", "b", "c"]  # exactly once each
+    assert sorted(g["argv"][2] for g in lines(log)) == ["a", "b", "c"]  # exactly once each
     assert [r.state for r in rows(sphere)] == ["delivered"] * 3
 
 
@@ -310,11 +310,11 @@ def test_a_crash_between_delivery_and_record_delivers_again_with_the_same_id(
     for name in "ab":
         sphere.store.event("merged", kind="Writ", world="shop", name=name, message=name)
     assert crashing_pass(sphere.home, "delivered") == 86
-    assert lines(log)[0]["argv"][1] == "a"
+    assert lines(log)[0]["argv"][2] == "a"
     assert crashing_pass(sphere.home) == 0
     got = lines(log)
-    assert {g["argv"][1] for g in got} == {"a", "b"}
-    first = [g["env"]["SOL_DELIVERY"] for g in got if g["argv"][1] == "a"]
+    assert {g["argv"][2] for g in got} == {"a", "b"}
+    first = [g["env"]["SOL_DELIVERY"] for g in got if g["argv"][2] == "a"]
     assert len(first) == 2 and len(set(first)) == 1  # the receiver can tell
     assert [r.state for r in rows(sphere)] == ["delivered"] * 2
 
@@ -323,7 +323,7 @@ def test_a_crash_between_delivery_and_record_delivers_again_with_the_same_id(
 
 
 def merged_writs(log: Path) -> list[str]:
-    return sorted(g["env"]["SOL_OBJECT"] for g in lines(log) if g["argv"][0] == "merged")
+    return sorted(g["env"]["SOL_OBJECT"] for g in lines(log) if g["argv"][1] == "merged")
 
 
 def test_the_daemon_notifies_each_merge_once_across_a_restart(
@@ -349,7 +349,7 @@ def test_the_daemon_notifies_each_merge_once_across_a_restart(
         sphere.close()
         assert run("down").returncode == 0
     assert merged_writs(log) == ["a", "b"]
-    casts = [g["env"]["SOL_OBJECT"] for g in lines(log) if g["argv"][0] == "cast"]
+    casts = [g["env"]["SOL_OBJECT"] for g in lines(log) if g["argv"][1] == "cast"]
     assert sorted(casts) == ["a", "b"]
 
 
