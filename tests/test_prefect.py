@@ -269,3 +269,18 @@ def test_resume_leaves_degraded_mode(sol_home: Home, daemon: Run) -> None:
         assert "Not degraded" in daemon("resume").stdout
     finally:
         store.close()
+
+
+def test_three_ups_at_once_start_one_prefect_and_all_say_so(
+        sol_home: Home, repo: Path, tmp_path: Path, daemon: Run) -> None:
+    specs = sleepy_specs(tmp_path, repo)
+    procs = [subprocess.Popen(cli_argv("up", "-f", str(specs)), cwd=tmp_path,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(3)]
+    results = [(p.wait(timeout=60), *p.communicate()) for p in procs]
+    assert [code for code, _, _ in results] == [0, 0, 0], results
+    said = [out for _, out, _ in results]
+    assert sum("Prefect started" in out for out in said) == 1, said
+    assert sum("already running" in out for out in said) == 2, said
+    pid = pid_of(sol_home, "prefect")
+    assert pid and all(f"pid {pid} " in out for out in said), said

@@ -35,8 +35,9 @@ def start_detached(home: Home, paths: Sequence[Path | str], timeout: float = 30.
     """Start the prefect in its own session, stdio to logs/prefect.out; return its ready
     info (pid, paths, log) once it reports ready."""
     home.init()
-    with contextlib.suppress(OSError):
-        (home.run / "prefect.ready").unlink()  # left by a prefect that was killed
+    if running(home) is None:  # never the ready file of a prefect that just won a race
+        with contextlib.suppress(OSError):
+            (home.run / "prefect.ready").unlink()  # left by a prefect that was killed
     with open(home.logs / "prefect.out", "ab") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "reconciler.prefect", "daemon", *map(str, paths)],
@@ -52,7 +53,7 @@ def start_detached(home: Home, paths: Sequence[Path | str], timeout: float = 30.
             return info
         code = proc.poll()
         if code == ALREADY_RUNNING:
-            raise SolError(already_running(home))
+            raise LostRace(already_running(home))
         if code is not None:
             raise SolError(f"the prefect exited at start with code {code}: "
                            f"{_tail(home.logs / 'prefect.out')}; see {home.logs}")
@@ -60,6 +61,10 @@ def start_detached(home: Home, paths: Sequence[Path | str], timeout: float = 30.
             raise SolError(f"the prefect (pid {proc.pid}) did not report ready within "
                            f"{timeout:g}s; see {home.logs / 'prefect.log'}")
         time.sleep(0.05)
+
+
+class LostRace(SolError):
+    """Another `sol up` started the prefect between our look and our start."""
 
 
 def _tail(path: Path) -> str:
@@ -138,6 +143,16 @@ def _same(watched: list[str], wanted: Sequence[Path | str]) -> bool:
     return [_meaning(w) for w in watched] == [_meaning(str(w)) for w in wanted]
 
 
+def _wait_ready(home: Home, timeout: float = 30.0) -> dict[str, Any]:
+    """The running prefect's ready info, once it has written it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        info = running(home) or {}
+        if "paths" in info or time.monotonic() > deadline:
+            return info
+        time.sleep(0.05)
+
+
 def _where(home: Home, info: dict[str, Any]) -> str:
     return (f"pid {info.get('pid') or '?'} in {home.run / 'prefect.pid'}, "
             f"log {home.logs / 'prefect.log'}")
@@ -166,7 +181,13 @@ def up(paths: tuple[str, ...]) -> None:
         if not is_git(path) and not Path(path).exists():
             click.echo(f"warning: {path} does not exist yet; the prefect applies it once it "
                        "appears", err=True)
-    info = start_detached(home, wanted)
+    try:
+        info = start_detached(home, wanted)
+    except LostRace:
+        # Several `sol up` at once: one prefect wins, the others found it running.
+        found = _wait_ready(home)
+        click.echo(f"The prefect is already running ({_where(home, found)}).")
+        return
     click.echo(f"Prefect started ({_where(home, info)}).")
     if wanted and is_git(wanted[0]):
         click.echo(f"Polling {wanted[0]} every {poll_interval():g}s.")
