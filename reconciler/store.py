@@ -9,10 +9,12 @@ types it returns live in records.py and are re-exported here.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import tempfile
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -70,10 +72,25 @@ MIGRATIONS: list[str] = [
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 KEEP = object()  # sentinel: leave a column as it is
+BUSY = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+ENVIRONMENT = (sqlite3.SQLITE_FULL, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_IOERR,
+               sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PERM)
+"""Result codes about the disk or permissions: the file may be fine, so no rebuild."""
+
+
+def _code(exc: sqlite3.Error) -> int | None:
+    """The primary SQLite result code, None for errors the sqlite3 module makes itself."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return None if code is None else code & 0xFF
 
 
 class Store:
-    """A connection to `sol.db`; cheap to open, one per process or thread."""
+    """A connection to `sol.db`; cheap to open, one per process or thread.
+
+    Every statement runs through `_run`, `_one` or `_all`, so any SQLite failure, at
+    connect or at the thousandth query, leaves the store as one SolError naming the file
+    and the fix (`_error`), never as a traceback.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -82,35 +99,132 @@ class Store:
         deadline = time.monotonic() + 30.0
         while True:
             try:
+                if not path.exists():
+                    self._create()
                 self._connect()
                 return
-            except sqlite3.OperationalError as exc:
+            except BaseException as exc:
                 if getattr(self, "db", None) is not None:
                     self.db.close()
-                busy = "locked" in str(exc) or "busy" in str(exc)
-                if not busy:
-                    raise self._unusable(exc) from exc
-                if time.monotonic() > deadline:
-                    raise SolError(f"{path} is busy: another sol process has held it for "
-                                   "30 s; try again when it is done") from exc
-                time.sleep(0.02)  # switching a new file to WAL can't wait on busy_timeout
-            except sqlite3.DatabaseError as exc:
-                raise self._unusable(exc) from exc
+                if not isinstance(exc, sqlite3.Error):
+                    raise
+                if _code(exc) in BUSY and time.monotonic() < deadline:
+                    time.sleep(0.02)  # switching to WAL can't wait on busy_timeout
+                    continue
+                raise self._error(exc) from exc
+
+    @property
+    def wal(self) -> Path:
+        """The write-ahead log: part of the database until it is checkpointed."""
+        return self.path.with_name(self.path.name + "-wal")
+
+    def _wal_holds_frames(self) -> bool:
+        """A non-empty WAL belongs with its database (SQLite replays it into whatever file
+        is named sol.db); an empty one, such as an open connection keeps, holds nothing."""
+        try:
+            return self.wal.stat().st_size > 0
+        except OSError:
+            return False
+
+    def _create(self) -> None:
+        """Build a new store beside `sol.db` and link it into place whole, so sol never
+        leaves a 0-byte or schema-less `sol.db` (a crash in between leaves only the
+        temporary file): an empty `sol.db` is then always damage, never a new store."""
+        if self._wal_holds_frames():
+            raise SolError(
+                f"{self.wal} is left from a {self.path.name} that is gone and would be "
+                f"replayed into a new one; move it aside (mv {self.wal} "
+                f"{self.path}.broken-wal) and try again"
+            )
+        tmp: Path | None = None
+        try:
+            fd, name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".new",
+                                        dir=self.path.parent)
+            os.close(fd)
+            tmp = Path(name)
+            db = sqlite3.connect(str(tmp), isolation_level=None)
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                self._migrate(db)
+            finally:
+                db.close()
+            with suppress(FileExistsError):  # another sol made it first: use it
+                os.link(tmp, self.path)
+        except OSError as exc:
+            raise SolError(f"cannot create {self.path} ({exc.strerror}); set SOL_HOME to a "
+                           "writable directory") from exc
+        finally:
+            for suffix in ("", "-wal", "-shm") if tmp else ():
+                with suppress(OSError):
+                    Path(f"{tmp}{suffix}").unlink()
 
     def _connect(self) -> None:
-        self.db = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None)
+        if self.path.stat().st_size == 0:  # SQLite would take it as new, and drop its WAL
+            raise self._unusable("the file is empty")
+        # mode=rw: never let SQLite create the file; only _create makes a store
+        self.db = sqlite3.connect(f"{self.path.absolute().as_uri()}?mode=rw", uri=True,
+                                  timeout=30.0, isolation_level=None)
         private(self.path)  # SQLite gives its -wal and -shm files the database's mode
         self.db.row_factory = sqlite3.Row
         self.db.execute("PRAGMA busy_timeout=30000")
+        if self.db.execute("PRAGMA user_version").fetchone()[0] == 0:
+            raise self._unusable("it has no sol schema")  # _create always writes one
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
-        self._migrate()
+        self._migrate(self.db)
 
-    def _unusable(self, exc: Exception) -> SolError:
+    def _unusable(self, why: object) -> SolError:
+        move = f"mv {self.path} {self.path}.broken"
+        if self._wal_holds_frames():
+            move += f"; mv {self.wal} {self.path}.broken-wal"
         return SolError(
-            f"{self.path} is not a usable sol database ({exc}); move it aside "
-            f"(mv {self.path} {self.path}.broken) and run `sol apply` again to rebuild it"
+            f"{self.path} is not a usable sol database ({why}); move it aside "
+            f"({move}) and run `sol apply` again to rebuild it"
         )
+
+    def _error(self, exc: sqlite3.Error) -> SolError:
+        """The one sentence for a SQLite failure: busy; the disk or permissions (the file
+        may be fine, so no rebuild); anything else is damage (a garbled page, not a
+        database, tables gone): move it aside and rebuild."""
+        code = _code(exc)
+        if code in BUSY:
+            return SolError(f"{self.path} is busy: another sol process has held it for "
+                            "30 s; try again when it is done")
+        if code in ENVIRONMENT:
+            return SolError(f"cannot use {self.path} ({exc}); check that it and its "
+                            "directory are writable and the disk has space, then try again")
+        return self._unusable(exc)
+
+    @contextmanager
+    def _guard(self) -> Iterator[None]:
+        """Map SQLite failures to `_error`; integrity violations are sol's bugs: raised."""
+        try:
+            yield
+        except sqlite3.IntegrityError:
+            raise
+        except sqlite3.DatabaseError as exc:
+            raise self._error(exc) from exc
+
+    def _run(self, sql: str, args: Iterable[Any] = ()) -> sqlite3.Cursor:
+        """Execute one statement (its rowcount and lastrowid are read, never its rows)."""
+        with self._guard():
+            return self.db.execute(sql, tuple(args))
+
+    def _one(self, sql: str, args: Iterable[Any] = ()) -> sqlite3.Row | None:
+        with self._guard():
+            return self.db.execute(sql, tuple(args)).fetchone()
+
+    def _all(self, sql: str, args: Iterable[Any] = ()) -> list[sqlite3.Row]:
+        """All rows, fetched inside the guard: a damaged page may be met at any row."""
+        with self._guard():
+            return self.db.execute(sql, tuple(args)).fetchall()
+
+    def verify(self) -> None:
+        """Read every page (`PRAGMA quick_check`); raise the one sentence if any is bad."""
+        rows = self._all("PRAGMA quick_check(1)")
+        first = " ".join(str(rows[0][0]).replace("*** in database main ***", "").split())
+        if first != "ok":
+            raise self._unusable(f"integrity check: {first}")
 
     @classmethod
     def open(cls, home: Home) -> Store:
@@ -120,8 +234,8 @@ class Store:
     def close(self) -> None:
         self.db.close()
 
-    def _migrate(self) -> None:
-        current = self.db.execute("PRAGMA user_version").fetchone()[0]
+    def _migrate(self, db: sqlite3.Connection) -> None:
+        current = db.execute("PRAGMA user_version").fetchone()[0]
         if current > SCHEMA_VERSION:
             raise SolError(
                 f"{self.path} was written by a newer sol (schema {current}, this sol knows "
@@ -129,17 +243,18 @@ class Store:
             )
         if current == SCHEMA_VERSION:
             return
-        self.db.execute("BEGIN IMMEDIATE")
+        db.execute("BEGIN IMMEDIATE")
         try:
-            current = self.db.execute("PRAGMA user_version").fetchone()[0]
+            current = db.execute("PRAGMA user_version").fetchone()[0]
             for version in range(current, SCHEMA_VERSION):
                 for statement in MIGRATIONS[version].split(";"):
                     if statement.strip():
-                        self.db.execute(statement)
-            self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            self.db.execute("COMMIT")
+                        db.execute(statement)
+            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            db.execute("COMMIT")
         except BaseException:
-            self.db.execute("ROLLBACK")
+            with suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
             raise
 
     @contextmanager
@@ -152,16 +267,18 @@ class Store:
             finally:
                 self._depth -= 1
             return
-        self.db.execute("BEGIN IMMEDIATE")
+        self._run("BEGIN IMMEDIATE")
         self._depth = 1
         try:
             yield self
+            self._depth = 0
+            self._run("COMMIT")
         except BaseException:
             self._depth = 0
-            self.db.execute("ROLLBACK")
+            if self.db.in_transaction:  # a failed COMMIT may leave it open
+                with suppress(sqlite3.Error):  # never hide the first error
+                    self.db.execute("ROLLBACK")
             raise
-        self._depth = 0
-        self.db.execute("COMMIT")
 
     # ---- desired state and status -------------------------------------------------
 
@@ -170,12 +287,12 @@ class Store:
         now = time.time()
         spec = json.dumps(manifest.spec, sort_keys=True)
         with self.transaction():
-            row = self.db.execute(
+            row = self._one(
                 "SELECT generation, orphaned FROM objects WHERE kind=? AND world=? AND name=?",
                 manifest.key,
-            ).fetchone()
+            )
             if row is None:
-                self.db.execute(
+                self._run(
                     "INSERT INTO objects (kind, world, name, spec, generation, origin, phase,"
                     " created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?)",
                     (*manifest.key, spec, manifest.generation, str(manifest.origin),
@@ -183,12 +300,12 @@ class Store:
                 )
                 return "created"
             if row["generation"] == manifest.generation and not row["orphaned"]:
-                self.db.execute(
+                self._run(
                     "UPDATE objects SET origin=? WHERE kind=? AND world=? AND name=?",
                     (str(manifest.origin), *manifest.key),
                 )
                 return "unchanged"
-            self.db.execute(
+            self._run(
                 "UPDATE objects SET spec=?, generation=?, origin=?, orphaned=0, updated_at=?,"
                 " version=version+1 WHERE kind=? AND world=? AND name=?",
                 (spec, manifest.generation, str(manifest.origin), now, *manifest.key),
@@ -197,7 +314,7 @@ class Store:
 
     def set_orphaned(self, key: tuple[str, str, str], orphaned: bool = True) -> None:
         with self.transaction():
-            self.db.execute(
+            self._run(
                 "UPDATE objects SET orphaned=?, version=version+1, updated_at=?"
                 " WHERE kind=? AND world=? AND name=?",
                 (int(orphaned), time.time(), *key),
@@ -205,12 +322,11 @@ class Store:
 
     def delete(self, key: tuple[str, str, str]) -> None:
         with self.transaction():
-            self.db.execute("DELETE FROM objects WHERE kind=? AND world=? AND name=?", key)
+            self._run("DELETE FROM objects WHERE kind=? AND world=? AND name=?", key)
 
     def get(self, kind: str, world: str, name: str) -> Record | None:
-        row = self.db.execute(
-            "SELECT * FROM objects WHERE kind=? AND world=? AND name=?", (kind, world, name)
-        ).fetchone()
+        row = self._one("SELECT * FROM objects WHERE kind=? AND world=? AND name=?",
+                        (kind, world, name))
         return _record(row) if row else None
 
     def list(self, kind: str | None = None, world: str | None = None) -> list[Record]:
@@ -219,7 +335,7 @@ class Store:
             sql, args = sql + " AND kind=?", [*args, kind]
         if world is not None:
             sql, args = sql + " AND world=?", [*args, world]
-        rows = self.db.execute(sql + " ORDER BY kind, world, name", args).fetchall()
+        rows = self._all(sql + " ORDER BY kind, world, name", args)
         return [_record(r) for r in rows]
 
     def set_status(
@@ -264,7 +380,7 @@ class Store:
             )
             if unchanged:
                 return current
-            self.db.execute(
+            self._run(
                 "UPDATE objects SET phase=?, reason=?, message=?, observed_generation=?,"
                 " status=?, version=version+1, updated_at=? WHERE kind=? AND world=? AND name=?"
                 " AND version=?",
@@ -281,7 +397,7 @@ class Store:
         message: str = "", **data: Any,
     ) -> int:
         with self.transaction():
-            cursor = self.db.execute(
+            cursor = self._run(
                 "INSERT INTO events (ts, type, kind, world, name, message, data)"
                 " VALUES (?,?,?,?,?,?,?)",
                 (time.time(), type, kind, world, name, message, json.dumps(data, default=str)),
@@ -303,7 +419,7 @@ class Store:
             args += wanted
         if limit:
             sql = f"SELECT * FROM ({sql} ORDER BY id DESC LIMIT {int(limit)})"
-        rows = self.db.execute(sql + " ORDER BY id", args).fetchall()
+        rows = self._all(sql + " ORDER BY id", args)
         return [
             Event(r["id"], r["ts"], r["type"], r["kind"], r["world"], r["name"], r["message"],
                   json.loads(r["data"]))
@@ -311,7 +427,7 @@ class Store:
         ]
 
     def last_event_id(self) -> int:
-        return int(self.db.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0])
+        return int(self._all("SELECT COALESCE(MAX(id), 0) FROM events")[0][0])
 
     # ---- the notification outbox ----------------------------------------------------
     # Rows go pending -> sending -> delivered, or back to pending with a later due_at, or
@@ -321,7 +437,7 @@ class Store:
         """Queue (event id, target) pairs; a pair already queued is left alone."""
         now = time.time()
         with self.transaction():
-            return sum(self.db.execute(
+            return sum(self._run(
                 "INSERT OR IGNORE INTO outbox (event_id, target, due_at, created_at,"
                 " updated_at) VALUES (?,?,?,?,?)", (event_id, target, due_at, now, now),
             ).rowcount for event_id, target in rows)
@@ -343,7 +459,7 @@ class Store:
             r["id"], r["target"], r["state"], r["attempts"], r["due_at"], r["error"],
             Event(r["event_id"], r["ts"], r["type"], r["kind"], r["world"], r["name"],
                   r["message"], json.loads(r["data"])),
-        ) for r in self.db.execute(sql, args).fetchall()]
+        ) for r in self._all(sql, args)]
 
     def outbox_claim(self, now: float, limit: int) -> list[OutboxRow]:
         """Mark the due pending rows `sending` (before anything is delivered) and return
@@ -368,19 +484,19 @@ class Store:
         if expect is not None:
             sql += " AND state=?"
         with self.transaction():
-            return sum(self.db.execute(sql, [*args, i, *([expect] if expect else [])]).rowcount
+            return sum(self._run(sql, [*args, i, *([expect] if expect else [])]).rowcount
                        for i in ids)
 
     def outbox_defer(self, target: str, until: float) -> None:
         """A target failed: its other waiting rows wait for its retry too."""
         with self.transaction():
-            self.db.execute(
+            self._run(
                 "UPDATE outbox SET due_at=? WHERE target=? AND state IN ('pending', 'sending')"
                 " AND due_at<?", (until, target, until))
 
     def outbox_next_due(self) -> float | None:
-        row = self.db.execute("SELECT MIN(due_at) FROM outbox WHERE state='pending'").fetchone()
-        return None if row[0] is None else float(row[0])
+        due = self._all("SELECT MIN(due_at) FROM outbox WHERE state='pending'")[0][0]
+        return None if due is None else float(due)
 
     # ---- agents --------------------------------------------------------------------
 
@@ -388,18 +504,14 @@ class Store:
         sql, args = "SELECT * FROM agents", []
         if world is not None:
             sql, args = sql + " WHERE world=?", [world]
-        return [Agent(**dict(r)) for r in self.db.execute(sql + " ORDER BY world, name", args)]
+        return [Agent(**dict(r)) for r in self._all(sql + " ORDER BY world, name", args)]
 
     def agent(self, world: str, name: str) -> Agent | None:
-        row = self.db.execute(
-            "SELECT * FROM agents WHERE world=? AND name=?", (world, name)
-        ).fetchone()
+        row = self._one("SELECT * FROM agents WHERE world=? AND name=?", (world, name))
         return Agent(**dict(row)) if row else None
 
     def agent_for(self, world: str, writ: str) -> Agent | None:
-        row = self.db.execute(
-            "SELECT * FROM agents WHERE world=? AND writ=?", (world, writ)
-        ).fetchone()
+        row = self._one("SELECT * FROM agents WHERE world=? AND writ=?", (world, writ))
         return Agent(**dict(row)) if row else None
 
     def put_agent(
@@ -408,7 +520,7 @@ class Store:
     ) -> None:
         now = time.time()
         with self.transaction():
-            self.db.execute(
+            self._run(
                 "INSERT INTO agents (world, name, writ, session, runtime, state, created_at,"
                 " updated_at) VALUES (?,?,?,?,?,?,?,?) ON CONFLICT (world, name) DO UPDATE SET"
                 " writ=excluded.writ, session=excluded.session, runtime=excluded.runtime,"
@@ -418,7 +530,7 @@ class Store:
 
     def free_agent(self, world: str, name: str) -> None:
         with self.transaction():
-            self.db.execute(
+            self._run(
                 "UPDATE agents SET writ=NULL, session='', state='idle', updated_at=?"
                 " WHERE world=? AND name=?",
                 (time.time(), world, name),
@@ -432,7 +544,7 @@ class Store:
     ) -> int:
         now = time.time()
         with self.transaction():
-            cursor = self.db.execute(
+            cursor = self._run(
                 "INSERT INTO mrs (world, writ, branch, base, agent, attempt, priority,"
                 " created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?)",
                 (world, writ, branch, base, agent, attempt, priority, now, now),
@@ -452,7 +564,7 @@ class Store:
             wanted = list(states)
             sql += f" AND state IN ({','.join('?' * len(wanted))})"
             args += wanted
-        rows = self.db.execute(sql + " ORDER BY priority, created_at, id", args).fetchall()
+        rows = self._all(sql + " ORDER BY priority, created_at, id", args)
         return [MergeRequest(**dict(r)) for r in rows]
 
     def update_mr(
@@ -467,20 +579,20 @@ class Store:
         if expect_state is not None:
             sql, args = sql + " AND state=?", [*args, expect_state]
         with self.transaction():
-            return self.db.execute(sql, args).rowcount == 1
+            return self._run(sql, args).rowcount == 1
 
     # ---- meta ----------------------------------------------------------------------
 
     def get_meta(self, key: str, default: str | None = None) -> str | None:
-        row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        row = self._one("SELECT value FROM meta WHERE key=?", (key,))
         return row["value"] if row else default
 
     def set_meta(self, key: str, value: str | None) -> None:
         with self.transaction():
             if value is None:
-                self.db.execute("DELETE FROM meta WHERE key=?", (key,))
+                self._run("DELETE FROM meta WHERE key=?", (key,))
             else:
-                self.db.execute(
+                self._run(
                     "INSERT INTO meta (key, value) VALUES (?, ?)"
                     " ON CONFLICT (key) DO UPDATE SET value=excluded.value",
                     (key, value),

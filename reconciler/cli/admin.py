@@ -70,7 +70,9 @@ def _check_home(home: Home) -> tuple[bool, str]:
     return True, str(home.root)
 
 
-def _runtime_checks(home: Home) -> list[tuple[str, bool, str]]:
+def _store_checks(home: Home) -> list[tuple[str, bool, str]]:
+    """The store, read whole (a damaged page fails here, not in some later command), then
+    the runtimes its worlds and writs use. A missing store is not made: apply makes it."""
     if not home.db.exists():
         return []
     from ..runtimes import check
@@ -80,15 +82,20 @@ def _runtime_checks(home: Home) -> list[tuple[str, bool, str]]:
         store = Store(home.db)
     except SolError as exc:
         return [("database", False, exc.message)]
+    try:
+        store.verify()
+        specs = [w.spec.get("runtime") for w in store.list("World")]
+        specs += [w.spec["runtime"] for w in store.list("Writ") if w.spec.get("runtime")]
+    except SolError as exc:
+        return [("database", False, exc.message)]
+    finally:
+        store.close()
     seen: dict[str, Runtime] = {}
-    specs = [w.spec.get("runtime") for w in store.list("World")]
-    specs += [w.spec["runtime"] for w in store.list("Writ") if w.spec.get("runtime")]
     for spec in specs:
         runtime = Runtime.from_spec(spec)
         # claude as root runs only sandboxed: each setting is its own check
         seen.setdefault(runtime.name + (" (sandboxed)" if runtime.sandboxed else ""), runtime)
-    store.close()
-    rows = []
+    rows = [("database", True, str(home.db))]
     for name, runtime in sorted(seen.items()):
         try:
             check(runtime)
@@ -100,11 +107,11 @@ def _runtime_checks(home: Home) -> list[tuple[str, bool, str]]:
 
 @click.command()
 def doctor() -> None:
-    """Check git, tmux, SQLite, SOL_HOME and the runtimes the applied worlds use."""
+    """Check git, tmux, SQLite, SOL_HOME, the store and the runtimes the applied worlds use."""
     home = Home.from_env()
     rows = [("git", *_check_git()), ("tmux", *_check_tmux()), ("sqlite", *_check_wal()),
             ("SOL_HOME", *_check_home(home))]
-    rows += _runtime_checks(home)
+    rows += _store_checks(home)
     table = Table(box=None, header_style="bold")
     for column in ("CHECK", "OK", "DETAIL"):
         table.add_column(column)
