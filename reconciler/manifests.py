@@ -5,21 +5,27 @@ pure Python): every node keeps its start mark, so positions cost nothing extra, 
 trees are turned into plain values here. The JSON Schemas in `schemas/` are the single
 source of the format; their errors are rewritten for people, then references are checked
 across the whole set (references.py).
+
+Only regular files are read (a symlink only if it resolves to one inside the specs
+directory), at most MAX_FILE_BYTES each: a FIFO, a device, a symlink loop or a huge file
+is a problem reported like any other, never a hang, a traceback or unbounded memory.
 """
 
 from __future__ import annotations
 
 import difflib
+import errno
 import gc
 import json
 import os
 import re
+import stat
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, BinaryIO, NamedTuple
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
@@ -54,6 +60,13 @@ BRANCH_HINT = ("bad branch name", "git branch names cannot start with '-' or con
 TYPE_WORDS = {"string": "a string", "integer": "a whole number", "number": "a number",
               "boolean": "true or false", "object": "a mapping", "array": "a list"}
 USE_KINDS = "use World, Writ, Caravan or Envoy"
+MAX_FILE_BYTES = 10 * 1024 * 1024
+CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+"""Control characters (C0 but tab and newline, DEL, C1): they crash agents and can drive
+an operator's terminal, so no manifest string may hold one."""
+FILE_TYPES = {stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device",
+              stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket",
+              stat.S_IFDIR: "a directory"}
 
 
 class Problem(NamedTuple):
@@ -118,19 +131,19 @@ def load(paths: Sequence[str | Path]) -> LoadResult:
     problems: list[Problem] = []
     items: list[tuple[str, str]] = []
     files = _collect(paths, problems)
-    for shown, path in files:
+    for found in files:
+        data = _read(found, problems)
+        if data is None:
+            continue
         try:
-            data = path.read_bytes()
-            items.append((shown, data.decode("utf-8-sig")))
-        except OSError as exc:
-            problems.append(Problem(shown, 0, 0, f"cannot read: {exc.strerror}"))
+            items.append((found.shown, data.decode("utf-8-sig")))
         except UnicodeDecodeError as exc:
             start = data.rfind(b"\n", 0, exc.start) + 1
             col = len(data[start:exc.start].decode("utf-8", "replace")) + 1
-            problems.append(Problem(shown, data.count(b"\n", 0, exc.start) + 1, col, "not "
-                                    f"UTF-8 text (byte 0x{data[exc.start]:02x}): save the file "
-                                    "as UTF-8"))
-    return _load_items(items, problems, [path for _, path in files])
+            problems.append(Problem(found.shown, data.count(b"\n", 0, exc.start) + 1, col,
+                                    f"not UTF-8 text (byte 0x{data[exc.start]:02x}): save the "
+                                    "file as UTF-8"))
+    return _load_items(items, problems, [found.path for found in files])
 
 
 def load_texts(items: Sequence[tuple[str, str]]) -> LoadResult:
@@ -152,11 +165,17 @@ def validate(paths: Sequence[str | Path]) -> list[Manifest]:
 
 
 def _shown(path: Path) -> str:
-    """As given, or relative to the cwd when it is an absolute path below it."""
+    """As given, or relative to the cwd when it is an absolute path below it; control
+    characters in a file name made visible, since problems are printed to a terminal."""
     try:
-        return str(path.relative_to(Path.cwd()) if path.is_absolute() else path)
+        shown = str(path.relative_to(Path.cwd()) if path.is_absolute() else path)
     except ValueError:
-        return str(path)
+        shown = str(path)
+    return CONTROL_RE.sub(_escape, shown)
+
+
+def _escape(match: re.Match[str]) -> str:
+    return f"\\x{ord(match[0]):02x}"
 
 
 def _wanted(name: str) -> bool:
@@ -164,24 +183,112 @@ def _wanted(name: str) -> bool:
     return name.endswith((".yaml", ".yml")) and not name.startswith((".", "#"))
 
 
-def _collect(paths: Sequence[str | Path], problems: list[Problem]) -> list[tuple[str, Path]]:
-    found: dict[Path, tuple[str, Path]] = {}
+class Found(NamedTuple):
+    """A file to read: its display name, its path and real path, and the real path of the
+    specs directory it was found in ("" when named explicitly: read wherever it points)."""
+
+    shown: str
+    path: Path
+    real: str
+    tree: str
+
+
+def _collect(paths: Sequence[str | Path], problems: list[Problem]) -> list[Found]:
+    found: dict[str, Found] = {}
     for given in paths:
         root = Path(given)
+        tree = ""
         if root.is_dir():
-            batch = []
-            for here, dirs, names in os.walk(root):
-                dirs[:] = [d for d in dirs if not d.startswith(".")]
-                batch += [Path(here) / n for n in names if _wanted(n)]
-        elif root.exists():
+            tree = os.path.realpath(root)
+            batch = _walk(root, problems)
+        elif os.path.lexists(root):
             batch = [root]  # named explicitly: read whatever its name
         else:
             problems.append(Problem(_shown(root), 0, 0, "no such file or directory: pass a "
                                     "manifest file or a directory of *.yaml manifests"))
             continue
         for path in sorted(batch):
-            found.setdefault(path.resolve(), (_shown(path), path))
+            real = os.path.realpath(path)  # unlike Path.resolve, no error on a symlink loop
+            found.setdefault(real, Found(_shown(path), path, real, tree))
     return list(found.values())
+
+
+def _walk(root: Path, problems: list[Problem]) -> list[Path]:
+    """Manifest names under `root`; symlinked directories are not followed (no loops),
+    and an unreadable directory is a problem rather than silently fewer manifests."""
+    def unreadable(exc: OSError) -> None:
+        where = Path(exc.filename) if exc.filename else root
+        problems.append(Problem(_shown(where), 0, 0, f"cannot read directory: {exc.strerror}"))
+
+    batch = []
+    for here, dirs, names in os.walk(root, onerror=unreadable):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        batch += [Path(here) / n for n in names if _wanted(n)]
+    return batch
+
+
+def _unsafe(found: Found) -> str | None:
+    """Why `found` must not be opened (a FIFO would block, a device never end), or None.
+
+    Checked with stat before open, so a FIFO or device is never opened at all.
+    """
+    path = found.path
+    try:
+        info = os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "symlink loop: point the link at a manifest file or remove it"
+        if exc.errno == errno.ENOENT and os.path.islink(path):
+            return "dangling symlink (its target does not exist): fix or remove the link"
+        return f"cannot read: {exc.strerror}"
+    if not stat.S_ISREG(info.st_mode):
+        what = FILE_TYPES.get(stat.S_IFMT(info.st_mode), "a special file")
+        return (f"not a regular file ({what}): manifests must be regular files; remove it "
+                "from the specs directory")
+    if found.tree and not (found.real + "/").startswith(found.tree.rstrip("/") + "/"):
+        return (f"symlink to {found.real}, outside the specs directory: copy the file in, "
+                "or pass it with its own -f")
+    if info.st_size > MAX_FILE_BYTES:
+        return _too_large()
+    return None
+
+
+def _read_capped(handle: BinaryIO, size: int) -> bytes:
+    """At most MAX_FILE_BYTES + 1 bytes; asking for the size stat gave first (and only
+    then for the rest) keeps a 10 MiB buffer from being allocated for every small file."""
+    data = handle.read(min(size, MAX_FILE_BYTES) + 1)
+    if len(data) > size:  # grew since, or a file whose stat size means nothing
+        data += handle.read(MAX_FILE_BYTES + 1 - len(data))
+    return data
+
+
+def _too_large() -> str:
+    return f"larger than {MAX_FILE_BYTES // 2**20} MiB: split it into several manifest files"
+
+
+def _read(found: Found, problems: list[Problem]) -> bytes | None:
+    """The bytes of a regular file within the cap; None (a problem noted) otherwise.
+
+    Opened non-blocking and checked again once open: a file swapped for a FIFO or a
+    growing one between the stat and the read still cannot hang or flood us.
+    """
+    why = _unsafe(found)
+    if why is None:
+        flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY
+        try:
+            with open(found.path, "rb", opener=lambda p, _: os.open(p, flags)) as handle:
+                info = os.fstat(handle.fileno())
+                if not stat.S_ISREG(info.st_mode):
+                    why = "not a regular file: manifests must be regular files"
+                else:
+                    data = _read_capped(handle, info.st_size)
+                    if len(data) <= MAX_FILE_BYTES:
+                        return data
+                    why = _too_large()
+        except OSError as exc:
+            why = f"cannot read: {exc.strerror}"
+    problems.append(Problem(found.shown, 0, 0, why))
+    return None
 
 
 def _compose(text: str) -> tuple[list[Any], YAMLError | None]:
@@ -302,6 +409,16 @@ class _Converter:
         mark = node.start_mark
         self.problems.append(Problem(self.doc.file, mark.line + 1, mark.column + 1, message))
 
+    def text(self, node: Any) -> str:
+        """A scalar's text; one holding a control character is refused, and made visible
+        so that no later message about it carries the raw character to a terminal."""
+        found = CONTROL_RE.search(node.value)
+        if found is None:
+            return node.value
+        self.note(node, f"control character U+{ord(found[0]):04X} in a string: only tab and "
+                  "newline are allowed; remove it")
+        return CONTROL_RE.sub(_escape, node.value)
+
     def convert(self, node: Any) -> Any:
         self.count += 1
         if self.count > MAX_NODES:
@@ -322,20 +439,20 @@ class _Converter:
                     self.note(key, "field names must be plain text, not a list or mapping")
                 elif key.tag == YAML_TAG + "merge":
                     self.note(key, "merge keys (<<) are not supported: write the fields out")
-                elif key.value in first:
-                    mark = first[key.value].start_mark
-                    self.note(key, f"duplicate field '{key.value}' (first at {mark.line + 1}:"
+                elif (name := self.text(key)) in first:
+                    mark = first[name].start_mark
+                    self.note(key, f"duplicate field '{name}' (first at {mark.line + 1}:"
                               f"{mark.column + 1}): remove one")
                 else:
-                    first[key.value] = key
-                    out[key.value] = self.convert(value)
+                    first[name] = key
+                    out[name] = self.convert(value)
             return out
         finally:
             self.active.discard(id(node))
 
     def scalar(self, node: Any) -> Any:
         """Typed as the YAML resolver tagged it; timestamps and the like stay text."""
-        tag, text = node.tag, node.value
+        tag, text = node.tag, self.text(node)
         if not tag.startswith(YAML_TAG):
             if tag != "!":
                 self.note(node, f"unsupported tag {tag}: remove it")

@@ -200,7 +200,7 @@ def test_a_change_no_watch_can_see_is_applied_by_the_resync(
     elsewhere = write_specs(tmp_path / "elsewhere", world_yaml("shop", repo))
     specs = tmp_path / "specs"
     specs.mkdir()
-    (specs / "linked.yaml").symlink_to(elsewhere / "specs.yaml")  # outside the watch
+    (specs / "linked.yaml").hardlink_to(elsewhere / "specs.yaml")  # outside the watch
     start(daemon, specs)
     (elsewhere / "specs.yaml").write_text(world_yaml("shop", repo) + "---\n" +
                                           writ_yaml("late", "shop", "true"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import sys
 from dataclasses import dataclass
 from io import StringIO
@@ -13,6 +14,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.text import Text
 from ruamel.yaml import YAML
 from ruamel.yaml.scalarstring import LiteralScalarString
 
@@ -24,6 +26,27 @@ from ..sources import GitSource, is_git, parse
 from ..sphere import Sphere
 
 DEFAULT_SPECS = "specs"
+CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+"""What a terminal would obey rather than show: C0 but tab and newline, DEL, C1."""
+
+
+def inert(text: str) -> str:
+    """`text` with each control character written out (`\\x1b`), so titles, messages and
+    gate output from manifests and agents cannot drive the operator's terminal (OSC 52
+    clipboard writes, window titles, clearing the screen). Every human output uses it;
+    -o json and -o yaml keep the data as it is."""
+    return CONTROL.sub(lambda m: f"\\x{ord(m[0]):02x}", text)
+
+
+def say(text: str) -> None:
+    """Print human text (never markup), control characters made visible."""
+    click.echo(inert(text))
+
+
+def cell(value: Any) -> Text:
+    """A table cell: plain text, not rich markup (a `[/x]` in a title must not crash the
+    table), control characters made visible."""
+    return Text(inert(str(value)))
 
 
 def specs_option(multiple: bool = False) -> Any:
@@ -133,8 +156,8 @@ def _literal(value: Any) -> Any:
         return {k: _literal(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_literal(v) for v in value]
-    if isinstance(value, str) and "\n" in value:
-        return LiteralScalarString(value)
+    if isinstance(value, str) and "\n" in value and not CONTROL.search(value):
+        return LiteralScalarString(value)  # a block cannot escape: control chars stay quoted
     return value
 
 

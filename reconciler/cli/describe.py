@@ -1,4 +1,8 @@
-"""Text renderings of one object (`sol describe`) and of the sphere (`sol status`)."""
+"""Text renderings of one object (`sol describe`) and of the sphere (`sol status`).
+
+Both return inert text (common.inert): titles, messages and gate output come from
+manifests and agents, and must not reach a terminal as escape sequences.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from typing import Any
 
 from ..sphere import Sphere
 from ..store import Record
+from .common import inert
 
 PHASE_ORDER = ["Pending", "Working", "Resolved", "Merging", "Merged", "Done", "Failed",
                "Cancelled"]
@@ -59,7 +64,7 @@ def render_describe(sphere: Sphere, record: Record, obj: dict[str, Any]) -> str:
         lines.append(f"  {e['time']}  {e['type']:<12} {e['message']}")
     if not obj.get("events"):
         lines.append("  (none)")
-    return "\n".join(lines)
+    return inert("\n".join(lines))
 
 
 def render_status(sphere: Sphere, only: str | None = None) -> str:
@@ -82,7 +87,7 @@ def render_status(sphere: Sphere, only: str | None = None) -> str:
         lines.append(f"specs at revision {revision}" + (f" of {source}" if source else ""))
     if not worlds:
         lines.append("No worlds applied yet: write a World manifest and run `sol apply -f PATH`.")
-        return "\n".join(lines)
+        return inert("\n".join(lines))
     for world in worlds:
         writs = store.list("Writ", world.name)
         counts = Counter(w.phase for w in writs)
@@ -105,4 +110,4 @@ def render_status(sphere: Sphere, only: str | None = None) -> str:
         if waiting:
             lines.append("  forge queue: " + ", ".join(
                 f"#{m.id} {m.writ} ({m.state}, attempt {m.attempt})" for m in waiting))
-    return "\n".join(lines)
+    return inert("\n".join(lines))

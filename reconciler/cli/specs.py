@@ -25,7 +25,7 @@ from ..errors import ManifestError, SolError
 from ..manifests import KIND_FILES, schema
 from ..model import API_VERSION
 from ..plan import Action, render_text, summary
-from .common import Specs, emit, load_specs, output_option, read_specs, specs_option, sphere
+from .common import Specs, emit, load_specs, output_option, read_specs, say, specs_option, sphere
 
 PLAN_KIND = "Plan"
 
@@ -88,7 +88,7 @@ def diff(paths: tuple[str, ...], prune: bool, save: str | None, output: str) -> 
     if output == "text":
         if specs.commit:
             click.echo(_revision_line(specs, applied))
-        click.echo(render_text(actions))
+        say(render_text(actions))
     else:
         emit({"changes": bool(actions), "summary": summary(actions),
               "source": specs.source, "revision": specs.revision, "appliedRevision": applied,
@@ -121,7 +121,7 @@ def apply(paths: tuple[str, ...], dry_run: bool, prune: bool, plan_file: str | N
         actions = engine.plan_all(sp, specs.manifests, prune=prune)
         if specs.commit:
             click.echo(_revision_line(specs, engine.applied_revision(sp.store, specs.source)))
-        click.echo(render_text(actions))
+        say(render_text(actions))
         click.echo("(dry run: nothing was recorded)")
         return
     actions = engine.apply(sp, specs.manifests, prune=prune, revision=specs.commit,
@@ -136,7 +136,7 @@ def _report(specs: Specs, actions: list[Action]) -> None:
         click.echo("No changes. The observed state matches the manifests.")
         return
     for action in actions:
-        click.echo(f"  {action.op} {action.target}  {action.description}")
+        say(f"  {action.op} {action.target}  {action.description}")
     click.echo(f"Apply complete. {summary(actions)}")
 
 

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from ..errors import SolError
 from ..store import Record, Store
-from .common import console, emit, output_option, sphere
+from .common import cell, console, emit, output_option, say, sphere
 
 KIND_ALIASES = {
     "world": "World", "worlds": "World",
@@ -116,7 +116,7 @@ def table(kind: str, objs: list[dict[str, Any]]) -> Table:
         else:
             row = [md["world"], md["name"], spec["writ"], st["phase"], str(spec["attempt"]),
                    spec["branch"], st.get("message", "")]
-        t.add_row(*row)
+        t.add_row(*map(cell, row))
     return t
 
 
@@ -189,7 +189,7 @@ def describe(kind: str, name: str, output: str) -> None:
         return
     from .describe import render_describe
 
-    click.echo(render_describe(sp, record, obj))
+    click.echo(render_describe(sp, record, obj))  # already inert
 
 
 @click.command()
@@ -199,7 +199,7 @@ def status(world: str | None) -> None:
     from .describe import render_status
 
     sp = sphere()
-    click.echo(render_status(sp, world))
+    click.echo(render_status(sp, world))  # already inert
 
 
 @click.command()
@@ -228,7 +228,7 @@ def events(follow: bool, world: str | None, writ: str | None, limit: int,
                 when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.ts))
                 where = (f"{e.world}/{e.name}" if e.world and e.name and e.name != e.world
                          else e.world or e.name)
-                click.echo(f"{when}  {e.type:<14} {where:<28} {e.message}")
+                say(f"{when}  {e.type:<14} {where:<28} {e.message}")
         if not follow:
             return
         time.sleep(0.5)
