@@ -70,6 +70,8 @@ def plan_specs(
         elif not old.orphaned and not (old.kind == "Writ" and old.phase == CANCELLED):
             how = {"World": "never deleted", "Envoy": "kept running (use --prune to stop it)"
                    }.get(old.kind, "kept (use --prune to cancel)")
+            if prune and old.kind == "Writ":
+                how = f"already {old.phase}: nothing to cancel"
             actions.append(Action(NOTE, "orphan", tgt, f"not in the manifests: orphaned, {how}",
                                   data))
     return actions

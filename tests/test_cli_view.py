@@ -201,3 +201,34 @@ def test_doctor_reports_a_broken_database_and_home(sol: Sol, sol_home: Home,
     result = sol("doctor")
     assert "Traceback" not in result.stderr and result.returncode == 1
     assert "SOL_HOME" in result.stdout and "FAIL" in result.stdout
+
+
+def test_listings_say_each_thing_once_and_truly(sol: Sol, repo: Path, tmp_path: Path,
+                                                sol_home: Home) -> None:
+    """An escalation shows once; an agent of a Failed writ is not Working; pruning a
+    writ that already ended does not tell you to prune."""
+    from reconciler.conditions import escalate
+    from reconciler.store import Store
+
+    specs = write_specs(tmp_path / "specs", world_yaml("shop", repo).replace(
+        "runtime: {name: script}", "runtime: {name: command, command: 'sleep 60'}"),
+        writ_yaml("a", "shop"), writ_yaml("b", "shop"))
+    assert sol("apply", "-f", str(specs)).returncode == 0
+    store = Store(sol_home.db)
+    escalate(store, "shop", "a", "needs a human now", source="Agent")
+    store.set_status(("Writ", "shop", "a"), message="needs a human now")
+    store.set_status(("Writ", "shop", "b"), phase="Failed", message="gave up")
+    store.close()
+    writs = sol("get", "writs").stdout
+    assert writs.count("needs a human now") == 1 and "ESCALATED" in writs
+    agents = sol("get", "agents", "-o", "json").stdout
+    phases = {a["status"]["writ"]: a["status"]["phase"] for a in json.loads(agents)}
+    assert phases == {"a": "Working", "b": "Failed"}
+    store = Store(sol_home.db)
+    store.set_status(("Writ", "shop", "b"), phase="Merged", message="landed")
+    store.close()
+    write_specs(tmp_path / "specs", world_yaml("shop", repo).replace(
+        "runtime: {name: script}", "runtime: {name: command, command: 'sleep 60'}"),
+        writ_yaml("a", "shop"))
+    diff = sol("diff", "--prune", "-f", str(specs))
+    assert "use --prune" not in diff.stdout and "already Merged" in diff.stdout

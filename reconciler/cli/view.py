@@ -38,12 +38,21 @@ def age(ts: float) -> str:
     return f"{seconds}s"
 
 
+def _agent_phase(store: Store, world: str, writ: str | None) -> str:
+    """Working only while its writ is: an agent of a Failed, Cancelled, Resolved or
+    Merged writ shows that phase, not Working."""
+    if not writ:
+        return "Idle"
+    record = store.get("Writ", world, writ)
+    return "Working" if record is None or record.phase == "Working" else record.phase
+
+
 def agent_objects(store: Store, world: str | None = None) -> list[dict[str, Any]]:
     return [{
         "apiVersion": "sol/v1", "kind": "Agent",
         "metadata": {"name": a.name, "world": a.world},
         "spec": {"runtime": a.runtime},
-        "status": {"phase": "Working" if a.writ else "Idle", "writ": a.writ,
+        "status": {"phase": _agent_phase(store, a.world, a.writ), "writ": a.writ,
                    "session": a.session, "state": a.state},
     } for a in store.agents(world)]
 
@@ -80,7 +89,8 @@ def _writ_detail(obj: dict[str, Any]) -> str:
         text = f"orphaned (not in the manifests); {text}"
     for cond in status.get("conditions", []):
         if cond.get("type") == "Escalated" and cond.get("status") == "True":
-            text = f"ESCALATED: {cond.get('message', '')}; {text}"
+            said = cond.get("message", "")
+            text = f"ESCALATED: {said}" + (f"; {text}" if text and said not in text else "")
     return text
 
 
