@@ -35,6 +35,7 @@ def test_rm_rf_of_the_clone_keeps_an_unpushed_agent_commit_and_the_writ_lands(
                       what="the agent's commit in the backup")
         assert git(backup, "log", "-1", "--format=%s", "sol/keep") == "agent work"
         shutil.rmtree(clone)
+        (sol_home.run / "wake").touch()  # as any saved manifest would; else the resync
         poll(lambda: tip(clone, "refs/heads/sol/keep") == commit, timeout=60,
              what="the clone made again with the agent's branch")
         worktree = sol_home.worktree("shop", writ_status(sol_home, "shop", "keep")
