@@ -84,6 +84,11 @@ def _code(exc: sqlite3.Error) -> int | None:
     return None if code is None else code & 0xFF
 
 
+def repeating(event_type: str) -> bool:
+    """Failure events that a pass may meet again and again until someone fixes the cause."""
+    return event_type.endswith(("-failed", "-error")) or event_type == "specs-invalid"
+
+
 class Store:
     """A connection to `sol.db`; cheap to open, one per process or thread.
 
@@ -396,11 +401,24 @@ class Store:
         self, type: str, *, kind: str = "", world: str = "", name: str = "",
         message: str = "", **data: Any,
     ) -> int:
+        """Record an event. A failure that repeats itself (the same type and message for
+        the same object as its last event) is counted on that event, not recorded (and
+        notified) again on every pass."""
+        now = time.time()
         with self.transaction():
+            if repeating(type):
+                last = self._one("SELECT id, type, message, data FROM events WHERE world=? AND"
+                                 " name=? ORDER BY id DESC LIMIT 1", (world, name))
+                if last is not None and (last["type"], last["message"]) == (type, message):
+                    seen = json.loads(last["data"])
+                    seen.update(count=int(seen.get("count") or 1) + 1, lastSeen=now)
+                    self._run("UPDATE events SET data=? WHERE id=?",
+                              (json.dumps(seen, default=str), last["id"]))
+                    return int(last["id"])
             cursor = self._run(
                 "INSERT INTO events (ts, type, kind, world, name, message, data)"
                 " VALUES (?,?,?,?,?,?,?)",
-                (time.time(), type, kind, world, name, message, json.dumps(data, default=str)),
+                (now, type, kind, world, name, message, json.dumps(data, default=str)),
             )
             return int(cursor.lastrowid or 0)
 

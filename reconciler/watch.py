@@ -33,6 +33,7 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
 
 from .errors import SolError
+from .health import record_pass
 from .plan import Action
 from .sphere import Sphere
 
@@ -50,6 +51,7 @@ QUIET_EVENTS = frozenset({"opened", "closed_no_write"})
 
 INVALID_META = "specs_invalid"
 MIN_REQUEUE = 0.25  # a reconciler asking to look again at once still cannot spin
+FAILED_PASS_MAX = 8.0  # a failing pass retries after 2, 4, 8, 8 ... s: a fixed disk is seen soon
 
 
 class Wakeup:
@@ -242,12 +244,16 @@ class Loop:
                 waker.arm()
                 wakeup.clear()
                 beat.pass_started = time.monotonic()
+                passes = self.heartbeat.with_suffix(".pass")
                 try:
                     actions, requeue = self.reconcile()
                     failures = 0
+                    record_pass(passes, ok=True, failures=0)
                 except Exception as exc:  # logged; the next pass retries
                     failures += 1
-                    actions, requeue = [], min(self.resync, 2.0 ** failures)
+                    actions, requeue = [], min(self.resync, FAILED_PASS_MAX, 2.0 ** failures)
+                    record_pass(passes, ok=False, failures=failures,
+                                error=getattr(exc, "message", None) or repr(exc))
                     if isinstance(exc, SolError):
                         logger.warning("{child} pass failed: {err}", child=self.name,
                                        err=exc.message)

@@ -136,7 +136,9 @@ def test_escalation_shows_in_get_describe_and_status(
     assert conditions["Escalated"]["message"] == "the API key is missing"
     assert "the API key is missing" in sol("get", "writs", check=True).stdout
     assert "Escalated" in sol("describe", "writ", "a", check=True).stdout
-    assert "the API key is missing" in sol("status", check=True).stdout
+    status = sol("status")
+    assert "the API key is missing" in status.stdout
+    assert status.returncode == 1 and "1 writ(s) escalated: shop/a" in status.stdout
 
 
 def test_spec_change_while_working_updates_the_tether_and_generation_after_prime(

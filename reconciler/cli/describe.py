@@ -68,12 +68,21 @@ def render_describe(sphere: Sphere, record: Record, obj: dict[str, Any]) -> str:
 
 
 def render_status(sphere: Sphere, only: str | None = None) -> str:
+    return status_report(sphere, only)[0]
+
+
+def status_report(sphere: Sphere, only: str | None = None) -> tuple[str, bool]:
+    """The sphere at a glance, and whether a human is needed (`sol status` exits 1)."""
     store = sphere.store
     worlds = [w for w in store.list("World") if not only or w.name == only]
     from ..degraded import state as degraded_state
     from ..forge import queue
+    from ..health import assess, describe_daemon
+    from ..prefect import running
 
-    lines: list[str] = []
+    health = assess(sphere.home, store, running(sphere.home))
+    lines: list[str] = [*describe_daemon(health, time.time())]
+    lines += [f"NEEDS ATTENTION: {line}" for line in health.attention]
     notice = store.get_meta("specs_invalid")
     if notice:
         lines.append(f"specs invalid: {notice}")
@@ -87,7 +96,7 @@ def render_status(sphere: Sphere, only: str | None = None) -> str:
         lines.append(f"specs at revision {revision}" + (f" of {source}" if source else ""))
     if not worlds:
         lines.append("No worlds applied yet: write a World manifest and run `sol apply -f PATH`.")
-        return inert("\n".join(lines))
+        return inert("\n".join(lines)), bool(health.attention)
     for world in worlds:
         writs = store.list("Writ", world.name)
         counts = Counter(w.phase for w in writs)
@@ -110,4 +119,4 @@ def render_status(sphere: Sphere, only: str | None = None) -> str:
         if waiting:
             lines.append("  forge queue: " + ", ".join(
                 f"#{m.id} {m.writ} ({m.state}, attempt {m.attempt})" for m in waiting))
-    return inert("\n".join(lines))
+    return inert("\n".join(lines)), bool(health.attention)

@@ -25,6 +25,7 @@ from ..errors import ManifestError, SolError
 from ..manifests import KIND_FILES, schema
 from ..model import API_VERSION
 from ..plan import Action, render_text, summary
+from ..sphere import Sphere
 from .common import Specs, emit, load_specs, output_option, read_specs, say, specs_option, sphere
 
 PLAN_KIND = "Plan"
@@ -127,6 +128,18 @@ def apply(paths: tuple[str, ...], dry_run: bool, prune: bool, plan_file: str | N
     actions = engine.apply(sp, specs.manifests, prune=prune, revision=specs.commit,
                            source=specs.source if specs.git else None)
     _report(specs, actions)
+    _no_daemon_hint(sp)
+
+
+def _no_daemon_hint(sp: Sphere) -> None:
+    """One apply is one pass: say so when work waits and no daemon will do the next."""
+    from ..health import QUEUED
+    from ..prefect import running
+
+    waiting = [w for w in sp.store.list("Writ") if w.phase in QUEUED and not w.orphaned]
+    if waiting and running(sp.home) is None:
+        click.echo(f"{len(waiting)} writ(s) still need passes but no daemon is running: run "
+                   "`sol up -f SPECS`, or `sol reconcile --once` for one more pass.", err=True)
 
 
 def _report(specs: Specs, actions: list[Action]) -> None:

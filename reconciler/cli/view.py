@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import Any
 
@@ -206,10 +207,12 @@ def describe(kind: str, name: str, output: str) -> None:
 @click.argument("world", required=False)
 def status(world: str | None) -> None:
     """The sphere at a glance."""
-    from .describe import render_status
+    from .describe import status_report
 
-    sp = sphere()
-    click.echo(render_status(sp, world))  # already inert
+    text, needs_attention = status_report(sphere(), world)
+    click.echo(text)  # already inert
+    if needs_attention:
+        sys.exit(1)  # a human is needed: scripts and monitors can tell
 
 
 @click.command()
@@ -238,7 +241,10 @@ def events(follow: bool, world: str | None, writ: str | None, limit: int,
                 when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.ts))
                 where = (f"{e.world}/{e.name}" if e.world and e.name and e.name != e.world
                          else e.world or e.name)
-                say(f"{when}  {e.type:<14} {where:<28} {e.message}")
+                again = (f" (x{e.data['count']}, last "
+                         f"{time.strftime('%H:%M:%S', time.localtime(e.data['lastSeen']))})"
+                         if int(e.data.get("count") or 1) > 1 else "")
+                say(f"{when}  {e.type:<14} {where:<28} {e.message}{again}")
         if not follow:
             return
         time.sleep(0.5)
