@@ -99,7 +99,9 @@ def assess(home: Home, store: Any, daemon: dict[str, Any] | None) -> Health:
     found = children(home) if daemon is not None else ()
     attention = list(conditions)
     writs = store.list("Writ")
-    queued = [w for w in writs if w.phase in QUEUED and not w.orphaned]
+    suspended = {w.name for w in store.list("World") if w.spec.get("suspend")}
+    queued = [w for w in writs if w.phase in QUEUED and not w.orphaned
+              and not w.spec.get("suspend") and w.world not in suspended]
     if daemon is None and queued:
         attention.append(f"no daemon is running and {len(queued)} writ(s) wait for it: "
                          "run `sol up -f SPECS`, or `sol reconcile --once` for one pass")

@@ -152,7 +152,9 @@ def test_kill_9_of_the_prefect_leaves_agents_running_and_up_works_at_once(
 def test_killed_and_hung_reconcilers_are_restarted_and_recorded(
         sol_home: Home, repo: Path, tmp_path: Path, daemon: Run,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SOL_HEARTBEAT", "0.3")  # stale after 1.8 s
+    # stale after 6 s: long enough that a SIGKILLed child is always seen to exit first,
+    # even on two busy test workers
+    monkeypatch.setenv("SOL_HEARTBEAT", "1.0")
     specs = write_specs(tmp_path / "specs", world_yaml("shop", repo))
     assert daemon("up", "-f", str(specs)).returncode == 0
     consul = poll(lambda: pid_of(sol_home, "consul"), what="consul")
@@ -166,7 +168,7 @@ def test_killed_and_hung_reconcilers_are_restarted_and_recorded(
 
     forge = poll(lambda: pid_of(sol_home, "forge-shop"), what="forge")
     os.kill(forge, signal.SIGSTOP)  # alive but silent: its heartbeat goes stale
-    poll(lambda: len(events(sol_home, "restarted")) == 2, timeout=15, what="stale restart")
+    poll(lambda: len(events(sol_home, "restarted")) == 2, timeout=30, what="stale restart")
     stale = events(sol_home, "restarted")[1]
     assert stale.data["child"] == "forge-shop" and "stale heartbeat" in stale.message
     assert not pid_alive(forge)

@@ -170,6 +170,8 @@ def up(paths: tuple[str, ...]) -> None:
     wanted = watch_paths(paths)
     info = running(home)
     if info is not None:
+        if "paths" not in info:
+            info = _wait_ready(home)  # it is starting: compare with what it will watch
         click.echo(f"The prefect is already running ({_where(home, info)}).")
         watched = [str(p) for p in info.get("paths") or []]
         if paths and not _same(watched, wanted):
