@@ -74,7 +74,8 @@ def _read_tether(sphere: Sphere, world: str, agent: str) -> tuple[bool, TetherVi
         t = tether.read(path)
     except SolError:
         return True, None
-    return True, TetherView(t.writ, t.session, float(t.updated_at))
+    return True, TetherView(t.writ, t.session, float(t.updated_at),
+                            hooks=t.runtime.get("name") == "claude")
 
 
 def _activity(sphere: Sphere, world: str, agent: str) -> ActivityView | None:

@@ -17,6 +17,7 @@ from .specs import target
 from .store import Record
 
 BACKOFF_MAX = 60.0
+HOOK_GRACE = 120.0  # pane silence judges a hooked agent only if its hooks never spoke
 RATE_LIMIT_HOLD = 60.0  # seconds a rate-limited world waits when the error names no reset
 _RETRY_AFTER = re.compile(r"(?:retry|try again|resets?)\D{0,20}?(\d+(?:\.\d+)?)\s*s", re.I)
 ZOMBIE_GRACE = 5.0  # an agent's writ changed this recently: its session may be ending itself
@@ -49,6 +50,7 @@ class TetherView:
     writ: str
     session: str
     updated_at: float  # written at cast and at each respawn: when the session started
+    hooks: bool = False  # its runtime reports through hooks (claude)
 
 
 @dataclass(frozen=True)
@@ -195,6 +197,8 @@ def _plan_stall(writ: Record, o: OutpostView, spec: WorldSpec, now: float
     if o.activity is not None and o.activity.session == session:
         return _plan_activity(writ, o.activity, spec, now)
     after = spec.stall_after
+    if o.tether is not None and o.tether.hooks:
+        after = max(after, HOOK_GRACE)  # a CLI that starts slowly has not reported yet
     nudge = _nudge(writ.status, session)
     last = o.last_output or 0.0
     if nudge is not None:

@@ -19,7 +19,7 @@ from reconciler.sentinel import (
     echo_grace,
     plan_sentinel,
 )
-from reconciler.sentinel_plan import RATE_LIMIT_HOLD
+from reconciler.sentinel_plan import HOOK_GRACE, RATE_LIMIT_HOLD
 from reconciler.store import Record
 
 W = "shop"
@@ -297,3 +297,11 @@ def test_a_rate_limit_holds_then_tells_the_agent_to_go_on_never_nudging() -> Non
     plain = hooked("rate-limited", NOW - 5, message="API Error: 529 Overloaded.")
     assert plan_sentinel(view([writ()], [plain])).actions[0].data["until"] == (
         NOW - 5 + RATE_LIMIT_HOLD)
+
+
+def test_a_hooked_agent_whose_hooks_have_not_spoken_gets_a_start_up_grace() -> None:
+    quiet = outpost(last_output=NOW - 100, started=NOW - 100)
+    hooked_tether = replace(quiet, tether=replace(quiet.tether, hooks=True))
+    assert kinds(view([writ()], [quiet])) == ["nudge"]
+    plan = plan_sentinel(view([writ()], [hooked_tether]))
+    assert plan.actions == () and plan.next_at == NOW - 100 + HOOK_GRACE
