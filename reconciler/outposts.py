@@ -76,7 +76,9 @@ def agent_name(sphere: Sphere, world: str, writ: str) -> str:
     existing = sphere.store.agent_for(world, writ)
     if existing:
         return existing.name
-    holder = _holding(sphere.home.outposts(world), f"sol/{writ}")
+    repo = sphere.home.repo(world)
+    holder = (_holding(sphere.home.outposts(world), f"sol/{writ}")
+              if worktrees.read_ref(repo, f"refs/heads/sol/{writ}") else None)  # new: none
     if holder is not None:
         return holder  # a worktree kept from an earlier cast has the branch checked out
     taken = {a.name for a in sphere.store.agents(world) if a.writ}

@@ -6,7 +6,7 @@ every tmux client we run has TMUX and TMUX_PANE removed from its environment so 
 of the caller's own tmux leaks in.
 
 Nothing secret on a command line: the agent's argv and environment go to a 0600 launch
-file that `reconciler.launcher` reads and deletes before it execs the agent, so tmux's
+shell file (`reconciler.launcher`) that deletes itself before it execs the agent, so tmux's
 command line (kept by the server for the session's life, and shown by `ps`) holds only
 that file's path. Text typed into a session goes through a tmux paste buffer loaded from
 stdin, never through send-keys arguments.

@@ -89,7 +89,7 @@ def is_clone(repo: Path) -> bool:
     return True
 
 
-def _read_ref(repo: Path, ref: str) -> str | None:
+def read_ref(repo: Path, ref: str) -> str | None:
     """A full ref (`refs/heads/main`) read from the ref files in-process, without a git
     process (the cast fast path); None when it cannot be read that way."""
     if not ref.startswith("refs/heads/"):
@@ -103,7 +103,7 @@ def _read_ref(repo: Path, ref: str) -> str | None:
 
 def rev(repo: Path, ref: str) -> str | None:
     """The commit sha ref names in repo, or None when it names no commit."""
-    fast = _read_ref(repo, ref)
+    fast = read_ref(repo, ref)
     if fast is not None:
         return fast
     status, out, err = run_git(repo, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}",

@@ -30,10 +30,17 @@ def test_a_session_gets_its_environment_from_a_private_file_that_is_then_deleted
     sessions.kill_server()
 
 
-def test_a_launch_file_is_private_and_a_missing_one_fails_clearly(tmp_path: Path) -> None:
-    path = tmp_path / "d" / "x.json"
-    launcher.write(path, ["true"], {"A": "1"}, tmp_path)
+def test_a_launch_file_is_private_and_quotes_everything(tmp_path: Path) -> None:
+    path = tmp_path / "d" / "x.sh"
+    out = tmp_path / "out.txt"
+    hostile = "$(touch pwned); `id` 'q' \"d\" \\ ;"
+    launcher.write(path, ["sh", "-c", f'printf %s "$V" > {out}'], {"V": hostile}, tmp_path)
     assert path.stat().st_mode & 0o777 == 0o600
-    done = subprocess.run(launcher.command(tmp_path / "missing.json"), capture_output=True,
-                          text=True, timeout=30)
-    assert done.returncode == 127 and "cannot read the launch file" in done.stderr
+    done = subprocess.run(launcher.command(path), capture_output=True, text=True, timeout=30,
+                          env={"LEAK": "x"})
+    assert done.returncode == 0, done.stderr
+    assert out.read_text() == hostile and not (tmp_path / "pwned").exists()
+    assert not path.exists()  # deleted before the agent ran
+    missing = subprocess.run(launcher.command(tmp_path / "missing.sh"), capture_output=True,
+                             text=True, timeout=30)
+    assert missing.returncode != 0
