@@ -44,10 +44,10 @@ from .landing import (
 from .locks import flock
 from .model import MERGED, MERGING, RESOLVED, WorldSpec
 from .plan import DELETE, NOTE, UPDATE, Action
+from .recovery import landed_commit
 from .specs import target
 from .sphere import Sphere
 from .store import MergeRequest, Record, Store
-from .worktrees import run_git
 
 ACTIVE = (QUEUED, MR_MERGING)
 
@@ -87,24 +87,6 @@ def queue(store: Store, world: str) -> list[MergeRequest]:
 
 def _order(mr: MergeRequest | QueuedMR) -> tuple[bool, int, float, int]:
     return (mr.state != MR_MERGING, mr.priority, mr.created_at, mr.id)
-
-
-def landed_commit(repo: Path, branch: str, world: str, writ: str, base: str = "") -> str | None:
-    """The first-parent commit of the target whose `Sol-Writ:` trailer names this writ.
-
-    Searched from the writ's base on, so an older writ of the same name never counts.
-    """
-    tip = f"refs/heads/{branch}"
-    span = [f"{base}..{tip}"] if base and worktrees.rev(repo, base) else [tip]
-    out = run_git(repo, "log", "--first-parent", "--fixed-strings",
-                  f"--grep=Sol-Writ: {world}/{writ}",
-                  "--format=%H %(trailers:key=Sol-Writ,valueonly,separator=%x2C)", *span,
-                  what=f"cannot search {branch} for writ {world}/{writ}")[1]
-    for line in out.splitlines():
-        sha, _, values = line.partition(" ")
-        if f"{world}/{writ}" in (v.strip() for v in values.split(",")):
-            return sha
-    return None
 
 
 def observe(sphere: Sphere, world: Record) -> ForgeSnapshot:

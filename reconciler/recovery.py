@@ -53,6 +53,24 @@ def landed(repo: Path, branch: str) -> dict[str, str]:
     return _TRAILERS[key]
 
 
+def landed_commit(repo: Path, branch: str, world: str, writ: str, base: str = "") -> str | None:
+    """The first-parent commit of the target whose `Sol-Writ:` trailer names this writ.
+
+    Searched from the writ's base on, so an older writ of the same name never counts.
+    """
+    tip = f"refs/heads/{branch}"
+    span = [f"{base}..{tip}"] if base and worktrees.rev(repo, base) else [tip]
+    out = worktrees.run_git(
+        repo, "log", "--first-parent", "--fixed-strings", f"--grep=Sol-Writ: {world}/{writ}",
+        "--format=%H %(trailers:key=Sol-Writ,valueonly,separator=%x2C)", *span,
+        what=f"cannot search {branch} for writ {world}/{writ}")[1]
+    for line in out.splitlines():
+        sha, _, values = line.partition(" ")
+        if f"{world}/{writ}" in (v.strip() for v in values.split(",")):
+            return sha
+    return None
+
+
 def recover(sphere: Sphere, writs: list[Record], worlds: dict[str, Record]) -> list[Action]:
     """Merged for what landed, Working for what still runs; the actions taken."""
     done: list[Action] = []
@@ -83,8 +101,6 @@ def _merged(sphere: Sphere, writ: Record, repo: Path, spec: WorldSpec,
     commit = on_target.get(name)
     base = str(writ.status.get("base") or "")
     if commit and base:
-        from .forge import landed_commit
-
         commit = landed_commit(repo, spec.branch, writ.world, writ.name, base)
     if not commit:
         return None

@@ -351,20 +351,34 @@ def _stall(sphere: Sphere, action: Action) -> bool:
     return True
 
 
-def _unstall(sphere: Sphere, action: Action) -> bool:
+def _clear(sphere: Sphere, action: Action, *, field: str, condition: str, reason: str,
+           message: str, event: str) -> bool:
+    """The agent works again: drop `field` from the writ's status, set `condition` False
+    if it was True, and record `event`; nothing when `field` is already gone."""
     d, store = action.data, sphere.store
     with store.transaction():
         writ = _current(sphere, action)
-        if writ is None:
+        if writ is None or not writ.status.get(field):
             return False
         extra: dict[str, Any] = {}
-        if _stalled(writ.status):
-            extra["conditions"] = with_condition(writ.status, "Stalled", False,
-                                                 "OutputResumed", "the agent prints again")
-        store.set_status(writ.key, nudge=None, **extra)
-        store.event("output-resumed", kind="Writ", world=d["world"], name=d["writ"],
+        if any(c.get("type") == condition and c.get("status") == "True"
+               for c in writ.status.get("conditions") or []):
+            extra["conditions"] = with_condition(writ.status, condition, False, reason, message)
+        store.set_status(writ.key, **{field: None}, **extra)
+        store.event(event, kind="Writ", world=d["world"], name=d["writ"],
                     message=action.description, agent=d["agent"], session=d["session"])
     return True
+
+
+def _unstall(sphere: Sphere, action: Action) -> bool:
+    return _clear(sphere, action, field="nudge", condition="Stalled", reason="OutputResumed",
+                  message="the agent prints again", event="output-resumed")
+
+
+def _rate_limit_cleared(sphere: Sphere, action: Action) -> bool:
+    return _clear(sphere, action, field="rateLimit", condition="RateLimited",
+                  reason="Working", message="the agent works again",
+                  event="rate-limit-cleared")
 
 
 def _rate_limited(sphere: Sphere, action: Action) -> bool:
@@ -410,19 +424,6 @@ def _rate_limit_over(sphere: Sphere, action: Action) -> bool:
     store.event("rate-limit-over", kind="Writ", world=d["world"], name=d["writ"],
                 message=f"agent {d['agent']} told to go on: the rate limit has reset",
                 agent=d["agent"], session=d["session"])
-    return True
-
-
-def _rate_limit_cleared(sphere: Sphere, action: Action) -> bool:
-    d, store = action.data, sphere.store
-    with store.transaction():
-        writ = _current(sphere, action)
-        if writ is None or not writ.status.get("rateLimit"):
-            return False
-        store.set_status(writ.key, rateLimit=None, conditions=with_condition(
-            writ.status, "RateLimited", False, "Working", "the agent works again"))
-        store.event("rate-limit-cleared", kind="Writ", world=d["world"], name=d["writ"],
-                    message=action.description, agent=d["agent"], session=d["session"])
     return True
 
 
