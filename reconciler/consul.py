@@ -290,7 +290,7 @@ def reconcile(sphere, *, dry_run: bool = False) -> list[Action]:  # noqa: ANN001
         from .recovery import recover
 
         recovered = recover_stale(sphere, snap)
-        recovered += recover(sphere, list(snap.writs.values()), snap.worlds)
+        recovered += recover(sphere, list(snap.writs.values()), snap.worlds, snap.sessions)
         if recovered:
             snap = snapshot(sphere)
         refreshed += recovered

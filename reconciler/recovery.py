@@ -15,7 +15,6 @@ Branches `sol/<writ>` and kept worktrees need nothing here: a cast reuses them.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from . import tether, worktrees
@@ -27,8 +26,8 @@ from .specs import target
 from .sphere import Sphere
 from .store import Record
 
-_TRAILERS: dict[tuple[Path, str], dict[str, str]] = {}
-"""(repo, target tip) -> {"world/writ": commit}; a tip never changes its history."""
+_TRAILERS: dict[Path, tuple[str, dict[str, str]]] = {}
+"""repo -> (target tip, {"world/writ": commit}): a tip never changes its history."""
 
 
 def landed(repo: Path, branch: str) -> dict[str, str]:
@@ -37,8 +36,8 @@ def landed(repo: Path, branch: str) -> dict[str, str]:
     tip = worktrees.rev(repo, f"refs/heads/{branch}")
     if tip is None:
         return {}
-    key = (repo, tip)
-    if key not in _TRAILERS:
+    cached = _TRAILERS.get(repo)
+    if cached is None or cached[0] != tip:
         out = worktrees.run_git(
             repo, "log", "--first-parent", "--fixed-strings", "--grep=Sol-Writ: ",
             "--format=%H %(trailers:key=Sol-Writ,valueonly,separator=%x2C)", tip,
@@ -48,9 +47,8 @@ def landed(repo: Path, branch: str) -> dict[str, str]:
             sha, _, values = line.partition(" ")
             for value in values.split(","):
                 found.setdefault(value.strip(), sha)
-        _TRAILERS.clear()  # one tip per world is all a pass needs
-        _TRAILERS[key] = found
-    return _TRAILERS[key]
+        cached = _TRAILERS[repo] = (tip, found)
+    return cached[1]
 
 
 def landed_commit(repo: Path, branch: str, world: str, writ: str, base: str = "") -> str | None:
@@ -71,8 +69,10 @@ def landed_commit(repo: Path, branch: str, world: str, writ: str, base: str = ""
     return None
 
 
-def recover(sphere: Sphere, writs: list[Record], worlds: dict[str, Record]) -> list[Action]:
-    """Merged for what landed, Working for what still runs; the actions taken."""
+def recover(sphere: Sphere, writs: list[Record], worlds: dict[str, Record],
+            sessions: dict[str, bool]) -> list[Action]:
+    """Merged for what landed, Working for what still runs (`sessions`: the pass's one
+    tmux listing); the actions taken."""
     done: list[Action] = []
     pending: dict[str, list[Record]] = {}
     for writ in writs:
@@ -88,11 +88,28 @@ def recover(sphere: Sphere, writs: list[Record], worlds: dict[str, Record]) -> l
             on_target = landed(repo, spec.branch)
         except SolError:
             continue  # the world reconciler reports a broken clone
+        running = _running(sphere, world, sessions)
         for writ in candidates:
-            action = _merged(sphere, writ, repo, spec, on_target) or _adopt(sphere, writ)
+            action = _merged(sphere, writ, repo, spec, on_target)
+            if action is None and writ.name in running:
+                action = _adopt(sphere, writ, running[writ.name])
             if action is not None:
                 done.append(action)
     return done
+
+
+def _running(sphere: Sphere, world: str, sessions: dict[str, bool]) -> dict[str, tether.Tether]:
+    """Writ -> the tether of a live agent of `world` that works on it (each read once)."""
+    base = sphere.home.outposts(world)
+    found: dict[str, tether.Tether] = {}
+    for path in sorted(base.glob("*/tether.json")) if base.is_dir() else ():
+        try:
+            t = tether.read(path)
+        except SolError:
+            continue
+        if sessions.get(session_name(world, t.agent)):
+            found.setdefault(t.writ, t)
+    return found
 
 
 def _merged(sphere: Sphere, writ: Record, repo: Path, spec: WorldSpec,
@@ -117,28 +134,17 @@ def _merged(sphere: Sphere, writ: Record, repo: Path, spec: WorldSpec,
                   {"world": writ.world, "name": writ.name, "commit": commit})
 
 
-def _adopt(sphere: Sphere, writ: Record) -> Action | None:
+def _adopt(sphere: Sphere, writ: Record, t: tether.Tether) -> Action | None:
     """A live agent whose tether names this writ keeps working under it."""
-    base = sphere.home.outposts(writ.world)
-    for path in sorted(base.glob("*/tether.json")) if base.is_dir() else ():
-        try:
-            t = tether.read(path)
-        except SolError:
-            continue
-        if t.writ != writ.name or not sphere.sessions.is_alive(session_name(writ.world,
-                                                                            t.agent)):
-            continue
-        message = f"agent {t.agent} still works on it (session {t.session}): adopted"
-        if sphere.store.set_status(
-                writ.key, phase=WORKING, reason="Adopted", message=message,
-                expect_version=writ.version, agent=t.agent, session=t.session,
-                branch=t.branch, base=t.base, attempt=t.attempt, respawns=0) is None:
-            return None
-        sphere.store.put_agent(writ.world, t.agent, writ=writ.name, session=t.session,
-                               runtime=str(t.runtime.get("name") or ""), state="working")
-        sphere.store.event("adopted", kind="Writ", world=writ.world, name=writ.name,
-                           message=message, agent=t.agent, session=t.session)
-        return Action(UPDATE, "adopt", target("Writ", writ.world, writ.name), message,
-                      {"world": writ.world, "name": writ.name, "agent": t.agent,
-                       "at": time.time()})
-    return None
+    message = f"agent {t.agent} still works on it (session {t.session}): adopted"
+    if sphere.store.set_status(
+            writ.key, phase=WORKING, reason="Adopted", message=message,
+            expect_version=writ.version, agent=t.agent, session=t.session,
+            branch=t.branch, base=t.base, attempt=t.attempt, respawns=0) is None:
+        return None
+    sphere.store.put_agent(writ.world, t.agent, writ=writ.name, session=t.session,
+                           runtime=str(t.runtime.get("name") or ""), state="working")
+    sphere.store.event("adopted", kind="Writ", world=writ.world, name=writ.name,
+                       message=message, agent=t.agent, session=t.session)
+    return Action(UPDATE, "adopt", target("Writ", writ.world, writ.name), message,
+                  {"world": writ.world, "name": writ.name, "agent": t.agent})
