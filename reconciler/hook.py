@@ -42,10 +42,14 @@ def station() -> Path | None:
     return None
 
 
-def _write(path: Path, data: dict[str, Any]) -> None:
+def write(path: Path, data: dict[str, Any]) -> None:
+    """A JSON file written atomically and readable by the user alone (it may name the
+    user's projects and sessions)."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump(data, handle)
+        os.fchmod(handle.fileno(), 0o600)
+        json.dump(data, handle, indent=1)
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
@@ -121,10 +125,10 @@ def main() -> None:
             path = where / ACTIVITY
             record = state_of(event, read(path), time.time())
             if record is not None:
-                _write(path, record)
+                write(path, record)
                 _wake_sentinel()
             if event.get("hook_event_name") == "SessionStart" and event.get("session_id"):
-                _write(where / CONVERSATION, {
+                write(where / CONVERSATION, {
                     "attempt": os.environ.get("SOL_ATTEMPT", ""),
                     "writ": os.environ.get("SOL_WRIT", ""),
                     "id": str(event["session_id"])})

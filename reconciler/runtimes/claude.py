@@ -16,14 +16,14 @@ The argument is a fixed sentence that tells the agent to begin.
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from ..hook import read, write
 
 KICKOFF = ("Begin. Your standing orders and your assignment are in CLAUDE.local.md; "
            "`sol prime` prints the assignment again.")
@@ -65,26 +65,6 @@ def root_refusal(sandboxed: bool) -> str | None:
             "`runtime: {name: claude, sandboxed: true}` on the world or writ")
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    """Atomically, 0600: these files name the user's key and projects."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        os.fchmod(handle.fileno(), 0o600)
-        json.dump(data, handle, indent=2)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def hook_command() -> str:
     """The command each hook runs: sol's own interpreter, so no PATH look-up and no
     click start-up on every turn."""
@@ -94,7 +74,7 @@ def hook_command() -> str:
 def settings(home_root: Path, *, key_helper: bool) -> dict[str, Any]:
     """The user's settings (if any) with bypass mode accepted, sol's hooks added after
     their own and, when sol passes the API key, the helper that hands it over."""
-    data = _read_json(user_settings(home_root))
+    data = read(user_settings(home_root)) or {}
     data["skipDangerousModePermissionPrompt"] = True
     if key_helper and not data.get("apiKeyHelper"):
         data["apiKeyHelper"] = f'printf %s "${KEY_VAR}"'
@@ -114,7 +94,7 @@ def seed(directory: Path, *, worktree: Path, home_root: Path, env: dict[str, str
     config; through the helper it is stored nowhere). Keeps what the CLI itself wrote
     there (its conversations and state) across restarts."""
     config = directory / ".claude.json"
-    data = _read_json(config)
+    data = read(config) or {}
     data.update({"hasCompletedOnboarding": True, "bypassPermissionsModeAccepted": True,
                  "autoUpdates": False})
     projects = data.get("projects") if isinstance(data.get("projects"), dict) else {}
@@ -123,8 +103,8 @@ def seed(directory: Path, *, worktree: Path, home_root: Path, env: dict[str, str
     project.update({"hasTrustDialogAccepted": True, "hasCompletedProjectOnboarding": True})
     projects[str(worktree)] = project
     data["projects"] = projects
-    _write_json(config, data)
-    _write_json(directory / "settings.json",
+    write(config, data)
+    write(directory / "settings.json",
                 settings(home_root, key_helper=bool(env.get("ANTHROPIC_API_KEY"))))
     _carry_login(directory, env)
 
