@@ -146,7 +146,8 @@ def _child_loop(home: Home, spec: ChildSpec) -> int:
             Loop(spec.name, lambda: reconcile(sphere), [spec.wake_file(home)],
                  heartbeat=home.run / f"{spec.name}.heartbeat", beat=heartbeat_interval(),
                  resync=sphere.config.resync, pass_limit=PASS_LIMIT.get(spec.kind),
-                 after=after, parent=int(os.environ.pop("SOL_PREFECT_PID", "") or 0)).run()
+                 after=after, failed=sphere.reopen,
+                 parent=int(os.environ.pop("SOL_PREFECT_PID", "") or 0)).run()
         finally:
             sphere.close()
     finally:

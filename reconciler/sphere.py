@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 from .config import Config, load_config
+from .errors import SolError
 from .home import Home
 from .store import Store
 
@@ -34,6 +35,17 @@ class Sphere:
 
         return TmuxSessions(self.home.socket_name, hook_file=self.home.run / "tmux-events",
                             launch_dir=self.home.run / "launch")
+
+    def reopen(self) -> None:
+        """A fresh connection after a failed pass: SQLite opens a file it cannot write
+        read-only and keeps it so, so a store that was read-only for a while would stay
+        read-only in a long-lived reconciler after it is fixed."""
+        try:
+            fresh = Store.open(self.home)
+        except SolError:
+            return  # still broken: keep the old one, the next failure tries again
+        self.store.close()
+        self.store = fresh
 
     def close(self) -> None:
         self.store.close()

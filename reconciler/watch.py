@@ -222,6 +222,7 @@ class Loop:
     resync: float
     pass_limit: float | None = None
     after: Callable[[list[Action]], None] = lambda actions: None
+    failed: Callable[[], None] = lambda: None  # after a failed pass (e.g. reopen the store)
     parent: int = 0  # the prefect's pid: the loop ends if it is gone
 
     def run(self) -> None:
@@ -254,6 +255,7 @@ class Loop:
                     actions, requeue = [], min(self.resync, FAILED_PASS_MAX, 2.0 ** failures)
                     record_pass(passes, ok=False, failures=failures,
                                 error=getattr(exc, "message", None) or repr(exc))
+                    self.failed()
                     if isinstance(exc, SolError):
                         logger.warning("{child} pass failed: {err}", child=self.name,
                                        err=exc.message)

@@ -102,4 +102,9 @@ def test_a_full_disk_and_a_read_only_store_show_and_clear(
         code, text = status(sol)
         assert code == 1 and "READ-ONLY" in text, text
         subprocess.run(["mount", "-o", "remount,bind,rw", db], check=True)  # fixed
-        poll(lambda: status(sol)[0] == 0, timeout=30, what="the store writable again")
+        last: list[str] = []
+        try:
+            poll(lambda: (r := status(sol))[0] == 0 or last.append(r[1]), timeout=30,
+                 what="the store writable again")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; status said: {last[-1] if last else ''}") from None
