@@ -142,8 +142,10 @@ def test_a_writ_lands_through_the_real_cli_and_a_gate_failure_reaches_it(
     feedback = json.dumps(second["messages"])
     assert "\\n249\\n250\\nGATE-SAW-wrong" in feedback
 
+    # The CLI ran the Bash calls: "hello" on main came from the second one. (The pane's
+    # drawing of a tool call is not asserted: `sol resolve` ends the session, sometimes
+    # before the TUI has drawn it.)
     log = agent_logs(sol_home)
-    assert "Bash(" in log  # the real TUI ran the tool calls
     assert not [d for d in DIALOGS if d.replace(" ", "") in log], "a dialog was shown"
 
 
