@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.home import Home
+from reconciler.core.home import Home
 
 ROOT = Path(__file__).resolve().parent.parent
 IDENTITY = {

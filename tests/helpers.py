@@ -8,8 +8,8 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from reconciler.home import Home
-from reconciler.store import Store
+from reconciler.core.home import Home
+from reconciler.core.store import Store
 
 
 def world_yaml(name: str, source: Path, *, max_active: int = 4, extra: str = "") -> str:
@@ -73,7 +73,7 @@ def tmux_sessions(home: Home) -> dict[str, bool]:
 
 def gone(pid: int) -> bool:
     """No such process, or only a zombie nobody reaped yet (pid 1 may not reap here)."""
-    from reconciler.procs import pid_alive
+    from reconciler.daemon.procs import pid_alive
 
     return not pid_alive(pid)
 

@@ -12,8 +12,8 @@ from conftest import git, poll
 from helpers import world_yaml, writ_status, writ_yaml, write_specs
 from test_prefect import daemon_commands
 
-from reconciler.home import Home
-from reconciler.worktrees import rev
+from reconciler.core.home import Home
+from reconciler.drivers.worktrees import rev
 
 
 def tip(repo: Path, ref: str) -> str | None:

@@ -23,10 +23,10 @@ from conftest import ROOT, git, poll
 from helpers import writ_status, write_specs
 from test_prefect import daemon_commands
 
-from reconciler.home import Home
-from reconciler.runtimes.claude import KICKOFF, RESUMED
-from reconciler.sentinel import GO_ON
-from reconciler.store import Store
+from reconciler.controllers.sentinel import GO_ON
+from reconciler.core.home import Home
+from reconciler.core.store import Store
+from reconciler.drivers.runtimes.claude import KICKOFF, RESUMED
 from tests.fakes.anthropic_server import AnthropicServer
 
 CLAUDE_BIN = Path(os.environ.get("SOL_TEST_CLAUDE_BIN") or ROOT / ".venv/clis/node_modules/.bin")

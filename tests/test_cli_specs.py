@@ -12,8 +12,8 @@ from subprocess import CompletedProcess
 import pytest
 from ruamel.yaml import YAML
 
-from reconciler.home import Home
-from reconciler.store import Store
+from reconciler.core.home import Home
+from reconciler.core.store import Store
 from tests.helpers import world_yaml, writ_yaml, write_specs
 
 Sol = Callable[..., CompletedProcess[str]]

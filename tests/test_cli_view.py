@@ -13,7 +13,7 @@ from subprocess import CompletedProcess
 import pytest
 from ruamel.yaml import YAML
 
-from reconciler.home import Home
+from reconciler.core.home import Home
 from tests.helpers import world_yaml, writ_yaml, write_specs
 
 Sol = Callable[..., CompletedProcess[str]]
@@ -210,8 +210,8 @@ def test_listings_say_each_thing_once_and_truly(sol: Sol, repo: Path, tmp_path: 
                                                 sol_home: Home) -> None:
     """An escalation shows once; an agent of a Failed writ is not Working; pruning a
     writ that already ended does not tell you to prune."""
-    from reconciler.conditions import escalate
-    from reconciler.store import Store
+    from reconciler.core.conditions import escalate
+    from reconciler.core.store import Store
 
     specs = write_specs(tmp_path / "specs", world_yaml("shop", repo).replace(
         "runtime: {name: script}", "runtime: {name: command, command: 'sleep 60'}"),

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.errors import SolError
-from reconciler.home import Home
-from reconciler.store import Store
+from reconciler.core.errors import SolError
+from reconciler.core.home import Home
+from reconciler.core.store import Store
 from tests.conftest import git
 from tests.helpers import world_yaml, writ_yaml, write_specs
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 
-from reconciler.consul import Snapshot, plan_dispatch
-from reconciler.store import Record
+from reconciler.controllers.consul import Snapshot, plan_dispatch
+from reconciler.core.store import Record
 
 
 def rec(kind: str, world: str, name: str, spec: dict, phase: str = "Pending",
@@ -103,7 +103,7 @@ def test_only_pending_writs_are_candidates_and_orphans_wait() -> None:
 
 
 def test_caravan_phases_drydock_open_landed() -> None:
-    from reconciler.consul import caravan_phase
+    from reconciler.controllers.consul import caravan_phase
 
     caravan = rec("Caravan", "shop", "auth", {"commissioned": False, "phases": [["a"], ["b"]]})
     writs = {("shop", "a"): writ("a"), ("shop", "b"): writ("b")}
@@ -117,7 +117,7 @@ def test_caravan_phases_drydock_open_landed() -> None:
 
 
 def test_stale_writs_need_no_tether_no_session_and_age() -> None:
-    from reconciler.consul import stale_writs
+    from reconciler.controllers.consul import stale_writs
 
     old = writ("old", phase="Working")
     object.__setattr__(old, "updated_at", time.time() - 600)
@@ -137,7 +137,7 @@ def test_a_degraded_sphere_casts_nothing() -> None:
 
 
 def test_working_writs_hold_their_slots_even_without_a_live_session() -> None:
-    from reconciler.outposts import occupied
+    from reconciler.drivers.outposts import occupied
 
     writs = [writ("a", phase="Working"), writ("b", phase="Working"), writ("c")]
     assert occupied({"shop": 1}, writs) == {"shop": 2}

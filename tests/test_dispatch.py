@@ -11,9 +11,10 @@ from pathlib import Path
 from conftest import git, poll
 from helpers import tmux_sessions, world_yaml, writ_status, writ_yaml, write_specs
 
-from reconciler import engine, tether
-from reconciler.home import Home
-from reconciler.sphere import Sphere
+from reconciler.controllers import engine
+from reconciler.core import tether
+from reconciler.core.home import Home
+from reconciler.drivers.sphere import Sphere
 
 
 def phase(home: Home, name: str, world: str = "shop") -> str | None:
@@ -73,7 +74,7 @@ def test_capacity_is_never_exceeded_and_every_writ_gets_worked(
     docs = [world_yaml("shop", repo, max_active=2)]
     docs += [writ_yaml(f"w{i}", "shop", hold) for i in range(6)]
     specs = write_specs(tmp_path / "specs", *docs)
-    from reconciler.manifests import validate
+    from reconciler.specs.manifests import validate
 
     sphere = Sphere(sol_home)
     engine.apply(sphere, validate([specs]))

@@ -12,9 +12,9 @@ from pathlib import Path
 from conftest import git, poll
 from helpers import tmux_sessions, world_yaml, writ_status, writ_yaml, write_specs
 
-from reconciler import tether
-from reconciler.home import Home
-from reconciler.store import Store
+from reconciler.core import tether
+from reconciler.core.home import Home
+from reconciler.core.store import Store
 
 HOLD = "sleep 60"
 

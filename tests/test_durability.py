@@ -32,13 +32,14 @@ from conftest import git, make_repo, poll
 from helpers import world_yaml, writ_yaml, write_specs
 from test_prefect import Run, daemon_commands, events, pid_of
 
-from reconciler import degraded, sentinel
-from reconciler.home import Home
-from reconciler.outposts import DeathWatch, parse_session
-from reconciler.procs import pid_alive, read_pid
-from reconciler.sessions import TmuxSessions
-from reconciler.sphere import Sphere
-from reconciler.store import Store
+from reconciler.controllers import sentinel
+from reconciler.core import degraded
+from reconciler.core.home import Home
+from reconciler.core.store import Store
+from reconciler.daemon.procs import pid_alive, read_pid
+from reconciler.drivers.outposts import DeathWatch, parse_session
+from reconciler.drivers.sessions import TmuxSessions
+from reconciler.drivers.sphere import Sphere
 
 W = "shop"
 WRITS = [f"w{i}" for i in range(8)]

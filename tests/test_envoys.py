@@ -16,12 +16,14 @@ import pytest
 from conftest import git, make_repo, poll
 from helpers import world_yaml
 
-from reconciler import engine, envoys, manifests, outposts, personas, sentinel, worlds
-from reconciler.home import Home
-from reconciler.model import ERROR, PENDING, RUNNING, SUSPENDED, EnvoySpec
-from reconciler.plan import CREATE, DELETE, NOTE, UPDATE
-from reconciler.sphere import Sphere
-from reconciler.store import Record
+from reconciler.controllers import engine, envoys, sentinel, worlds
+from reconciler.core.home import Home
+from reconciler.core.model import ERROR, PENDING, RUNNING, SUSPENDED, EnvoySpec
+from reconciler.core.plan import CREATE, DELETE, NOTE, UPDATE
+from reconciler.core.store import Record
+from reconciler.drivers import outposts, personas
+from reconciler.drivers.sphere import Sphere
+from reconciler.specs import manifests
 
 W = "shop"
 ROOT = Path(__file__).resolve().parent.parent
@@ -266,7 +268,7 @@ def test_a_project_persona_is_used_and_specs_envoys_work_in_the_specs_repo(
 def view(spec: dict[str, Any], *, phase: str = PENDING, status: dict[str, Any] | None = None,
          session: bool | None = None, world: bool = True, ready: bool = True,
          observed: str = "") -> envoys.EnvoyView:
-    from reconciler.model import generation
+    from reconciler.core.model import generation
 
     r = Record("Envoy", W, "p", spec, generation(spec), "", False, phase, "", "",
                observed, status or {}, 3, 0.0, 0.0)
@@ -390,7 +392,7 @@ def test_sol_get_and_describe_envoys(sol_home: Home, repo: Path, sol) -> None:
 
 def test_a_specs_envoy_defaults_to_the_local_git_source_the_specs_came_from(
         sol_home: Home, repo: Path, tmp_path: Path) -> None:
-    from reconciler.engine import SOURCE_META
+    from reconciler.controllers.engine import SOURCE_META
 
     specs_repo = make_repo(tmp_path / "shop-specs", {"plans/shop.yaml": world_yaml(W, repo)})
     sphere = setup(sol_home, repo, envoy_yaml("planner", "planner", SLEEPER, specs=True))

@@ -22,12 +22,13 @@ from helpers import gone
 from hypothesis import given
 from hypothesis import strategies as st
 
-from reconciler import forge, worktrees
-from reconciler.forge import ForgeSnapshot, QueuedMR, plan_forge, queue
-from reconciler.home import Home
-from reconciler.locks import flock
-from reconciler.model import FAILED, MERGED, MERGING, PENDING, RESOLVED, Manifest
-from reconciler.sphere import Sphere
+from reconciler.controllers import forge
+from reconciler.controllers.forge import ForgeSnapshot, QueuedMR, plan_forge, queue
+from reconciler.core.home import Home
+from reconciler.core.locks import flock
+from reconciler.core.model import FAILED, MERGED, MERGING, PENDING, RESOLVED, Manifest
+from reconciler.drivers import worktrees
+from reconciler.drivers.sphere import Sphere
 
 W = "shop"
 README = "line1\nline2\nline3\n"
@@ -156,7 +157,8 @@ def run_forge_subprocess(crash_at: str | None) -> subprocess.CompletedProcess[st
     env = {k: v for k, v in os.environ.items() if k != forge.CRASH_ENV}
     if crash_at:
         env[forge.CRASH_ENV] = crash_at
-    code = ("from reconciler.forge import reconcile\nfrom reconciler.sphere import Sphere\n"
+    code = ("from reconciler.controllers.forge import reconcile\n"
+            "from reconciler.drivers.sphere import Sphere\n"
             "reconcile(Sphere.from_env())\n")
     return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)
@@ -564,7 +566,7 @@ def test_plan_does_nothing_without_a_target():
 
 
 def test_unknown_world_is_a_clear_error(sphere: Sphere):
-    from reconciler.errors import SolError
+    from reconciler.core.errors import SolError
 
     with pytest.raises(SolError, match="world nowhere is not applied"):
         forge.reconcile(sphere, "nowhere")

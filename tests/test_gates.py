@@ -12,8 +12,8 @@ import pytest
 from conftest import ROOT, poll
 from helpers import gone
 
-from reconciler import gates
-from reconciler.gates import format_duration, kill_leftover, read_tail, run_gate
+from reconciler.drivers import gates
+from reconciler.drivers.gates import format_duration, kill_leftover, read_tail, run_gate
 
 
 def env(**extra: str) -> dict[str, str]:
@@ -106,7 +106,7 @@ def test_the_group_of_a_dead_runner_is_killed_on_the_next_start(tmp_path: Path):
     script = (
         "import sys, os\n"
         "from pathlib import Path\n"
-        "from reconciler.gates import run_gate\n"
+        "from reconciler.drivers.gates import run_gate\n"
         f"run_gate('hang', 'sleep 300 & echo $! > {pidfile}; wait', cwd=Path({str(tmp_path)!r}),"
         f" log=Path({str(tmp_path / 'g.log')!r}), timeout=300, env=dict(os.environ),"
         f" record=Path({str(record)!r}), on_start=lambda pid: os._exit(137))\n"

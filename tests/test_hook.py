@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.hook import ACTIVITY, CONVERSATION, state_of
+from reconciler.drivers.hook import ACTIVITY, CONVERSATION, state_of
 
 
 @pytest.fixture
@@ -50,7 +50,7 @@ def test_the_hook_records_state_and_conversation_and_primes(
     env = {**os.environ, "SOL_TETHER": str(station / "tether.json"), "SOL_SESSION": "s9",
            "SOL_ATTEMPT": "1", "SOL_WRIT": "w"}
     event = {"hook_event_name": "SessionStart", "session_id": "conv-1", "source": "startup"}
-    done = subprocess.run([sys.executable, "-P", "-m", "reconciler.hook"],
+    done = subprocess.run([sys.executable, "-P", "-m", "reconciler.drivers.hook"],
                           input=json.dumps(event), capture_output=True, text=True, env=env,
                           timeout=30)
     assert done.returncode == 0  # no tether: prime fails, the agent is never broken
@@ -58,6 +58,6 @@ def test_the_hook_records_state_and_conversation_and_primes(
     assert json.loads((station / ACTIVITY).read_text())["state"] == "working"
     assert json.loads((station / CONVERSATION).read_text()) == {
         "attempt": "1", "writ": "w", "id": "conv-1"}
-    garbage = subprocess.run([sys.executable, "-P", "-m", "reconciler.hook"], input="{oops",
+    garbage = subprocess.run([sys.executable, "-P", "-m", "reconciler.drivers.hook"], input="{oops",
                              capture_output=True, text=True, env=env, timeout=30)
     assert garbage.returncode == 0

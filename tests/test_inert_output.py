@@ -15,10 +15,10 @@ import pytest
 from helpers import world_yaml, writ_yaml, write_specs
 from ruamel.yaml import YAML
 
-from reconciler.conditions import escalate
-from reconciler.home import Home
-from reconciler.model import Manifest
-from reconciler.store import Store
+from reconciler.core.conditions import escalate
+from reconciler.core.home import Home
+from reconciler.core.model import Manifest
+from reconciler.core.store import Store
 
 CLIPBOARD = "\x1b]52;c;ZXZpbA==\x07"  # OSC 52: write "evil" to the clipboard
 CLEAR = "\x1b[2J"

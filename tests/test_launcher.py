@@ -9,9 +9,9 @@ from pathlib import Path
 
 from conftest import poll
 
-from reconciler import launcher
-from reconciler.home import Home
-from reconciler.sessions import TmuxSessions
+from reconciler.core.home import Home
+from reconciler.drivers import launcher
+from reconciler.drivers.sessions import TmuxSessions
 
 
 def test_a_session_gets_its_environment_from_a_private_file_that_is_then_deleted(

@@ -20,9 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
-from reconciler import manifests
-from reconciler.errors import ManifestError, SolError
-from reconciler.model import (
+from reconciler.core.errors import ManifestError, SolError
+from reconciler.core.model import (
     DURATION_RE,
     NAME_RE,
     CaravanSpec,
@@ -31,6 +30,7 @@ from reconciler.model import (
     WritSpec,
     parse_duration,
 )
+from reconciler.specs import manifests
 
 ROOT = Path(__file__).resolve().parent.parent
 BAD = ROOT / "tests" / "manifests_bad"

@@ -20,11 +20,11 @@ from helpers import world_yaml, writ_status, writ_yaml, write_specs
 from ruamel.yaml import YAML
 from test_prefect import Run, daemon_commands, pid_of
 
-from reconciler import notify
-from reconciler.config import PLAIN_EVENTS, load_config
-from reconciler.errors import SolError
-from reconciler.home import Home
-from reconciler.sphere import Sphere
+from reconciler.controllers import notify
+from reconciler.core.config import PLAIN_EVENTS, load_config
+from reconciler.core.errors import SolError
+from reconciler.core.home import Home
+from reconciler.drivers.sphere import Sphere
 
 HOSTILE = "it's \"done\" $(touch {p}/pwned) `touch {p}/pwned2`; echo $HOME\nline two"
 
@@ -279,7 +279,7 @@ def test_an_unreachable_webhook_is_an_error_and_a_retry(sphere: Sphere, hook: Ho
 
 
 def crashing_pass(home: Home, point: str = "") -> int:
-    code = ("from reconciler import notify; from reconciler.sphere import Sphere; "
+    code = ("from reconciler.controllers import notify; from reconciler.drivers.sphere import Sphere; "
             "notify.pass_once(Sphere.from_env())")
     env = {"SOL_NOTIFY_CRASH": point} if point else {}
     return subprocess.run([sys.executable, "-c", code], env={**os.environ, **env},
@@ -372,7 +372,7 @@ def test_events_filter_by_writ_and_stream_as_json_or_yaml(sphere: Sphere, sol) -
 
 def test_a_webhook_token_never_names_its_target() -> None:
     """Logs, events and the outbox name a webhook by host and a hash of its URL."""
-    from reconciler.config import NotifyTarget
+    from reconciler.core.config import NotifyTarget
 
     url = "https://user:pw@hooks.example.org:8443/services/T0/B0/SECRETTOKEN?key=SECRET2"
     target = NotifyTarget("webhook", url, frozenset({"*"}), 10.0)

@@ -19,14 +19,15 @@ import pytest
 from conftest import poll
 from helpers import tmux_sessions, world_yaml, writ_yaml, write_specs
 
-from reconciler import degraded, engine
 from reconciler.cli.daemon import stop
-from reconciler.home import Home
-from reconciler.manifests import validate
-from reconciler.prefect import BACKOFF_MAX, next_backoff
-from reconciler.procs import is_ours, pid_alive, read_pid
-from reconciler.sphere import Sphere
-from reconciler.store import Store
+from reconciler.controllers import engine
+from reconciler.core import degraded
+from reconciler.core.home import Home
+from reconciler.core.store import Store
+from reconciler.daemon.prefect import BACKOFF_MAX, next_backoff
+from reconciler.daemon.procs import is_ours, pid_alive, read_pid
+from reconciler.drivers.sphere import Sphere
+from reconciler.specs.manifests import validate
 
 CLI = ("from reconciler.cli import main; from reconciler.cli.daemon import COMMANDS; "
        "[main.add_command(c) for c in COMMANDS]; main()")

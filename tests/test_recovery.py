@@ -10,8 +10,8 @@ from conftest import git, poll
 from helpers import tmux_sessions, world_yaml, writ_status, writ_yaml, write_specs
 from test_prefect import daemon_commands
 
-from reconciler.home import Home
-from reconciler.store import Store
+from reconciler.core.home import Home
+from reconciler.core.store import Store
 
 
 def events(home: Home, *types: str) -> list:

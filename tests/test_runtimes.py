@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.errors import SolError
-from reconciler.home import Home
-from reconciler.model import Gate, Runtime, WorldSpec, WritSpec
-from reconciler.runtimes import (
+from reconciler.core.errors import SolError
+from reconciler.core.home import Home
+from reconciler.core.model import Gate, Runtime, WorldSpec, WritSpec
+from reconciler.core.tether import Tether
+from reconciler.drivers.runtimes import (
     Launch,
     check,
     effective_runtime,
@@ -26,8 +27,7 @@ from reconciler.runtimes import (
     session_path,
     sol_bin_dir,
 )
-from reconciler.runtimes.claude import KICKOFF
-from reconciler.tether import Tether
+from reconciler.drivers.runtimes.claude import KICKOFF
 from tests.conftest import git, make_repo
 
 NASTY_TITLE = """Fix "quotes" and 'singles' $(touch pwned) `touch pwned` ; rm -rf ~"""
@@ -141,7 +141,7 @@ def test_session_path_puts_sol_first_once() -> None:
 
 def test_script_launch_runs_the_bundled_agent(sol_home: Home, worktree: Path) -> None:
     result = do_launch(Runtime("script"), make_tether(), sol_home, worktree)
-    assert result.argv == [sys.executable, "-P", "-m", "reconciler.runtimes.script"]
+    assert result.argv == [sys.executable, "-P", "-m", "reconciler.drivers.runtimes.script"]
     assert result.files == {} and result.exclude == []
 
 
@@ -149,7 +149,7 @@ def test_command_launch_runs_the_users_line_with_tether_in_env(
         sol_home: Home, worktree: Path) -> None:
     line = 'cat "$SOL_TETHER" > seen.json; printf %s "$SOL_WRIT" > writ.txt'
     tether = make_tether(title=NASTY_TITLE, description=NASTY_DESCRIPTION)
-    from reconciler.tether import write
+    from reconciler.core.tether import write
     write(sol_home.tether("shop", "a1"), tether)
     result = do_launch(Runtime("command", command=line), tether, sol_home, worktree)
     assert result.argv == ["bash", "-c", line]

@@ -14,10 +14,10 @@ from conftest import git, make_repo, poll
 from helpers import world_yaml, writ_status, writ_yaml, write_specs
 from test_sources import commit, records, src
 
-from reconciler import engine
 from reconciler.cli.specs import _plan_changes
-from reconciler.home import Home
-from reconciler.plan import Action
+from reconciler.controllers import engine
+from reconciler.core.home import Home
+from reconciler.core.plan import Action
 
 Sol = Callable[..., subprocess.CompletedProcess[str]]
 SUSPENDED = "suspend: true\n"

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.home import Home
-from reconciler.model import Runtime
-from reconciler.runtimes import launch
-from reconciler.runtimes.script import blocks
-from reconciler.tether import Tether, write
+from reconciler.core.home import Home
+from reconciler.core.model import Runtime
+from reconciler.core.tether import Tether, write
+from reconciler.drivers.runtimes import launch
+from reconciler.drivers.runtimes.script import blocks
 from tests.conftest import git, make_repo
 
 SOL_STANDIN = f"""#!{sys.executable}
@@ -194,7 +194,7 @@ def test_failing_commit_escalates(agent: Agent) -> None:
 
 
 def test_agent_without_tether_says_so(tmp_path: Path) -> None:
-    cmd = [sys.executable, "-P", "-m", "reconciler.runtimes.script"]
+    cmd = [sys.executable, "-P", "-m", "reconciler.drivers.runtimes.script"]
     env = {k: v for k, v in os.environ.items() if k != "SOL_TETHER"}
     missing = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True)
     assert missing.returncode == 2 and "SOL_TETHER is not set" in missing.stderr

@@ -15,10 +15,12 @@ from pathlib import Path
 from conftest import git, poll
 from helpers import tmux_sessions, world_yaml, writ_status, writ_yaml, write_specs
 
-from reconciler import consul, degraded, sentinel, worktrees
-from reconciler.home import Home
-from reconciler.model import CANCELLED, Manifest
-from reconciler.sphere import Sphere
+from reconciler.controllers import consul, sentinel
+from reconciler.core import degraded
+from reconciler.core.home import Home
+from reconciler.core.model import CANCELLED, Manifest
+from reconciler.drivers import worktrees
+from reconciler.drivers.sphere import Sphere
 
 W = "shop"
 

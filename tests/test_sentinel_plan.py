@@ -8,8 +8,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from reconciler.model import CANCELLED, DONE, FAILED, MERGED, RESOLVED, WORKING, WorldSpec
-from reconciler.sentinel import (
+from reconciler.controllers.sentinel import (
     ActivityView,
     OrphanView,
     OutpostView,
@@ -19,8 +18,9 @@ from reconciler.sentinel import (
     echo_grace,
     plan_sentinel,
 )
-from reconciler.sentinel_plan import HOOK_GRACE, RATE_LIMIT_HOLD
-from reconciler.store import Record
+from reconciler.controllers.sentinel_plan import HOOK_GRACE, RATE_LIMIT_HOLD
+from reconciler.core.model import CANCELLED, DONE, FAILED, MERGED, RESOLVED, WORKING, WorldSpec
+from reconciler.core.store import Record
 
 W = "shop"
 NOW = 10_000.0

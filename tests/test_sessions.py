@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from conftest import poll
 
-from reconciler.errors import SolError
-from reconciler.home import Home, session_name
-from reconciler.sessions import SessionBackend, TmuxSessions, tmux_version
+from reconciler.core.errors import SolError
+from reconciler.core.home import Home, session_name
+from reconciler.drivers.sessions import SessionBackend, TmuxSessions, tmux_version
 
 WEIRD = "it's \"q\" $(touch pwned1) `touch pwned2` ; touch pwned3 #{pane_id} %Y ~ a;"
 

@@ -21,10 +21,10 @@ from conftest import git, make_repo, poll
 from helpers import meta, tmux_sessions, world_yaml, writ_status, writ_yaml
 from test_prefect import Run, cli_argv, daemon_commands, events
 
-from reconciler.errors import SolError
-from reconciler.home import Home
-from reconciler.sources import GitSource, find, parse, read, resolve
-from reconciler.store import Store
+from reconciler.core.errors import SolError
+from reconciler.core.home import Home
+from reconciler.core.store import Store
+from reconciler.specs.sources import GitSource, find, parse, read, resolve
 
 Sol = Callable[..., subprocess.CompletedProcess[str]]
 SUSPENDED = "suspend: true\n"  # nothing is cast: writs stay Pending, no tmux session

@@ -17,8 +17,8 @@ from conftest import poll
 from helpers import meta, world_yaml, writ_status, writ_yaml, write_specs
 from test_prefect import Run, daemon_commands, events
 
-from reconciler.home import Home
-from reconciler.manifests import MAX_FILE_BYTES
+from reconciler.core.home import Home
+from reconciler.specs.manifests import MAX_FILE_BYTES
 
 SUSPENDED = "suspend: true\n"  # nothing is cast: no tmux session, nothing slow
 ANSWER_WITHIN = 20  # seconds; a hang is what is tested, so fail rather than wait forever

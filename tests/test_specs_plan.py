@@ -7,10 +7,10 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from reconciler.model import Manifest
-from reconciler.plan import CREATE, DELETE, NOTE, UPDATE, render_text
-from reconciler.specs import execute_spec_action, plan_specs
-from reconciler.store import Store
+from reconciler.core.model import Manifest
+from reconciler.core.plan import CREATE, DELETE, NOTE, UPDATE, render_text
+from reconciler.core.store import Store
+from reconciler.specs.changes import execute_spec_action, plan_specs
 
 names = st.from_regex(r"[a-z][a-z0-9]{0,6}", fullmatch=True)
 titles = st.sampled_from(["one", "two", "three"])

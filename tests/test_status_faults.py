@@ -14,7 +14,7 @@ from conftest import poll
 from helpers import world_yaml, writ_yaml, write_specs
 from test_prefect import daemon_commands
 
-from reconciler.home import Home
+from reconciler.core.home import Home
 
 
 def sleepy(repo: Path, tmp_path: Path) -> Path:

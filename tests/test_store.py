@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.errors import SolError
-from reconciler.model import Manifest
-from reconciler.store import SCHEMA_VERSION, Store
+from reconciler.core.errors import SolError
+from reconciler.core.model import Manifest
+from reconciler.core.store import SCHEMA_VERSION, Store
 
 
 def writ(name: str, title: str = "t") -> Manifest:

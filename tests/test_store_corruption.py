@@ -17,9 +17,9 @@ from subprocess import CompletedProcess
 
 import pytest
 
-from reconciler.errors import SolError
-from reconciler.home import Home
-from reconciler.store import SCHEMA_VERSION, Store
+from reconciler.core.errors import SolError
+from reconciler.core.home import Home
+from reconciler.core.store import SCHEMA_VERSION, Store
 from tests.helpers import world_yaml, writ_yaml, write_specs
 
 Sol = Callable[..., CompletedProcess[str]]

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reconciler import tether
-from reconciler.errors import SolError
+from reconciler.core import tether
+from reconciler.core.errors import SolError
 
 NASTY = 'Run `make` then "echo $(rm -rf ~)"; it\'s fine\n  indented $HOME \\n\n'
 

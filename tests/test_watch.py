@@ -17,10 +17,10 @@ from conftest import poll
 from helpers import meta, tmux_sessions, world_yaml, writ_status, writ_yaml, write_specs
 from test_prefect import Run, daemon_commands, events, live_agent
 
-from reconciler.home import Home
-from reconciler.sphere import Sphere
-from reconciler.store import Store
-from reconciler.watch import DEBOUNCE_MAX, FileWaker, SpecSync, Wakeup, ignored
+from reconciler.core.home import Home
+from reconciler.core.store import Store
+from reconciler.daemon.watch import DEBOUNCE_MAX, FileWaker, SpecSync, Wakeup, ignored
+from reconciler.drivers.sphere import Sphere
 
 
 def phase(home: Home, *key: str) -> str | None:

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from conftest import git, make_repo
 
-from reconciler import worktrees
-from reconciler.errors import SolError
+from reconciler.core.errors import SolError
+from reconciler.drivers import worktrees
 
 ME = {"author_name": "Agent Smith", "author_email": "smith@sol.invalid"}
 

@@ -11,7 +11,7 @@ from subprocess import CompletedProcess
 
 import pytest
 
-from reconciler.home import Home
+from reconciler.core.home import Home
 from tests.conftest import git, make_repo
 from tests.helpers import world_yaml, write_specs
 

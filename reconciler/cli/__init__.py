@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from ..errors import SolError
+from reconciler.core.errors import SolError
 
 
 class SolGroup(click.Group):
@@ -55,7 +55,7 @@ def main() -> None:
 
 def _register() -> None:
     """The commands, listed explicitly (no registration by import side effect)."""
-    from . import admin, agent, daemon, demo, specs, view
+    from reconciler.cli import admin, agent, daemon, demo, specs, view
 
     for module in (admin, agent, daemon, demo, specs, view):
         for command in module.COMMANDS:

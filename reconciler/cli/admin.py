@@ -12,10 +12,10 @@ import tempfile
 import click
 from rich.table import Table
 
-from ..errors import SolError
-from ..home import Home
-from ..model import Runtime
-from .common import console
+from reconciler.cli.common import console
+from reconciler.core.errors import SolError
+from reconciler.core.home import Home
+from reconciler.core.model import Runtime
 
 
 @click.command()
@@ -23,7 +23,7 @@ def init() -> None:
     """Create SOL_HOME."""
     home = Home.from_env()
     home.init()
-    from ..store import Store
+    from reconciler.core.store import Store
 
     Store.open(home).close()
     click.echo(f"SOL_HOME ready at {home.root}")
@@ -38,7 +38,7 @@ def _check_git() -> tuple[bool, str]:
 
 
 def _check_tmux() -> tuple[bool, str]:
-    from ..sessions import tmux_version
+    from reconciler.drivers.sessions import tmux_version
 
     version = tmux_version()
     if version is None:
@@ -75,8 +75,8 @@ def _store_checks(home: Home) -> list[tuple[str, bool, str]]:
     the runtimes its worlds and writs use. A missing store is not made: apply makes it."""
     if not home.db.exists():
         return []
-    from ..runtimes import check
-    from ..store import Store
+    from reconciler.core.store import Store
+    from reconciler.drivers.runtimes import check
 
     try:
         store = Store(home.db)

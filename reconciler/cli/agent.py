@@ -7,10 +7,10 @@ import time
 
 import click
 
-from .. import agent as agent_side
-from ..errors import SolError
-from ..home import Home, session_name
-from .common import sphere
+from reconciler.cli.common import sphere
+from reconciler.core.errors import SolError
+from reconciler.core.home import Home, session_name
+from reconciler.drivers import agent as agent_side
 
 
 @click.command()

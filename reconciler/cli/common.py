@@ -18,12 +18,12 @@ from rich.text import Text
 from ruamel.yaml import YAML
 from ruamel.yaml.scalarstring import LiteralScalarString
 
-from ..errors import ManifestError, SolError
-from ..home import Home
-from ..manifests import LoadResult
-from ..model import Manifest
-from ..sources import GitSource, is_git, parse
-from ..sphere import Sphere
+from reconciler.core.errors import ManifestError, SolError
+from reconciler.core.home import Home
+from reconciler.core.model import Manifest
+from reconciler.drivers.sphere import Sphere
+from reconciler.specs.manifests import LoadResult
+from reconciler.specs.sources import GitSource, is_git, parse
 
 DEFAULT_SPECS = "specs"
 CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
@@ -111,8 +111,8 @@ def read_specs(paths: tuple[str, ...], *, commit: str | None = None
                ) -> tuple[Specs, LoadResult]:
     """Read and validate, raising nothing for bad manifests: a git source at REF now,
     or at `commit`; files and directories as they are on disk."""
-    from ..manifests import load
-    from ..sources import load as load_git
+    from reconciler.specs.manifests import load
+    from reconciler.specs.sources import load as load_git
 
     where = spec_paths(paths)
     git = git_source(where)

@@ -19,15 +19,16 @@ from typing import Any
 
 import click
 
-from .. import prefect
-from ..errors import SolError
-from ..home import Home
-from ..plan import summary
-from ..prefect import ALREADY_RUNNING, already_running, child_env, running
-from ..procs import STOP_GRACE, is_ours, pid_alive, read_pid, wait_unlocked
-from ..sources import PREFIX, find, is_git, poll_interval
-from ..watch import touch
-from .common import git_source, load_specs, specs_option, sphere
+from reconciler.cli.common import git_source, load_specs, specs_option, sphere
+from reconciler.core import degraded
+from reconciler.core.errors import SolError
+from reconciler.core.home import Home
+from reconciler.core.plan import summary
+from reconciler.daemon import prefect
+from reconciler.daemon.prefect import ALREADY_RUNNING, already_running, child_env, running
+from reconciler.daemon.procs import STOP_GRACE, is_ours, pid_alive, read_pid, wait_unlocked
+from reconciler.daemon.watch import touch
+from reconciler.specs.sources import PREFIX, find, is_git, poll_interval
 
 
 def start_detached(home: Home, paths: Sequence[Path | str], timeout: float = 30.0
@@ -40,7 +41,7 @@ def start_detached(home: Home, paths: Sequence[Path | str], timeout: float = 30.
             (home.run / "prefect.ready").unlink()  # left by a prefect that was killed
     with open(home.logs / "prefect.out", "ab") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "reconciler.prefect", "daemon", *map(str, paths)],
+            [sys.executable, "-m", "reconciler.daemon.prefect", "daemon", *map(str, paths)],
             cwd=home.root, env=child_env(home), stdin=subprocess.DEVNULL, stdout=out,
             stderr=out, start_new_session=True, close_fds=True)
     deadline = time.monotonic() + timeout
@@ -101,7 +102,7 @@ def stop(home: Home, timeout: float = STOP_GRACE + 5) -> int | None:
                 os.kill(other, signal.SIGKILL)
     if not wait_unlocked(lock, 5.0):
         raise SolError(f"the prefect (pid {pid}) did not stop; check `ps` for "
-                       f"reconciler.prefect and its log {home.logs / 'prefect.log'}")
+                       f"reconciler.daemon.prefect and its log {home.logs / 'prefect.log'}")
     return pid
 
 
@@ -218,7 +219,7 @@ def reconcile(paths: tuple[str, ...], once: bool) -> None:
     if once:
         sp = sphere()
         if paths:
-            from .. import engine
+            from reconciler.controllers import engine
 
             specs = load_specs(paths)
             engine.record(sp, specs.manifests, revision=specs.commit,
@@ -238,10 +239,6 @@ def reconcile(paths: tuple[str, ...], once: bool) -> None:
 @click.command()
 def resume() -> None:
     """Leave Degraded mode now: the sentinels respawn dead agent sessions again."""
-    if not prefect.available("degraded"):
-        raise SolError("degraded mode is not part of this build; nothing to resume")
-    from .. import degraded
-
     sp = sphere()
     state = degraded.state(sp.store)
     if not degraded.resume(sp.store) or state is None:

@@ -11,7 +11,7 @@ import click
 @click.option("--timeout", default=170.0, show_default=True, help="Give up after seconds.")
 def demo(timeout: float) -> None:
     """Run the bundled example end to end on the scripted runtime."""
-    from ..demo import run
+    from reconciler.cli.demo_run import run
 
     sys.exit(run(lambda line: click.echo(line), timeout=timeout))
 

@@ -10,16 +10,16 @@ import time
 from collections import Counter
 from typing import Any
 
-from ..sphere import Sphere
-from ..store import Record
-from .common import inert
+from reconciler.cli.common import inert
+from reconciler.core.store import Record
+from reconciler.drivers.sphere import Sphere
 
 PHASE_ORDER = ["Pending", "Working", "Resolved", "Merging", "Merged", "Done", "Failed",
                "Cancelled"]
 
 
 def _yaml(data: Any, indent: str = "  ") -> str:
-    from .common import dump_yaml
+    from reconciler.cli.common import dump_yaml
 
     return "\n".join(indent + line for line in dump_yaml(data).rstrip().splitlines())
 
@@ -75,10 +75,10 @@ def status_report(sphere: Sphere, only: str | None = None) -> tuple[str, bool]:
     """The sphere at a glance, and whether a human is needed (`sol status` exits 1)."""
     store = sphere.store
     worlds = [w for w in store.list("World") if not only or w.name == only]
-    from ..degraded import state as degraded_state
-    from ..forge import queue
-    from ..health import assess, describe_daemon
-    from ..prefect import running
+    from reconciler.controllers.forge import queue
+    from reconciler.core.degraded import state as degraded_state
+    from reconciler.daemon.health import assess, describe_daemon
+    from reconciler.daemon.prefect import running
 
     health = assess(sphere.home, store, running(sphere.home))
     lines: list[str] = [*describe_daemon(health, time.time())]

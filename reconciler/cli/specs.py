@@ -20,13 +20,22 @@ from typing import Any
 
 import click
 
-from .. import engine
-from ..errors import ManifestError, SolError
-from ..manifests import KIND_FILES, schema
-from ..model import API_VERSION
-from ..plan import Action, render_text, summary
-from ..sphere import Sphere
-from .common import Specs, emit, load_specs, output_option, read_specs, say, specs_option, sphere
+from reconciler.cli.common import (
+    Specs,
+    emit,
+    load_specs,
+    output_option,
+    read_specs,
+    say,
+    specs_option,
+    sphere,
+)
+from reconciler.controllers import engine
+from reconciler.core.errors import ManifestError, SolError
+from reconciler.core.model import API_VERSION
+from reconciler.core.plan import Action, render_text, summary
+from reconciler.drivers.sphere import Sphere
+from reconciler.specs.manifests import KIND_FILES, schema
 
 PLAN_KIND = "Plan"
 
@@ -133,8 +142,8 @@ def apply(paths: tuple[str, ...], dry_run: bool, prune: bool, plan_file: str | N
 
 def _no_daemon_hint(sp: Sphere) -> None:
     """One apply is one pass: say so when work waits and no daemon will do the next."""
-    from ..health import QUEUED
-    from ..prefect import running
+    from reconciler.daemon.health import QUEUED
+    from reconciler.daemon.prefect import running
 
     waiting = [w for w in sp.store.list("Writ") if w.phase in QUEUED and not w.orphaned]
     if waiting and running(sp.home) is None:

@@ -9,9 +9,9 @@ from typing import Any
 import click
 from rich.table import Table
 
-from ..errors import SolError
-from ..store import Record, Store
-from .common import cell, console, emit, output_option, say, sphere
+from reconciler.cli.common import cell, console, emit, output_option, say, sphere
+from reconciler.core.errors import SolError
+from reconciler.core.store import Record, Store
 
 KIND_ALIASES = {
     "world": "World", "worlds": "World",
@@ -198,7 +198,7 @@ def describe(kind: str, name: str, output: str) -> None:
     if output != "table":
         emit(obj, output)
         return
-    from .describe import render_describe
+    from reconciler.cli.describe import render_describe
 
     click.echo(render_describe(sp, record, obj))  # already inert
 
@@ -207,7 +207,7 @@ def describe(kind: str, name: str, output: str) -> None:
 @click.argument("world", required=False)
 def status(world: str | None) -> None:
     """The sphere at a glance."""
-    from .describe import status_report
+    from reconciler.cli.describe import status_report
 
     text, needs_attention = status_report(sphere(), world)
     click.echo(text)  # already inert

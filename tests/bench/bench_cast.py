@@ -19,10 +19,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from conftest import make_repo  # noqa: E402
 from helpers import world_yaml, writ_yaml, write_specs  # noqa: E402
 
-from reconciler import engine  # noqa: E402
-from reconciler.home import Home  # noqa: E402
-from reconciler.manifests import validate  # noqa: E402
-from reconciler.sphere import Sphere  # noqa: E402
+from reconciler.controllers import engine  # noqa: E402
+from reconciler.core.home import Home  # noqa: E402
+from reconciler.drivers.sphere import Sphere  # noqa: E402
+from reconciler.specs.manifests import validate  # noqa: E402
 
 
 def run(*argv: str, cwd: Path | None = None) -> None:

@@ -18,10 +18,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from conftest import make_repo  # noqa: E402
 
-from reconciler import forge, worktrees  # noqa: E402
-from reconciler.home import Home  # noqa: E402
-from reconciler.model import RESOLVED, Manifest  # noqa: E402
-from reconciler.sphere import Sphere  # noqa: E402
+from reconciler.controllers import forge
+from reconciler.core.home import Home  # noqa: E402
+from reconciler.core.model import RESOLVED, Manifest  # noqa: E402
+from reconciler.drivers import worktrees  # noqa: E402
+from reconciler.drivers.sphere import Sphere  # noqa: E402
 
 W = "bench"
 IDENTITY = ["-c", "user.name=bench", "-c", "user.email=bench@sol.invalid"]

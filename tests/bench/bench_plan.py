@@ -31,12 +31,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from reconciler import consul, manifests  # noqa: E402
-from reconciler.engine import record  # noqa: E402
-from reconciler.home import Home  # noqa: E402
-from reconciler.model import READY  # noqa: E402
-from reconciler.specs import plan_specs  # noqa: E402
-from reconciler.sphere import Sphere  # noqa: E402
+from reconciler.controllers import consul
+from reconciler.controllers.engine import record  # noqa: E402
+from reconciler.core.home import Home  # noqa: E402
+from reconciler.core.model import READY  # noqa: E402
+from reconciler.drivers.sphere import Sphere  # noqa: E402
+from reconciler.specs import manifests  # noqa: E402
+from reconciler.specs.changes import plan_specs  # noqa: E402
 
 WORLDS = 10
 PER_FILE = 100

@@ -39,9 +39,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from conftest import make_repo, poll  # noqa: E402
 from helpers import world_yaml, writ_yaml, write_specs  # noqa: E402
 
-from reconciler.home import Home  # noqa: E402
-from reconciler.procs import read_pid  # noqa: E402
-from reconciler.store import Store  # noqa: E402
+from reconciler.core.home import Home  # noqa: E402
+from reconciler.core.store import Store  # noqa: E402
+from reconciler.daemon.procs import read_pid  # noqa: E402
 
 NS_FLAG = "SOL_BENCH_IN_NAMESPACE"
 TICK = os.sysconf("SC_CLK_TCK")
@@ -221,7 +221,7 @@ def kills(home: Home, store: Store, names: list[str]) -> None:
 
 def hook_alone(tmp: Path, kills: int) -> None:
     """tmux's pane-died hook on its own (no daemon): how often it fires, how fast."""
-    from reconciler.sessions import TmuxSessions
+    from reconciler.drivers.sessions import TmuxSessions
 
     hook = tmp / "hook-events"
     hook.touch()

@@ -48,10 +48,10 @@ from test_durability import (  # noqa: E402
     trailers,
 )
 
-from reconciler import degraded  # noqa: E402
-from reconciler.home import Home  # noqa: E402
-from reconciler.procs import is_ours, pid_alive, read_pid  # noqa: E402
-from reconciler.store import Store  # noqa: E402
+from reconciler.core import degraded  # noqa: E402
+from reconciler.core.home import Home  # noqa: E402
+from reconciler.core.store import Store  # noqa: E402
+from reconciler.daemon.procs import is_ours, pid_alive, read_pid  # noqa: E402
 
 TERMINAL = {"Merged", "Failed", "Cancelled", "Done"}
 CHILDREN = ("consul", "notifier", f"sentinel-{W}", f"forge-{W}")

@@ -1,0 +1,315 @@
+"""The sentinel's planner: plain values in, actions out; no tmux, no git, no database.
+
+`sentinel.observe` builds the `SentinelView`, `plan_sentinel` decides, and the act
+functions in `sentinel` carry the actions out (DESIGN sections 6 and 8).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from reconciler.core.home import session_name
+from reconciler.core.model import CANCELLED, DONE, FAILED, MERGED, WORKING, WorldSpec
+from reconciler.core.plan import CREATE, DELETE, NOTE, UPDATE, Action
+from reconciler.core.store import Record
+from reconciler.specs.changes import target
+
+BACKOFF_MAX = 60.0
+HOOK_GRACE = 120.0  # pane silence judges a hooked agent only if its hooks never spoke
+RATE_LIMIT_HOLD = 60.0  # seconds a rate-limited world waits when the error names no reset
+_RETRY_AFTER = re.compile(r"(?:retry|try again|resets?)\D{0,20}?(\d+(?:\.\d+)?)\s*s", re.I)
+ZOMBIE_GRACE = 5.0  # an agent's writ changed this recently: its session may be ending itself
+ENDED = frozenset({MERGED, CANCELLED, FAILED, DONE})
+
+
+def backoff(respawns: int) -> float:
+    """Seconds from a death to the next respawn, after `respawns` respawns: 1, 2, 4 ... 60."""
+    return min(BACKOFF_MAX, 2.0 ** max(0, respawns))
+
+
+def echo_grace(stall_after: float) -> float:
+    """Output this soon after a nudge is the terminal echoing the nudge, not the agent."""
+    return min(10.0, max(1.0, stall_after / 2))
+
+
+def duration(seconds: float) -> str:
+    whole = int(seconds)
+    for unit, size in (("h", 3600), ("m", 60)):
+        if whole >= size and whole % size == 0:
+            return f"{whole // size}{unit}"
+    return f"{whole}s"
+
+
+# ---- plain values the planner sees ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TetherView:
+    writ: str
+    session: str
+    updated_at: float  # written at cast and at each respawn: when the session started
+    hooks: bool = False  # its runtime reports through hooks (claude)
+
+
+@dataclass(frozen=True)
+class ActivityView:
+    """What the agent's CLI last told sol through its hooks (`reconciler.drivers.hook`)."""
+
+    state: str                         # working | idle | rate-limited | error
+    at: float                          # when it entered that state
+    session: str                       # the sol session id it was told in
+    error: str = ""
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class OutpostView:
+    """One agent of the world as observed: its tether, its session, its last output."""
+
+    agent: str
+    tether_file: bool = False          # the file exists (even if unreadable)
+    tether: TetherView | None = None   # its content when readable
+    session: bool | None = None        # None: no session; True: alive; False: dead pane
+    last_output: float | None = None   # mtime of the session log
+    writ: str | None = None            # the writ its agent row holds
+    activity: ActivityView | None = None  # hooks' word, when the runtime has hooks
+
+
+@dataclass(frozen=True)
+class OrphanView:
+    """A worktree whose agent holds no writ and no tether."""
+
+    agent: str
+    head: str | None
+    merged: bool
+    dirty: bool
+    reported: bool
+
+
+@dataclass(frozen=True)
+class SentinelView:
+    world: str
+    spec: WorldSpec | None             # None: sessions of a world the store does not know
+    writs: dict[str, Record]
+    outposts: dict[str, OutpostView]
+    now: float
+    live: int = 0
+    degraded: bool = False
+    orphans: tuple[OrphanView, ...] = ()
+
+
+@dataclass(frozen=True)
+class SentinelPlan:
+    actions: tuple[Action, ...]
+    next_at: float | None                                   # the earliest future deadline
+    held: dict[str, str] = field(default_factory=dict)      # writ -> why no respawn yet
+
+
+# ---- the planner ----------------------------------------------------------------
+
+
+def _stalled(status: dict[str, Any]) -> bool:
+    return any(c.get("type") == "Stalled" and c.get("status") == "True"
+               for c in status.get("conditions") or [])
+
+
+def _nudge(status: dict[str, Any], session: str) -> dict[str, Any] | None:
+    nudge = status.get("nudge")
+    return nudge if isinstance(nudge, dict) and nudge.get("session") == session else None
+
+
+def _writ_action(op: str, kind: str, writ: Record, text: str, **data: Any) -> Action:
+    agent, session = writ.status.get("agent"), writ.status.get("session")
+    return Action(op, kind, target("Writ", writ.world, writ.name), text,
+                  {"world": writ.world, "writ": writ.name, "agent": agent, "session": session,
+                   **data})
+
+
+def _condition(status: dict[str, Any], type: str) -> bool:
+    return any(c.get("type") == type and c.get("status") == "True"
+               for c in status.get("conditions") or [])
+
+
+def rate_limit_until(a: ActivityView) -> float:
+    """When a rate-limited agent may try again: the reset time its error named, else
+    RATE_LIMIT_HOLD after the error."""
+    match = _RETRY_AFTER.search(a.message or "")
+    wait = float(match.group(1)) if match else RATE_LIMIT_HOLD
+    return a.at + min(max(wait, 1.0), 3600.0)
+
+
+def _plan_activity(writ: Record, a: ActivityView, spec: WorldSpec, now: float
+                   ) -> tuple[Action | None, float | None]:
+    """A CLI with hooks: never nudged while a turn runs (a long tool call, a slow
+    stream); nudged once `stallAfter` after its turn ended without `sol resolve`, then
+    Stalled if the next turn also ends so; rate limits wait for their reset instead."""
+    after, session = spec.stall_after, str(writ.status.get("session"))
+    limited = writ.status.get("rateLimit")
+    if a.state == "rate-limited":
+        until = rate_limit_until(a)
+        if not isinstance(limited, dict) or limited.get("at") != a.at:
+            return _writ_action(UPDATE, "rate-limited", writ,
+                                f"API error {a.error}: hold until the limit resets",
+                                at=a.at, until=until, error=a.error,
+                                said=a.message[:300]), None
+        sent = float(limited.get("sentAt") or 0.0)
+        if sent and now < sent + RATE_LIMIT_HOLD:
+            return None, sent + RATE_LIMIT_HOLD  # told to go on: its next turn shows
+        if now >= until:
+            return _writ_action(UPDATE, "rate-limit-over", writ,
+                                "the rate limit has reset: tell the agent to go on",
+                                at=a.at), None
+        return None, until
+    if isinstance(limited, dict) and a.at > float(limited.get("at") or 0.0):
+        return _writ_action(UPDATE, "rate-limit-cleared", writ,
+                            "the agent works again: RateLimited cleared"), None
+    nudge = _nudge(writ.status, session)
+    if a.state == "working":
+        if _stalled(writ.status) and nudge and a.at > float(nudge.get("stalledAt") or 0.0):
+            return _writ_action(UPDATE, "unstall", writ, "the agent works again"), None
+        return None, None
+    if after <= 0:
+        return None, None  # stallAfter: 0s turns stall detection off
+    since = a.at
+    if nudge is not None:
+        if nudge.get("stalled"):
+            return None, None
+        since = max(since, float(nudge.get("at") or 0.0))
+        if now >= since + after:
+            return _writ_action(UPDATE, "stall", writ,
+                                f"turn ended again without `sol resolve` {duration(after)} "
+                                "after a nudge: Stalled"), None
+        return None, since + after
+    if now - since >= after:
+        return _writ_action(UPDATE, "nudge", writ,
+                            f"turn ended {duration(now - since)} ago without `sol resolve`: "
+                            "nudge the agent", hooks=True), None
+    return None, since + after
+
+
+def _plan_stall(writ: Record, o: OutpostView, spec: WorldSpec, now: float
+                ) -> tuple[Action | None, float | None]:
+    """Nudge, then Stalled; output after the nudge (beyond its echo) clears both. An
+    agent whose CLI reports through hooks is judged by them, not by its pane."""
+    session = str(writ.status.get("session"))
+    if o.activity is not None and o.activity.session == session:
+        return _plan_activity(writ, o.activity, spec, now)
+    after = spec.stall_after
+    if o.tether is not None and o.tether.hooks:
+        after = max(after, HOOK_GRACE)  # a CLI that starts slowly has not reported yet
+    nudge = _nudge(writ.status, session)
+    last = o.last_output or 0.0
+    if nudge is not None:
+        at = float(nudge.get("at") or 0.0)
+        if last > at + echo_grace(after):
+            return _writ_action(UPDATE, "unstall", writ, "output resumed: nudge cleared"), None
+        if nudge.get("stalled"):
+            return None, None
+        if now >= at + after:
+            return _writ_action(UPDATE, "stall", writ,
+                                f"still silent {duration(after)} after a nudge: Stalled"), None
+        return None, at + after
+    if _stalled(writ.status):
+        return _writ_action(UPDATE, "unstall", writ, "new session: Stalled cleared"), None
+    started = o.tether.updated_at if o.tether else 0.0
+    activity = max(last, started)
+    if now - activity >= after:
+        return _writ_action(UPDATE, "nudge", writ,
+                            f"no output for {duration(now - activity)}: nudge the agent"), None
+    return None, activity + after
+
+
+def plan_sentinel(view: SentinelView) -> SentinelPlan:
+    """Pure: deaths, respawns, failures, nudges, stalls, zombies and orphans of one world."""
+    actions: list[Action] = []
+    wakes: list[float] = []
+    held: dict[str, str] = {}
+    now, spec, live = view.now, view.spec, view.live
+    for writ in sorted(view.writs.values(), key=lambda w: w.name) if spec else ():
+        assert spec is not None
+        agent, session = writ.status.get("agent"), writ.status.get("session")
+        if writ.phase != WORKING or not agent or not session:
+            continue
+        o = view.outposts.get(agent)
+        if o is None or o.tether is None or o.tether.writ != writ.name:
+            continue  # no tether: the consul recovers the writ, not us
+        if o.session is True:
+            if spec.stall_after <= 0 and o.activity is None:
+                continue  # stallAfter: 0s turns stall detection off
+            action, wake = _plan_stall(writ, o, spec, now)
+            actions += [action] if action else []
+            wakes += [wake] if wake else []
+            continue
+        respawns = int(writ.status.get("respawns") or 0)
+        if writ.status.get("deadSession") != session:
+            actions.append(_writ_action(UPDATE, "record-death", writ,
+                                        f"session {session} of {agent} died",
+                                        respawns=respawns))
+        elif respawns >= spec.max_respawns:
+            actions.append(_writ_action(UPDATE, "fail", writ,
+                                        f"died after {respawns} respawn(s): Failed, work kept",
+                                        respawns=respawns))
+        elif view.degraded:
+            held[writ.name] = "sphere degraded: respawning stopped"
+        elif now < (due := float(writ.status.get("lastDeath") or 0.0) + backoff(respawns)):
+            held[writ.name] = f"backoff: respawn in {due - now:.1f}s"
+            wakes.append(due)
+        elif spec.max_active and live >= spec.max_active:
+            held[writ.name] = f"capacity {live}/{spec.max_active}"
+        else:
+            live += 1
+            actions.append(_writ_action(CREATE, "respawn", writ,
+                                        f"respawn {agent} ({respawns + 1}/{spec.max_respawns})"
+                                        " in the same worktree", respawns=respawns))
+    for o in sorted(view.outposts.values(), key=lambda o: o.agent):
+        why = _zombie(view, o)
+        if why is None:
+            continue
+        grace_until = _grace(view, o)
+        if grace_until is not None:
+            wakes.append(grace_until)
+            continue
+        name = session_name(view.world, o.agent)
+        actions.append(Action(DELETE, "stop-zombie", f"session/{name}", f"stop: {why}",
+                              {"world": view.world, "agent": o.agent, "why": why}))
+    for orphan in view.orphans:
+        data = {"world": view.world, "agent": orphan.agent, "head": orphan.head,
+                "dirty": orphan.dirty}
+        where = target("Outpost", view.world, orphan.agent)
+        if orphan.merged and not orphan.dirty:
+            actions.append(Action(DELETE, "remove-orphan", where,
+                                  "worktree without a writ, its work on the target: remove",
+                                  data))
+        elif not orphan.reported:
+            actions.append(Action(NOTE, "report-orphan", where,
+                                  "worktree without a writ holds work not on the target: keep",
+                                  data))
+    future = [w for w in wakes if w > now]
+    return SentinelPlan(tuple(actions), min(future) if future else None, held)
+
+
+def _zombie(view: SentinelView, o: OutpostView) -> str | None:
+    """Why this outpost's session should not exist, or None."""
+    if o.session is None or o.agent.startswith("envoy"):
+        return None
+    if not o.tether_file:
+        return "no tether"
+    if o.tether is None:
+        return None  # an unreadable tether: leave the session to a person
+    writ = view.writs.get(o.tether.writ)
+    if writ is not None and writ.phase in ENDED:
+        return f"writ {writ.name} is {writ.phase}"
+    return None
+
+
+def _grace(view: SentinelView, o: OutpostView) -> float | None:
+    """A live session without a tether whose writ just changed may be `sol resolve`
+    finishing in it: give it ZOMBIE_GRACE to stop itself."""
+    if o.session is not True or o.tether_file or not o.writ:
+        return None
+    writ = view.writs.get(o.writ)
+    if writ is None or view.now - writ.updated_at >= ZOMBIE_GRACE:
+        return None
+    return writ.updated_at + ZOMBIE_GRACE

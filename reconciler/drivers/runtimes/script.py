@@ -1,0 +1,173 @@
+"""The scripted agent: runs the `sh`/`bash` blocks of a writ description, then resolves.
+
+An honest runtime (DESIGN section 9): it reads only its tether, runs each fenced block
+in order in the worktree with `bash -e`, commits what changed with the writ title as
+subject, and hands over to `sol resolve`. A failing block becomes `sol escalate` with
+the tail of its output. Only fenced blocks run; the rest of the description is prose.
+
+Run as `python -m reconciler.drivers.runtimes.script` inside a session.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from reconciler.core.errors import SolError
+
+LANGUAGES = frozenset({"sh", "bash"})
+TAIL_LINES = 20
+DRAIN_SECONDS = 1.0
+# CommonMark fences: up to three spaces, then three or more backticks or tildes.
+_OPEN = re.compile(r"^(?P<indent> {0,3})(?P<fence>`{3,}|~{3,})(?P<info>.*)$")
+
+
+@dataclass(frozen=True)
+class Block:
+    number: int  # 1-based, among the blocks that run
+    language: str
+    code: str
+
+
+def _closes(line: str, fence: str) -> bool:
+    stripped = line.lstrip(" ")
+    if len(line) - len(stripped) > 3:
+        return False
+    body = stripped.rstrip()
+    return len(body) >= len(fence) and set(body) == {fence[0]}
+
+
+def blocks(description: str) -> list[Block]:
+    """Every fenced block whose info string starts with `sh` or `bash`, in order."""
+    found: list[Block] = []
+    lines = description.splitlines()
+    i = 0
+    while i < len(lines):
+        match = _OPEN.match(lines[i])
+        i += 1
+        if not match:
+            continue
+        fence, info = match.group("fence"), match.group("info").strip()
+        if fence[0] == "`" and "`" in info:
+            continue  # not a fence: CommonMark forbids backticks in its info string
+        indent = len(match.group("indent"))
+        body: list[str] = []
+        while i < len(lines) and not _closes(lines[i], fence):
+            line = lines[i]
+            strip = min(indent, len(line) - len(line.lstrip(" ")))
+            body.append(line[strip:])
+            i += 1
+        i += 1  # the closing fence (or the end of an unclosed block)
+        language = info.split()[0].lower() if info.split() else ""
+        if language in LANGUAGES:
+            found.append(Block(len(found) + 1, language, "\n".join(body) + "\n"))
+    return found
+
+
+def _sol() -> list[str]:
+    """The `sol` of this session (PATH starts with it); the running one otherwise."""
+    found = shutil.which("sol")
+    return [found] if found else [sys.executable, "-P", "-m", "reconciler"]
+
+
+def _say(text: str) -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def _pump(stream: IO[bytes], tail: deque[str]) -> None:
+    """Copy a block's output to our stdout (the session log) and keep its last lines."""
+    for raw in stream:
+        line = raw.decode("utf-8", "replace")
+        sys.stdout.write(line)
+        sys.stdout.flush()
+        tail.append(line.rstrip("\n"))
+
+
+def run_block(block: Block, total: int) -> tuple[int, list[str]]:
+    """Run one block with `bash -e`, streaming its output; its exit code and output tail."""
+    _say(f"--- block {block.number}/{total} ({block.language}) ---")
+    tail: deque[str] = deque(maxlen=TAIL_LINES)
+    proc = subprocess.Popen(
+        ["bash", "-e", "-c", block.code], stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    assert proc.stdout is not None
+    reader = threading.Thread(target=_pump, args=(proc.stdout, tail), daemon=True)
+    reader.start()
+    code = proc.wait()
+    # A process the block left in the background may hold the pipe open: do not wait on it.
+    reader.join(timeout=DRAIN_SECONDS)
+    return code, list(tail)
+
+
+def _git(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["git", *args], capture_output=True, text=True)
+
+
+def commit(title: str) -> str | None:
+    """Commit everything that changed with `title` as subject; git's complaint if it fails."""
+    added = _git("add", "-A")
+    if added.returncode != 0:
+        return f"git add failed: {(added.stderr or added.stdout).strip()}"
+    if _git("diff", "--cached", "--quiet").returncode == 0:
+        _say("nothing changed: nothing to commit")
+        return None
+    done = _git("commit", "-q", "-m", title)
+    if done.returncode != 0:
+        return f"git commit failed: {(done.stderr or done.stdout).strip()}"
+    _say(f"committed: {_git('rev-parse', '--short', 'HEAD').stdout.strip()} {title}")
+    return None
+
+
+def escalate(message: str) -> int:
+    """Tell sol this writ needs a person; the agent's own exit code."""
+    _say(f"escalating: {message}")
+    subprocess.run([*_sol(), "escalate", message])
+    return 1
+
+
+def main() -> int:
+    """Read the tether, run the blocks, commit, resolve (or escalate)."""
+    from reconciler.core.tether import read
+
+    path = os.environ.get("SOL_TETHER")
+    if not path:
+        print("sol script agent: SOL_TETHER is not set; run it inside a sol session",
+              file=sys.stderr)
+        return 2
+    try:
+        tether = read(Path(path))
+    except SolError as exc:
+        print(f"sol script agent: {exc.message}", file=sys.stderr)
+        return 2
+    todo = blocks(tether.description)
+    _say(f"sol script agent {tether.agent}: writ {tether.writ} of world {tether.world}, "
+         f"attempt {tether.attempt}, branch {tether.branch}")
+    _say(f"title: {tether.title}")
+    _say(f"{len(todo)} block(s) to run")
+    for block in todo:
+        code, tail = run_block(block, len(todo))
+        if code != 0:
+            output = "\n".join(tail) if tail else "(no output)"
+            return escalate(f"block {block.number} failed (exit {code}): {output}")
+    if todo:
+        problem = commit(tether.title)
+        if problem:
+            return escalate(problem)
+    _say("resolving")
+    sol = _sol()
+    os.execvp(sol[0], [*sol, "resolve"])
+    return 0  # not reached: exec replaces this process
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""What every reconciler and command is handed: the layout, the store, the sessions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+
+from reconciler.core.config import Config, load_config
+from reconciler.core.errors import SolError
+from reconciler.core.home import Home
+from reconciler.core.store import Store
+
+
+@dataclass
+class Sphere:
+    """Everything under one SOL_HOME, opened once per process."""
+
+    home: Home
+    store: Store = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.store = Store.open(self.home)
+
+    @classmethod
+    def from_env(cls) -> Sphere:
+        return cls(Home.from_env())
+
+    @cached_property
+    def config(self) -> Config:
+        return load_config(self.home)
+
+    @cached_property
+    def sessions(self):  # noqa: ANN201 - SessionBackend, imported lazily (tmux is optional)
+        from reconciler.drivers.sessions import TmuxSessions
+
+        return TmuxSessions(self.home.socket_name, hook_file=self.home.run / "tmux-events",
+                            launch_dir=self.home.run / "launch")
+
+    def reopen(self) -> None:
+        """A fresh connection after a failed pass: SQLite opens a file it cannot write
+        read-only and keeps it so, so a store that was read-only for a while would stay
+        read-only in a long-lived reconciler after it is fixed."""
+        try:
+            fresh = Store.open(self.home)
+        except SolError:
+            return  # still broken: keep the old one, the next failure tries again
+        self.store.close()
+        self.store = fresh
+
+    def close(self) -> None:
+        self.store.close()

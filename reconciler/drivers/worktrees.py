@@ -1,0 +1,370 @@
+"""The git side of sol: the managed clone of a world and the worktrees cut from it.
+
+Layout (DESIGN section 4): `worlds/<w>/repo` is a BARE clone of the world's source whose
+fetch refspec is `+refs/heads/*:refs/remotes/origin/*`, so a fetch only ever moves
+`origin/*` and never clobbers sol's local target branch `refs/heads/<branch>`, where the
+forge lands work that may not be pushed yet. Outpost and forge worktrees are linked
+worktrees of that clone.
+
+Every git process runs with `GIT_TERMINAL_PROMPT=0` (an unreachable https source fails
+instead of waiting for a password nobody will type), stdin closed, a C locale, and a
+bounded timeout. Every failure becomes one `SolError` sentence carrying git's own reason.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import git
+from git.refs.symbolic import SymbolicReference
+
+from reconciler.core.errors import SolError
+from reconciler.daemon.procs import pid_alive
+
+REFSPEC = "+refs/heads/*:refs/remotes/origin/*"
+CLONE_TIMEOUT = 1800.0  # seconds; a large first clone over a slow link
+FETCH_TIMEOUT = 600.0
+LOCAL_TIMEOUT = 120.0  # anything that does not touch the network
+ENV = {
+    "GIT_TERMINAL_PROMPT": "0",
+    # Abort a transfer that stalls below 1 KB/s for a minute instead of hanging.
+    "GIT_HTTP_LOW_SPEED_LIMIT": os.environ.get("GIT_HTTP_LOW_SPEED_LIMIT", "1000"),
+    "GIT_HTTP_LOW_SPEED_TIME": os.environ.get("GIT_HTTP_LOW_SPEED_TIME", "60"),
+}
+PARTIAL = ".partial-"  # marks a clone in progress beside its destination
+
+
+def git_reason(stderr: str) -> str:
+    """Git's own explanation: the last fatal/error line, else the last line."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    for line in reversed(lines):
+        for prefix in ("fatal: ", "error: "):
+            if line.startswith(prefix):
+                return line[len(prefix):]
+    return lines[-1] if lines else "git failed without a message"
+
+
+def run_git(cwd: Path, *args: str, timeout: float = LOCAL_TIMEOUT, what: str = "",
+            env: dict[str, str] | None = None, check: bool = True) -> tuple[int, str, str]:
+    """Run `git ARGS` in cwd; returns (status, stdout, stderr); raises SolError if check."""
+    if not cwd.is_dir():
+        raise SolError(f"{what or 'git ' + args[0] + ' failed'}: {cwd} does not exist")
+    runner = git.Git(str(cwd))
+    # Never discover a repository above cwd (SOL_HOME may sit inside the user's own).
+    ceiling = {"GIT_CEILING_DIRECTORIES": str(cwd.resolve().parent)}
+    try:
+        status, out, err = runner.execute(
+            ["git", *args], with_extended_output=True, with_exceptions=False,
+            kill_after_timeout=timeout, env={**ENV, **ceiling, **(env or {})},
+        )
+    except git.GitCommandNotFound as exc:
+        raise SolError("git is not installed or not on PATH; install git and retry") from exc
+    if check and status != 0:
+        raise SolError(f"{what or 'git ' + args[0] + ' failed'}: {git_reason(err)}")
+    return status, out, err
+
+
+def _out(cwd: Path, *args: str, what: str = "", timeout: float = LOCAL_TIMEOUT) -> str:
+    return run_git(cwd, *args, what=what, timeout=timeout)[1].strip()
+
+
+def _local_source(source: str) -> str:
+    """An existing local path becomes absolute, so the clone does not depend on the cwd."""
+    if "://" not in source:
+        path = Path(source).expanduser()
+        if path.exists():
+            return str(path.absolute())
+    return source
+
+
+def is_clone(repo: Path) -> bool:
+    """True when repo exists and is itself a git repository (parents are not searched)."""
+    try:
+        git.Repo(str(repo), search_parent_directories=False)
+    except (git.InvalidGitRepositoryError, git.NoSuchPathError):
+        return False
+    return True
+
+
+def read_ref(repo: Path, ref: str) -> str | None:
+    """A full ref (`refs/heads/main`) read from the ref files in-process, without a git
+    process (the cast fast path); None when it cannot be read that way."""
+    if not ref.startswith("refs/heads/"):
+        return None
+    try:
+        sha = SymbolicReference.dereference_recursive(git.Repo(str(repo)), ref)
+    except (ValueError, OSError, git.exc.GitError):
+        return None
+    return sha if isinstance(sha, str) and len(sha) == 40 else None
+
+
+def rev(repo: Path, ref: str) -> str | None:
+    """The commit sha ref names in repo, or None when it names no commit."""
+    fast = read_ref(repo, ref)
+    if fast is not None:
+        return fast
+    status, out, err = run_git(repo, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}",
+                               check=False)
+    if status not in (0, 1):
+        raise SolError(f"cannot read {ref} in {repo}: {git_reason(err)}")
+    return out.strip() if status == 0 else None
+
+
+def branch_exists(repo: Path, branch: str) -> bool:
+    return rev(repo, f"refs/heads/{branch}") is not None
+
+
+def _remove_stale_partials(dest: Path) -> None:
+    """Drop half clones left beside dest by a process that died mid-clone."""
+    if not dest.parent.is_dir():
+        return
+    prefix = f".{dest.name}{PARTIAL}"
+    for leftover in dest.parent.glob(f"{prefix}*"):
+        pid = leftover.name[len(prefix):].split("-")[0]
+        if pid.isdigit() and pid_alive(int(pid)):
+            continue
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+def clone(source: str, dest: Path, branch: str) -> None:
+    """Bare-clone source into dest with sol's refspec and local `branch`.
+
+    The clone is made in a temporary directory beside dest and renamed into place, so a
+    crash never leaves a half clone at dest. A concurrent clone that wins the rename is
+    accepted as success.
+    """
+    source = _local_source(source)
+    if is_clone(dest):
+        return
+    if dest.exists() and any(dest.iterdir()):
+        raise SolError(f"cannot clone {source} into {dest}: the directory exists and is not "
+                       "a git clone; move it away and apply again")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_partials(dest)
+    temp = dest.parent / f".{dest.name}{PARTIAL}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        status, _, err = run_git(dest.parent, "clone", "--quiet", "--bare", "--single-branch",
+                                 "--branch", branch, "--", source, str(temp),
+                                 timeout=CLONE_TIMEOUT, check=False)
+        if status != 0:
+            reason = git_reason(err)
+            if "not found in upstream" in reason:
+                raise SolError(f"branch {branch} not found in {source}; "
+                               "set spec.branch to an existing branch")
+            raise SolError(f"cannot clone {source} into {dest}: {reason}; "
+                           "check spec.source and that it is reachable")
+        run_git(temp, "config", "remote.origin.fetch", REFSPEC, what=f"cannot configure {temp}")
+        run_git(temp, "config", "core.logAllRefUpdates", "true", what=f"cannot configure {temp}")
+        run_git(temp, "fetch", "--quiet", "origin", timeout=FETCH_TIMEOUT,
+                what=f"cannot fetch {source} into {dest}")
+        if rev(temp, f"refs/remotes/origin/{branch}") is None:
+            raise SolError(f"branch {branch} not found in {source}; "
+                           "set spec.branch to an existing branch")
+        if not branch_exists(temp, branch):
+            run_git(temp, "update-ref", f"refs/heads/{branch}", f"refs/remotes/origin/{branch}",
+                    what=f"cannot create branch {branch} in {dest}")
+        run_git(temp, "symbolic-ref", "HEAD", f"refs/heads/{branch}",
+                what=f"cannot point HEAD of {dest} at {branch}")
+        try:
+            os.rename(temp, dest)
+        except OSError as exc:
+            if not is_clone(dest):
+                raise SolError(f"cannot move the new clone into {dest}: {exc.strerror}; "
+                               "check permissions of that directory") from exc
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def fetch(repo: Path, branch: str) -> str:
+    """Fetch origin and fast-forward local `branch`; returns the local branch sha.
+
+    The local branch moves only when it is an ancestor of origin's (compare-and-set, so a
+    concurrent landing by the forge is never overwritten). When they diverged, local
+    holds landed work not yet pushed and is left alone.
+    """
+    run_git(repo, "fetch", "--quiet", "--prune", "origin", timeout=FETCH_TIMEOUT,
+            what=f"cannot fetch origin into {repo}")
+    remote = rev(repo, f"refs/remotes/origin/{branch}")
+    local = rev(repo, f"refs/heads/{branch}")
+    if remote is None:
+        if local is None:
+            raise SolError(f"branch {branch} not found in the source of {repo}; "
+                           "set spec.branch to an existing branch")
+        return local
+    if local is None:
+        run_git(repo, "update-ref", f"refs/heads/{branch}", remote, "", check=False)
+    elif local != remote and _is_ancestor(repo, local, remote):
+        run_git(repo, "update-ref", f"refs/heads/{branch}", remote, local, check=False)
+    now = rev(repo, f"refs/heads/{branch}")
+    if now is None:
+        raise SolError(f"branch {branch} vanished from {repo} during a fetch; apply again")
+    return now
+
+
+def _is_ancestor(repo: Path, ancestor: str, descendant: str) -> bool:
+    status, _, err = run_git(repo, "merge-base", "--is-ancestor", ancestor, descendant,
+                             check=False)
+    if status not in (0, 1):
+        raise SolError(f"cannot compare {ancestor} with {descendant} in {repo}: "
+                       f"{git_reason(err)}")
+    return status == 0
+
+
+def _worktrees(repo: Path) -> dict[Path, str | None]:
+    """Registered worktrees: resolved path to branch name (None when detached or bare)."""
+    out = _out(repo, "worktree", "list", "--porcelain", what=f"cannot list worktrees of {repo}")
+    found: dict[Path, str | None] = {}
+    current: Path | None = None
+    for line in out.splitlines():
+        if line.startswith("worktree "):
+            current = Path(line[len("worktree "):]).resolve()
+            found[current] = None
+        elif line.startswith("branch refs/heads/") and current is not None:
+            found[current] = line[len("branch refs/heads/"):]
+    return found
+
+
+def add_worktree(repo: Path, path: Path, branch: str, base: str) -> str:
+    """A worktree at path on branch; returns the merge-base of branch and base.
+
+    An existing branch is reused as it is, never reset: it may hold an earlier attempt.
+    A missing branch is created from base. A worktree already at path on branch is left
+    alone, and a stale registration (directory deleted) is pruned first. The common case
+    (a new branch at a new path) costs two git processes.
+    """
+    if not path.exists():
+        base_sha = rev(repo, base)
+        if base_sha is None:
+            raise SolError(f"cannot make a worktree for {branch}: base {base} is not in "
+                           f"{repo}; fetch the world and retry")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        status, _, _ = run_git(repo, "worktree", "add", "--quiet", "--no-track", "-b", branch,
+                               str(path.absolute()), base_sha, check=False)
+        if status == 0:
+            return base_sha
+    run_git(repo, "worktree", "prune", what=f"cannot prune worktrees of {repo}")
+    target = path.resolve()
+    registered = _worktrees(repo)
+    if target in registered:
+        if registered[target] != branch:
+            raise SolError(f"worktree {path} is on {registered[target] or 'a detached HEAD'}, "
+                           f"not {branch}; remove it and apply again")
+        return merge_base(repo, branch, base)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise SolError(f"cannot make a worktree at {path}: it exists and is not a worktree "
+                       f"of {repo}; move it away and apply again")
+    if rev(repo, base) is None:
+        raise SolError(f"cannot make a worktree for {branch}: base {base} is not in {repo}; "
+                       "fetch the world and retry")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if branch_exists(repo, branch):
+        args = ["worktree", "add", "--quiet", str(path.absolute()), branch]
+    else:
+        args = ["worktree", "add", "--quiet", "--no-track", "-b", branch, str(path.absolute()),
+                base]
+    status, _, err = run_git(repo, *args, check=False)
+    if status != 0 and _worktrees(repo).get(target) != branch:
+        raise SolError(f"cannot make a worktree at {path} on {branch}: {git_reason(err)}")
+    return merge_base(repo, branch, base)
+
+
+def merge_base(repo: Path, branch: str, base: str) -> str:
+    """The commit branch forked from base; SolError when they share no history."""
+    status, out, err = run_git(repo, "merge-base", branch, base, check=False)
+    if status != 0 or not out.strip():
+        reason = git_reason(err) if err.strip() else "they share no history"
+        raise SolError(f"cannot find where {branch} forked from {base} in {repo}: {reason}")
+    return out.strip()
+
+
+def remove_worktree(repo: Path, path: Path, *, force: bool = False) -> None:
+    """Remove the worktree at path; a no-op when there is none.
+
+    Without force, git refuses when the worktree has uncommitted or untracked files,
+    so no work is lost by accident.
+    """
+    run_git(repo, "worktree", "prune", what=f"cannot prune worktrees of {repo}")
+    if path.resolve() not in _worktrees(repo):
+        return
+    args = ["worktree", "remove", *(["--force"] if force else []), str(path.absolute())]
+    run_git(repo, *args, what=f"cannot remove worktree {path}")
+
+
+def delete_branch(repo: Path, branch: str, *, force: bool = False) -> None:
+    """Delete a local branch; a no-op when it is gone. Without force, git refuses a
+    branch not merged into the clone's HEAD (the target branch)."""
+    if not branch_exists(repo, branch):
+        return
+    run_git(repo, "branch", "-D" if force else "-d", branch,
+            what=f"cannot delete branch {branch} in {repo}")
+
+
+def commits_beyond(repo: Path, branch: str, base: str) -> int:
+    """How many commits branch has that base does not."""
+    out = _out(repo, "rev-list", "--count", f"{base}..{branch}",
+               what=f"cannot count commits of {branch} beyond {base}")
+    return int(out or 0)
+
+
+def is_merged(repo: Path, branch: str, target: str) -> bool:
+    """True when the tip of branch is reachable from target (plain ancestry)."""
+    for ref in (branch, target):
+        if rev(repo, ref) is None:
+            raise SolError(f"cannot tell whether {branch} is merged: {ref} is not in {repo}")
+    return _is_ancestor(repo, branch, target)
+
+
+def dirty(worktree: Path) -> bool:
+    """True when the worktree has changes or untracked files that are not excluded."""
+    out = _out(worktree, "status", "--porcelain", "--untracked-files=normal",
+               what=f"cannot read the status of {worktree}")
+    return bool(out)
+
+
+def commit_all(worktree: Path, message: str, *, author_name: str,
+               author_email: str) -> str | None:
+    """Stage everything and commit it as the given identity; None when nothing changed.
+
+    The identity is passed explicitly (author and committer), so this works on a machine
+    with no git identity. Hooks and signing are skipped: sol's gates judge the work, and
+    a commit that only saves an agent's work must not be blocked by a local hook or key.
+    """
+    run_git(worktree, "add", "-A", what=f"cannot stage the changes in {worktree}")
+    status, _, err = run_git(worktree, "diff", "--cached", "--quiet", check=False)
+    if status == 0:
+        return None
+    if status != 1:
+        raise SolError(f"cannot read the staged changes in {worktree}: {git_reason(err)}")
+    identity = {"GIT_AUTHOR_NAME": author_name, "GIT_AUTHOR_EMAIL": author_email,
+                "GIT_COMMITTER_NAME": author_name, "GIT_COMMITTER_EMAIL": author_email}
+    run_git(worktree, "-c", f"user.name={author_name}", "-c", f"user.email={author_email}",
+            "-c", "commit.gpgsign=false", "commit", "--quiet", "--no-verify", "-m", message,
+            env=identity, what=f"cannot commit in {worktree}")
+    return _out(worktree, "rev-parse", "HEAD")
+
+
+def exclude(worktree: Path, patterns: list[str]) -> None:
+    """Add patterns to the exclude file git reads for this worktree, once each.
+
+    Git resolves `info/exclude` through the common directory, so for a linked worktree
+    this is the clone's shared `repo/info/exclude`: every worktree of the world sees the
+    patterns, which is what persona files (CLAUDE.local.md, AGENTS.override.md) need.
+    """
+    relative = _out(worktree, "rev-parse", "--git-path", "info/exclude",
+                    what=f"cannot find the exclude file of {worktree}")
+    path = Path(relative) if Path(relative).is_absolute() else worktree / relative
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        text = path.read_text() if path.exists() else ""
+        present = {line.strip() for line in text.splitlines()}
+        missing = list(dict.fromkeys(p for p in patterns if p.strip() not in present))
+        if not missing:
+            return
+        lead = "\n" if text and not text.endswith("\n") else ""
+        with path.open("a") as handle:
+            handle.write(lead + "".join(f"{p}\n" for p in missing))
+    except OSError as exc:
+        raise SolError(f"cannot update {path}: {exc.strerror}; check its permissions") from exc
