@@ -73,7 +73,7 @@ def tmux_sessions(home: Home) -> dict[str, bool]:
 
 def gone(pid: int) -> bool:
     """No such process, or only a zombie nobody reaped yet (pid 1 may not reap here)."""
-    from reconciler.daemon.procs import pid_alive
+    from reconciler.drivers.processes import pid_alive
 
     return not pid_alive(pid)
 

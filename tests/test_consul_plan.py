@@ -1,11 +1,22 @@
-"""Dispatch readiness and order, as a pure function of plain values (no tmux, no git)."""
+"""The consul's plan, as a pure function of plain values (no tmux, no git): dispatch
+readiness and order, waiting reasons, tether refreshes, recoveries, caravan phases."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
-from reconciler.controllers.consul import Snapshot, plan_dispatch
+from reconciler.controllers.consul_plan import (
+    SeenTether,
+    Snapshot,
+    View,
+    caravan_phase,
+    plan,
+    plan_dispatch,
+    stale_writs,
+)
 from reconciler.core.store import Record
+from reconciler.core.tether import Tether
 
 
 def rec(kind: str, world: str, name: str, spec: dict, phase: str = "Pending",
@@ -90,8 +101,7 @@ def test_suspended_world_and_writ_and_not_ready_world() -> None:
         ("shop", "a")] == "world suspended"
     assert plan_dispatch(snap(writ("a", suspend=True))).waiting[("shop", "a")] == \
         "writ suspended"
-    broken = world()
-    broken.phase, broken.message = "Error", "cannot clone"
+    broken = dataclasses.replace(world(), phase="Error", message="cannot clone")
     assert "not ready" in plan_dispatch(snap(writ("a"), worlds=[broken])).waiting[("shop", "a")]
 
 
@@ -103,8 +113,6 @@ def test_only_pending_writs_are_candidates_and_orphans_wait() -> None:
 
 
 def test_caravan_phases_drydock_open_landed() -> None:
-    from reconciler.controllers.consul import caravan_phase
-
     caravan = rec("Caravan", "shop", "auth", {"commissioned": False, "phases": [["a"], ["b"]]})
     writs = {("shop", "a"): writ("a"), ("shop", "b"): writ("b")}
     assert caravan_phase(caravan, writs)[0] == "Drydock"
@@ -117,13 +125,10 @@ def test_caravan_phases_drydock_open_landed() -> None:
 
 
 def test_stale_writs_need_no_tether_no_session_and_age() -> None:
-    from reconciler.controllers.consul import stale_writs
-
-    old = writ("old", phase="Working")
-    object.__setattr__(old, "updated_at", time.time() - 600)
+    old = dataclasses.replace(writ("old", phase="Working"), updated_at=time.time() - 600)
     fresh = writ("fresh", phase="Working")
-    tethered = writ("tethered", phase="Working")
-    object.__setattr__(tethered, "updated_at", time.time() - 600)
+    tethered = dataclasses.replace(writ("tethered", phase="Working"),
+                                   updated_at=time.time() - 600)
     s = snap(old, fresh, tethered)
     has = {("shop", "tethered"): True}
     assert [w.name for w in stale_writs(s, has, time.time(), 60)] == ["old"]
@@ -144,3 +149,132 @@ def test_working_writs_hold_their_slots_even_without_a_live_session() -> None:
     d = plan_dispatch(snap(*writs, worlds=[world(capacity={"maxActive": 2})],
                            live=occupied({"shop": 1}, writs)))
     assert names(d) == [] and d.waiting[("shop", "c")] == "capacity 2/2"
+
+
+# ---- the whole pass: plan(View) ----------------------------------------------------
+
+NOW = 1_000_000.0
+
+
+def view(*writs: Record, worlds=None, caravans=(), live=None, **seen) -> View:
+    return View(worlds={w.name: w for w in (worlds or [world()])},
+                writs={(w.world, w.name): w for w in writs}, caravans=tuple(caravans),
+                live=live or {}, now=NOW, **seen)
+
+
+def waits(name: str, reason: str, **spec) -> Record:
+    return dataclasses.replace(writ(name, **spec), reason="Waiting", message=reason)
+
+
+def working(name: str, agent: str = "vega", **fields) -> Record:
+    return dataclasses.replace(writ(name, phase="Working"), **{
+        "observed_generation": "g", "status": {"agent": agent}, "updated_at": NOW, **fields})
+
+
+def steps(p) -> list[tuple[str, str, str]]:
+    return [(a.op, a.kind, a.target) for a in p.actions]
+
+
+def test_a_settled_sphere_plans_nothing_and_says_why_each_writ_waits() -> None:
+    caravan = rec("Caravan", "shop", "auth", {"commissioned": True, "phases": [["a"], ["b"]]})
+    caravan = dataclasses.replace(caravan, phase="Open", message="phase 1/2: 0/1 landed")
+    p = plan(view(working("a"), waits("b", "waiting for a (caravan auth phase 0)"),
+                  caravans=[caravan], sessions={"sol-shop-vega": True}, live={"shop": 1}))
+    assert p.actions == () and p.requeue_after is None
+    assert p.waiting == {"writ/shop/b": "waiting for a (caravan auth phase 0)"}
+
+
+def test_a_waiting_reason_is_written_only_when_it_changed() -> None:
+    p = plan(view(writ("a"), waits("b", "waiting for a", dependsOn=["a"]),
+                  writ("c", dependsOn=["a"]),
+                  waits("d", "an older reason", dependsOn=["a"]),
+                  worlds=[world(capacity={"maxActive": 1})]))
+    assert steps(p) == [("!", "wait", "writ/shop/c"), ("!", "wait", "writ/shop/d"),
+                        ("+", "cast", "writ/shop/a")]
+    assert [a.description for a in p.actions][:2] == ["waiting for a", "waiting for a"]
+    assert p.waiting == {f"writ/shop/{n}": "waiting for a" for n in "bcd"}
+    full = plan(view(writ("a"), writ("b"), worlds=[world(capacity={"maxActive": 1})]))
+    assert [(a.kind, a.description) for a in full.actions] == [
+        ("wait", "capacity 1/1"), ("cast", "cast an agent on sol/a (attempt 1)")]
+
+
+def test_each_ready_writ_is_one_cast_with_its_attempt() -> None:
+    again = dataclasses.replace(writ("b"), status={"attempt": 3})
+    p = plan(view(writ("a"), again))
+    assert [(a.target, a.description, dict(a.data)) for a in p.actions] == [
+        ("writ/shop/a", "cast an agent on sol/a (attempt 1)", {"world": "shop", "name": "a"}),
+        ("writ/shop/b", "cast an agent on sol/b (attempt 3)", {"world": "shop", "name": "b"})]
+
+
+def test_a_changed_spec_rewrites_the_tether_until_it_carries_the_generation() -> None:
+    changed = working("a", generation="g2")
+    alive = {"sol-shop-vega": True}
+    old = {("shop", "a"): SeenTether("vega", "g", "claude")}
+    p = plan(view(changed, sessions=alive, tethers=old))
+    assert steps(p) == [("~", "retether", "writ/shop/a")]
+    assert p.actions[0].description == "spec changed: tether updated to generation g2"
+    assert p.actions[0].data["generation"] == "g2"
+    new = {("shop", "a"): SeenTether("vega", "g2", "claude")}
+    assert plan(view(changed, sessions=alive, tethers=new)).actions == ()
+    assert plan(view(working("a"), sessions=alive, tethers=old)).actions == ()
+
+
+def test_a_vanished_agent_is_recovered_first_and_dispatch_looks_again_at_once() -> None:
+    gone = working("a", updated_at=NOW - 600, version=7)
+    p = plan(view(gone, writ("b")))
+    assert steps(p) == [("~", "recover", "writ/shop/a")]
+    assert p.actions[0].data["version"] == 7 and p.requeue_after == 0
+    assert p.actions[0].description == "agent gone: back to Pending, branch kept"
+    assert plan(view(gone, writ("b"), tethered=frozenset({("shop", "a")}))).actions == (
+        plan(view(writ("b"))).actions)
+    assert steps(plan(view(gone, sessions={"sol-shop-vega": True}))) == []
+    assert steps(plan(view(working("a", updated_at=NOW - 30), stale_after=10.0))) == [
+        ("~", "recover", "writ/shop/a")]
+
+
+def test_landed_writs_are_merged_and_running_ones_adopted_never_cast() -> None:
+    commit = "c" * 40
+    agent = Tether(world="shop", writ="b", agent="rigel", title="b", description="",
+                   kind="code", branch="sol/b", base="f" * 40, attempt=2, generation="g",
+                   session="s1", runtime={"name": "script"})
+    orphan = dataclasses.replace(writ("d"), orphaned=True)
+    p = plan(view(writ("a"), writ("b"), writ("c"), orphan,
+                  landed={("shop", "a"): commit, ("shop", "c"): commit,
+                          ("shop", "d"): commit},
+                  running={("shop", "b"): agent, ("shop", "c"): agent}))
+    assert steps(p) == [("~", "recover-merged", "writ/shop/a"), ("~", "adopt", "writ/shop/b"),
+                        ("~", "recover-merged", "writ/shop/c")]
+    merged, adopted = p.actions[0], p.actions[1]
+    assert merged.description == (f"already on main as {commit[:12]} (its Sol-Writ "
+                                  "trailer): recorded Merged, not run again")
+    assert merged.data["commit"] == commit
+    assert adopted.description == "agent rigel still works on it (session s1): adopted"
+    assert {k: adopted.data[k] for k in ("agent", "session", "branch", "attempt", "runtime")} \
+        == {"agent": "rigel", "session": "s1", "branch": "sol/b", "attempt": 2,
+            "runtime": "script"}
+    assert p.requeue_after == 0
+
+
+def test_a_caravan_phase_is_set_when_it_changes() -> None:
+    caravan = rec("Caravan", "shop", "auth", {"commissioned": False, "phases": [["a"]]})
+    p = plan(view(waits("a", "caravan auth is in drydock"), caravans=[caravan]))
+    assert steps(p) == [("~", "caravan", "caravan/shop/auth")]
+    assert p.actions[0].description == (
+        "Drydock: planned; nothing is dispatched until commissioned")
+    assert p.actions[0].data["phase"] == "Drydock"
+    drydock = dataclasses.replace(caravan, phase="Drydock", message=p.actions[0].data["message"])
+    assert plan(view(waits("a", "caravan auth is in drydock"), caravans=[drydock])).actions == ()
+
+
+def test_it_looks_again_when_a_rate_limit_ends_or_an_agent_would_turn_stale() -> None:
+    held = dataclasses.replace(world(), status={"rateLimitedUntil": NOW + 40})
+    p = plan(view(writ("a"), worlds=[held]))
+    assert p.requeue_after == 40 and "rate limited" in p.waiting["writ/shop/a"]
+    p = plan(view(working("a", updated_at=NOW - 10), stale_after=60.0))
+    assert p.actions == () and p.requeue_after == 50
+
+
+def test_a_degraded_sphere_plans_no_cast_only_reasons() -> None:
+    p = plan(view(writ("a"), degraded="3 deaths in 30s"))
+    assert steps(p) == [("!", "wait", "writ/shop/a")]
+    assert "sol resume" in p.waiting["writ/shop/a"]

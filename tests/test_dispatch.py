@@ -11,7 +11,7 @@ from pathlib import Path
 from conftest import git, poll
 from helpers import tmux_sessions, world_yaml, writ_status, writ_yaml, write_specs
 
-from reconciler.controllers import engine
+from reconciler.controllers import registry
 from reconciler.core import tether
 from reconciler.core.home import Home
 from reconciler.drivers.sphere import Sphere
@@ -77,7 +77,7 @@ def test_capacity_is_never_exceeded_and_every_writ_gets_worked(
     from reconciler.specs.manifests import validate
 
     sphere = Sphere(sol_home)
-    engine.apply(sphere, validate([specs]))
+    registry.apply(sphere, validate([specs]))
     samples = []
 
     def step() -> bool:
@@ -85,7 +85,7 @@ def test_capacity_is_never_exceeded_and_every_writ_gets_worked(
         samples.append(live)
         if live == 2 and not gate.exists():
             gate.touch()  # let the first pair finish once both are running
-        engine.reconcile_once(sphere, forge=False)
+        registry.reconcile_once(sphere, skip=("forge", "notifier"))
         samples.append(sum(1 for alive in tmux_sessions(sol_home).values() if alive))
         return all(phase(sol_home, f"w{i}") == "Resolved" for i in range(6))
 

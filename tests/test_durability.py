@@ -36,8 +36,9 @@ from reconciler.controllers import sentinel
 from reconciler.core import degraded
 from reconciler.core.home import Home
 from reconciler.core.store import Store
-from reconciler.daemon.procs import pid_alive, read_pid
+from reconciler.daemon.procs import read_pid
 from reconciler.drivers.outposts import DeathWatch, parse_session
+from reconciler.drivers.processes import pid_alive
 from reconciler.drivers.sessions import TmuxSessions
 from reconciler.drivers.sphere import Sphere
 

@@ -16,14 +16,16 @@ import pytest
 from conftest import git, make_repo, poll
 from helpers import world_yaml
 
-from reconciler.controllers import engine, envoys, sentinel, worlds
+from reconciler.controllers import envoys, envoys_plan, sentinel, worlds
 from reconciler.core.home import Home
 from reconciler.core.model import ERROR, PENDING, RUNNING, SUSPENDED, EnvoySpec
-from reconciler.core.plan import CREATE, DELETE, NOTE, UPDATE
+from reconciler.core.plan import CREATE, DELETE, NOTE, UPDATE, Action, Plan
 from reconciler.core.store import Record
 from reconciler.drivers import outposts, personas
+from reconciler.drivers.envoy_names import envoy_dir, session_of
 from reconciler.drivers.sphere import Sphere
 from reconciler.specs import manifests
+from reconciler.specs.record import record as record_specs
 
 W = "shop"
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,7 +43,7 @@ SLEEPER = {"name": "command", "command": "sleep 600"}
 def record(sphere: Sphere, docs: list[str], *, prune: bool = False) -> None:
     result = manifests.load_texts([("specs.yaml", "---\n".join(docs))])
     assert result.problems == []
-    engine.record(sphere, result.manifests, prune=prune)
+    record_specs(sphere, result.manifests, prune=prune)
 
 
 def setup(home: Home, repo: Path, *docs: str) -> Sphere:
@@ -49,6 +51,11 @@ def setup(home: Home, repo: Path, *docs: str) -> Sphere:
     record(sphere, [world_yaml(W, repo), *docs])
     worlds.reconcile(sphere)
     return sphere
+
+
+def sentinel_child(sphere: Sphere) -> list[Action]:
+    """One pass of the world's sentinel child: its envoys, then its sentinel."""
+    return envoys.reconcile(sphere, W) + sentinel.reconcile(sphere, W)
 
 
 def status(sphere: Sphere, name: str) -> Record:
@@ -89,7 +96,7 @@ def test_an_envoy_starts_in_its_worktree_and_survives_a_kill(
         sol_home: Home, repo: Path, fake_claude: Path) -> None:
     sphere = setup(sol_home, repo,
                    envoy_yaml("planner", runtime={"name": "claude", "sandboxed": True}))
-    done = sentinel.reconcile(sphere, W)  # the sentinel's pass keeps envoys alive
+    done = sentinel_child(sphere)  # the sentinel child's pass keeps envoys alive
     assert [a.kind for a in done] == ["start"]
     session = "sol-shop-envoy_planner"
     [first] = poll(lambda: starts(fake_claude), what="the stand-in claude to start")
@@ -110,7 +117,7 @@ def test_an_envoy_starts_in_its_worktree_and_survives_a_kill(
     assert st.status["branch"] == "envoy/planner" and st.status["session"] == session
     assert st.status["personaFile"] == str(personas.BUILTIN / "planner.md")
     assert outposts.live_counts(sphere) == {}  # envoys never count toward capacity
-    assert sentinel.reconcile(sphere, W) == [] and sphere.sessions.is_alive(session)
+    assert sentinel_child(sphere) == [] and sphere.sessions.is_alive(session)
 
     (memory / "notes.md").write_text("remember the rate limits\n")
     (worktree / "plan.txt").write_text("draft\n")
@@ -120,7 +127,7 @@ def test_an_envoy_starts_in_its_worktree_and_survives_a_kill(
     os.kill(sphere.sessions.pane_pid(session), signal.SIGKILL)
 
     def respawned() -> Record | None:
-        sentinel.reconcile(sphere, W)
+        sentinel_child(sphere)
         now = status(sphere, "planner")
         return now if now.reason == "Respawned" and sphere.sessions.is_alive(session) else None
 
@@ -138,7 +145,7 @@ def test_an_envoy_starts_in_its_worktree_and_survives_a_kill(
     assert git(worktree, "rev-parse", "HEAD") == head  # the same worktree and branch
 
     sphere.sessions.stop(session)  # killing the whole session is a death too
-    poll(lambda: (sentinel.reconcile(sphere, W), status(sphere, "planner"))[1].status.get(
+    poll(lambda: (sentinel_child(sphere), status(sphere, "planner"))[1].status.get(
         "restarts") == 2 and sphere.sessions.is_alive(session), timeout=30, interval=0.1,
         what="a second respawn")
     assert git(worktree, "rev-parse", "HEAD") == head
@@ -148,9 +155,9 @@ def test_suspend_stops_the_session_and_keeps_worktree_and_memory(
         sol_home: Home, repo: Path) -> None:
     sphere = setup(sol_home, repo, envoy_yaml("eng", "engineer", SLEEPER))
     envoys.reconcile(sphere)
-    session = envoys.session_of(W, "eng")
+    session = session_of(W, "eng")
     assert sphere.sessions.is_alive(session)
-    root = envoys.envoy_dir(sol_home, W, "eng")
+    root = envoy_dir(sol_home, W, "eng")
     (root / "memory" / "notes.md").write_text("kept\n")
     record(sphere, [world_yaml(W, repo), envoy_yaml("eng", "engineer", SLEEPER, suspend=True)])
     assert [a.kind for a in envoys.reconcile(sphere)] == ["stop"]
@@ -169,14 +176,14 @@ def test_prune_stops_an_envoy_and_keeps_its_work_until_it_comes_back(
         sol_home: Home, repo: Path) -> None:
     sphere = setup(sol_home, repo, envoy_yaml("eng", "engineer", SLEEPER))
     envoys.reconcile(sphere)
-    session = envoys.session_of(W, "eng")
+    session = session_of(W, "eng")
     record(sphere, [world_yaml(W, repo)])  # without --prune: orphaned, still running
     assert envoys.reconcile(sphere) == [] and sphere.sessions.is_alive(session)
     record(sphere, [world_yaml(W, repo)], prune=True)
     assert [a.kind for a in envoys.reconcile(sphere)] == ["stop"]
     st = status(sphere, "eng")
     assert (st.phase, st.reason) == (SUSPENDED, "Pruned") and session not in sphere.sessions.list()
-    root = envoys.envoy_dir(sol_home, W, "eng")
+    root = envoy_dir(sol_home, W, "eng")
     assert (root / "worktree").is_dir() and (root / "memory").is_dir()
     assert git(sol_home.repo(W), "branch", "--list", "envoy/eng") != ""
     record(sphere, [world_yaml(W, repo), envoy_yaml("eng", "engineer", SLEEPER)])
@@ -199,7 +206,7 @@ def test_a_changed_spec_restarts_the_session(sol_home: Home, repo: Path) -> None
     failed = status(sphere, "eng")
     assert (failed.phase, failed.reason) == (ERROR, "PersonaNotFound")
     assert failed.status["sessionId"] == st.status["sessionId"]  # the old session goes on
-    assert sphere.sessions.is_alive(envoys.session_of(W, "eng"))
+    assert sphere.sessions.is_alive(session_of(W, "eng"))
     assert envoys.reconcile(sphere) == []  # no retry storm: it waits out its backoff
     assert 0 < envoys.requeue_after(sphere) <= 1.0
 
@@ -209,12 +216,12 @@ def test_an_unknown_persona_is_an_error_naming_where_sol_looked(
     sphere = setup(sol_home, repo, envoy_yaml("eng", "nobody", SLEEPER))
     envoys.reconcile(sphere)
     st = status(sphere, "eng")
-    worktree = envoys.envoy_dir(sol_home, W, "eng") / "worktree"
+    worktree = envoy_dir(sol_home, W, "eng") / "worktree"
     assert (st.phase, st.reason) == (ERROR, "PersonaNotFound")
     assert str(worktree / ".sol/personas/nobody.md") in st.message
     assert str(Path.home() / ".config/sol/personas/nobody.md") in st.message
     assert str(personas.BUILTIN / "nobody.md") in st.message
-    assert not sphere.sessions.exists(envoys.session_of(W, "eng"))
+    assert not sphere.sessions.exists(session_of(W, "eng"))
     envoys.reconcile(sphere)  # within the backoff: nothing new
     assert len(events(sphere, "envoy-error")) == 1
     record(sphere, [world_yaml(W, repo), envoy_yaml("eng", "engineer", SLEEPER)])
@@ -254,7 +261,7 @@ def test_a_project_persona_is_used_and_specs_envoys_work_in_the_specs_repo(
     sphere = setup(sol_home, repo, envoy_yaml("plan-b", "planner", SLEEPER, specs=True,
                                               specsRepo=str(specs_repo)))
     assert [a.kind for a in envoys.reconcile(sphere)] == ["start"]
-    root = envoys.envoy_dir(sol_home, W, "plan-b")
+    root = envoy_dir(sol_home, W, "plan-b")
     assert git(root / "worktree", "branch", "--show-current") == "envoy/plan-b"
     assert (root / "worktree" / "specs" / "shop.yaml").is_file()
     assert str(root / "worktree") in git(specs_repo, "worktree", "list")
@@ -267,20 +274,20 @@ def test_a_project_persona_is_used_and_specs_envoys_work_in_the_specs_repo(
 
 def view(spec: dict[str, Any], *, phase: str = PENDING, status: dict[str, Any] | None = None,
          session: bool | None = None, world: bool = True, ready: bool = True,
-         observed: str = "") -> envoys.EnvoyView:
+         observed: str = "") -> envoys_plan.EnvoyView:
     from reconciler.core.model import generation
 
     r = Record("Envoy", W, "p", spec, generation(spec), "", False, phase, "", "",
                observed, status or {}, 3, 0.0, 0.0)
     w = Record("World", "", W, {"source": "x"}, "g", "", False, "Ready", "", "", "", {}, 1,
                0.0, 0.0)
-    return envoys.EnvoyView(r, w if world else None, ready, session)
+    return envoys_plan.EnvoyView(r, w if world else None, ready, session)
 
 
 def test_the_plan_is_a_pure_function_of_what_was_observed() -> None:
     spec = {"persona": "planner"}
     gen = view(spec).record.generation
-    kinds = lambda v, **kw: [(a.op, a.kind) for a in envoys.plan_envoy(v, 100.0, **kw)[0]]  # noqa: E731
+    kinds = lambda v, **kw: [(a.op, a.kind) for a in envoys_plan.plan_envoy(v, 100.0, **kw)[0]]  # noqa: E731
     assert kinds(view(spec), is_degraded=False) == [(CREATE, "start")]
     assert kinds(view(spec), is_degraded=True)[0][1] == "wait"
     assert kinds(view(spec, ready=False), is_degraded=False) == [(NOTE, "wait")]
@@ -293,7 +300,7 @@ def test_the_plan_is_a_pure_function_of_what_was_observed() -> None:
     assert kinds(view(spec, phase=RUNNING, status=running, session=False),
                  is_degraded=False) == [(UPDATE, "record-death")]
     dead = {**running, "deadSession": "s1", "notBefore": 104.0}
-    actions, wake = envoys.plan_envoy(view(spec, status=dead, observed=gen), 100.0,
+    actions, wake = envoys_plan.plan_envoy(view(spec, status=dead, observed=gen), 100.0,
                                       is_degraded=False)
     assert actions == [] and wake == 104.0
     assert kinds(view(spec, status=dead, observed="older"), is_degraded=False) == [
@@ -302,8 +309,24 @@ def test_the_plan_is_a_pure_function_of_what_was_observed() -> None:
                  is_degraded=False) == [(DELETE, "stop")]
     assert kinds(view(spec, status={"retired": True}, phase=SUSPENDED), is_degraded=False
                  ) == [(DELETE, "stop")]  # reason differs: Pruned is recorded
-    assert [envoys.backoff(n) for n in (1, 2, 3, 7, 8)] == [1, 2, 4, 60, 60]
+    assert [envoys_plan.backoff(n) for n in (1, 2, 3, 7, 8)] == [1, 2, 4, 60, 60]
     assert outposts.count_live({"sol-shop-envoy_lead_planner": True}) == {}
+
+
+def test_a_worlds_plan_looks_again_when_a_backoff_ends_or_soon_after_an_action() -> None:
+    spec = {"persona": "planner"}
+    gen = view(spec).record.generation
+    of = lambda *v, **kw: envoys_plan.plan(envoys_plan.EnvoysView(W, v, 100.0, **kw))  # noqa: E731
+    dead = {"sessionId": "s1", "startedGeneration": gen, "deadSession": "s1", "notBefore": 104.0}
+    backing_off = of(view(spec, status=dead, observed=gen))
+    assert backing_off.actions == () and backing_off.requeue_after == 4.0
+    ready = of(view(spec))
+    assert [a.kind for a in ready.actions] == ["start"]
+    assert ready.requeue_after == envoys_plan.PENDING_RETRY
+    assert [a.kind for a in of(view(spec), degraded=True).actions] == ["wait"]
+    running = {"sessionId": "s1", "startedGeneration": gen}
+    assert of(view(spec, phase=RUNNING, status=running, session=True)) == Plan()
+    assert of() == Plan()
 
 
 # ---- the contract: schema, reference manifest, validation, CLI --------------------
@@ -325,7 +348,8 @@ def test_schema_and_reference_manifest() -> None:
     result = manifests.load([ROOT / "manifests" / "world.yaml", ROOT / "manifests" / "envoy.yaml"])
     assert result.problems == []
     found = {m.name: EnvoySpec.from_spec(m.spec) for m in result.manifests if m.kind == "Envoy"}
-    assert found["planner"].specs and found["planner"].specs_repo == "~/src/shop-specs"
+    raw = {m.name: m.spec for m in result.manifests if m.kind == "Envoy"}
+    assert found["planner"].specs and raw["planner"]["specsRepo"] == "~/src/shop-specs"
     assert found["pairing"].runtime is not None and found["pairing"].runtime.name == "command"
     assert EnvoySpec.from_spec({"persona": "x"}).suspend is doc["properties"]["spec"][
         "properties"]["suspend"]["default"]
@@ -392,7 +416,7 @@ def test_sol_get_and_describe_envoys(sol_home: Home, repo: Path, sol) -> None:
 
 def test_a_specs_envoy_defaults_to_the_local_git_source_the_specs_came_from(
         sol_home: Home, repo: Path, tmp_path: Path) -> None:
-    from reconciler.controllers.engine import SOURCE_META
+    from reconciler.specs.changes import SOURCE_META
 
     specs_repo = make_repo(tmp_path / "shop-specs", {"plans/shop.yaml": world_yaml(W, repo)})
     sphere = setup(sol_home, repo, envoy_yaml("planner", "planner", SLEEPER, specs=True))
@@ -403,7 +427,7 @@ def test_a_specs_envoy_defaults_to_the_local_git_source_the_specs_came_from(
     envoys.reconcile(sphere)  # the error waits out its backoff: poll
     poll(lambda: envoys.reconcile(sphere) or status(sphere, "planner").phase == RUNNING,
          timeout=10, interval=0.2, what="the envoy to start in the specs repository")
-    root = envoys.envoy_dir(sol_home, W, "planner")
+    root = envoy_dir(sol_home, W, "planner")
     assert (root / "worktree" / "plans" / "shop.yaml").is_file()
     assert "branch `envoy/planner`" in (root / "persona.md").read_text()
     assert "`plans/` in this worktree" in (root / "persona.md").read_text()

@@ -23,10 +23,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from reconciler.controllers import forge
-from reconciler.controllers.forge import ForgeSnapshot, QueuedMR, plan_forge, queue
+from reconciler.controllers.forge import queue
+from reconciler.controllers.forge_plan import ForgeView, QueuedMR, Step, plan, triage
 from reconciler.core.home import Home
 from reconciler.core.locks import flock
 from reconciler.core.model import FAILED, MERGED, MERGING, PENDING, RESOLVED, Manifest
+from reconciler.core.plan import UPDATE, Action
 from reconciler.drivers import worktrees
 from reconciler.drivers.sphere import Sphere
 
@@ -172,7 +174,7 @@ def test_a_clean_squash_merge_lands_and_cleans_up(sphere: Sphere, make_world):
     before = world.tip()
     world.writ("add-x", {"feature.txt": "x\n"}, title="Add the X feature")
     actions = forge.reconcile(sphere)
-    assert [a.kind for a in actions] == ["merge"]
+    assert [a.kind for a in actions] == ["merge", "gate", "land", "record-merged"]
     commit = world.assert_landed("add-x")
     assert commit == world.tip()
     assert git(world.repo, "rev-parse", f"{commit}^") == before
@@ -223,9 +225,13 @@ def test_queue_order_is_priority_then_resolve_time(sphere: Sphere, make_world):
     world.writ("urgent", {"b.txt": "b\n"}, priority=1)
     world.writ("last", {"c.txt": "c\n"}, priority=3)
     assert [m.writ for m in queue(world.store, W)] == ["urgent", "later", "last"]
-    done = forge.reconcile(sphere, W, max_merges=1)
-    assert [a.data["writ"] for a in done] == ["urgent"]
-    assert world.get("urgent").phase == MERGED and world.get("later").phase == RESOLVED
+    done = []
+    while world.get("urgent").phase != MERGED:  # one step at a time, as far as urgent lands
+        [step] = forge.RECONCILER.planned(sphere, W).actions
+        assert forge.act(sphere, step)
+        done.append(step)
+    assert {a.data["writ"] for a in done} == {"urgent"}
+    assert world.get("later").phase == RESOLVED
     forge.reconcile(sphere)
     log = git(world.repo, "log", "--format=%s", "refs/heads/main").splitlines()
     assert log[:3] == ["Do last", "Do later", "Do urgent"]
@@ -503,6 +509,98 @@ def test_a_crash_at_any_point_recovers_without_merging_twice(sphere: Sphere, mak
     assert len(world.events("merged", "crashy")) == 1
 
 
+def run_steps_then_die(steps: int) -> subprocess.CompletedProcess[str]:
+    """A forge that takes `steps` steps and is then killed, as kill -9 would."""
+    env = {k: v for k, v in os.environ.items() if k != forge.CRASH_ENV}
+    code = ("import os\n"
+            "from reconciler.controllers import forge\n"
+            "from reconciler.drivers.sphere import Sphere\n"
+            "sphere = Sphere.from_env()\n"
+            f"for _ in range({steps}):\n"
+            f"    [step] = forge.RECONCILER.planned(sphere, {W!r}).actions\n"
+            "    assert forge.act(sphere, step), step\n"
+            "os._exit(137)\n")
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_a_forge_killed_between_two_gates_goes_on_at_the_second(sphere: Sphere, make_world,
+                                                                 tmp_path: Path):
+    runs = tmp_path / "runs"
+    world = make_world([gate("first", f"echo first >> {runs}"),
+                        gate("second", f"echo second >> {runs}")])
+    world.writ("steps", {"s.txt": "s\n"})
+    assert run_steps_then_die(2).returncode == 137  # merged, and the first gate passed
+    mr = world.mr("steps")
+    step, progress = sphere.store.mr_progress(mr.id)
+    assert (mr.state, step) == ("Merging", "gate-passed")
+    assert [g["name"] for g in progress["gates"]] == ["first"]
+    assert [a.kind for a in forge.reconcile(sphere)] == ["gate", "land", "record-merged"]
+    assert runs.read_text().split() == ["first", "second"]  # the first gate never ran twice
+    assert world.assert_landed("steps") == progress["commit"]  # the commit the gates ran on
+
+
+def test_a_gate_cut_short_runs_again_with_those_before_it_on_a_clean_checkout(
+        sphere: Sphere, make_world, tmp_path: Path):
+    runs, mark = tmp_path / "runs", tmp_path / "killed"
+    build = f"test ! -e built && touch built && echo build >> {runs}"
+    check = (f"test -e built && echo check >> {runs} && "
+             f"{{ test -e {mark} || {{ touch {mark}; kill -9 $PPID; sleep 5; }}; }}")
+    world = make_world([gate("build", build), gate("check", check)])
+    world.writ("cut", {"c.txt": "c\n"})
+    killed = run_forge_subprocess(None)
+    assert killed.returncode == -9, killed.stderr  # the second gate killed its forge
+    assert sphere.store.mr_progress(world.mr("cut").id)[0] == "gate-running"
+    [step] = forge.RECONCILER.planned(sphere, W).actions
+    assert (step.kind, step.data["gate"], step.data["restart"]) == ("gate", 0, True)
+    forge.reconcile(sphere)
+    world.assert_landed("cut")
+    assert runs.read_text().split() == ["build", "check", "build", "check"]
+    world.assert_forge_clean()
+
+
+def test_land_refuses_a_commit_the_gates_have_not_passed(sphere: Sphere, make_world):
+    world = make_world([gate("ok", "true")])
+    before = world.tip()
+    world.writ("early", {"e.txt": "e\n"})
+    [merge] = forge.RECONCILER.planned(sphere, W).actions
+    assert merge.kind == "merge" and forge.act(sphere, merge)
+    mr = world.mr("early")
+    step, progress = sphere.store.mr_progress(mr.id)
+    assert step == "merged"
+    land = Action(UPDATE, "land", merge.target, "land before the gates",
+                        {"world": W, "writ": "early", "mr": mr.id, "step": step,
+                         "commit": progress["commit"], "onto": progress["onto"]})
+    assert not forge.act(sphere, land)
+    assert world.tip() == before and world.trailers("early") == []
+    [gate_step] = forge.RECONCILER.planned(sphere, W).actions
+    assert gate_step.kind == "gate"
+    assert not forge.act(sphere, merge)  # a stale step: the MR moved on
+    forge.reconcile(sphere)
+    world.assert_landed("early")
+
+
+def test_the_store_keeps_the_step_of_a_merge_compare_and_set(sphere: Sphere):
+    store = sphere.store
+    mr_id = store.add_mr(W, "x", branch="sol/x", base="", agent="vega", attempt=1, priority=2)
+    assert store.mr_progress(mr_id) == ("", {})
+    assert store.update_mr(mr_id, expect_step="", step="merged", progress={"commit": "c0ffee"})
+    assert not store.update_mr(mr_id, expect_step="", step="landed")  # someone was first
+    assert store.mr_progress(mr_id) == ("merged", {"commit": "c0ffee"})
+    [row] = store.mrs(W)
+    assert (row.id, row.state, row.writ) == (mr_id, "Queued", "x")
+
+
+def test_sol_diff_shows_the_merge_of_a_resolved_writ(sphere: Sphere, make_world):
+    world = make_world([gate("ok", "true")])
+    world.writ("add-x", {"x.txt": "x\n"})
+    plan_ = forge.RECONCILER.planned(sphere, W)
+    assert [(a.op, a.kind, a.target, a.description, a.reconciler) for a in plan_.actions] == [
+        ("~", "merge", "writ/shop/add-x", "MR #1: merge sol/add-x onto main, run the gates, "
+         "land", "forge")]
+    assert world.get("add-x").phase == RESOLVED  # planning touched nothing
+
+
 # ---- the pure planner ------------------------------------------------------------
 
 
@@ -511,58 +609,143 @@ def mr(id: int, writ: str, state: str = "Queued", priority: int = 2, created: fl
     return QueuedMR(id, writ, state, priority, created or float(id), **kw)
 
 
-def snap(*mrs: QueuedMR, **kw: object) -> ForgeSnapshot:
-    return ForgeSnapshot(W, "main", "abc123", tuple(mrs), **kw)
+def view(*mrs: QueuedMR, **kw: object) -> ForgeView:
+    return ForgeView(W, "main", "abc123", tuple(mrs), **kw)
+
+
+def merging(step: Step, **kw: object) -> QueuedMR:
+    """The head MR part way through its merge, made on abc123 as commit c0ffee."""
+    return mr(1, "x", "Merging", writ_phase=MERGING, step=step, commit="c0ffee",
+              onto="abc123", **kw)
+
+
+def next_of(mr: QueuedMR, **kw: object) -> tuple[str, dict]:
+    """The one step planned for a queue of one, with its data."""
+    result = plan(view(mr, **kw))
+    [action] = result.actions
+    assert result.requeue_after == 0  # a step is ready: the reconciler runs the next at once
+    return action.kind, dict(action.data)
 
 
 def test_plan_takes_an_interrupted_merge_first_then_priority_then_resolve_time():
-    actions = plan_forge(snap(mr(1, "low", priority=3), mr(2, "b", created=20.0),
-                              mr(3, "a", created=10.0), mr(4, "resume", "Merging",
-                                                           writ_phase=MERGING)))
-    assert [(a.kind, a.data["writ"]) for a in actions] == [
-        ("merge", "resume"), ("merge", "a"), ("merge", "b"), ("merge", "low")]
-    assert "interrupted" in actions[0].description
+    mrs = (mr(1, "low", priority=3), mr(2, "b", created=20.0), mr(3, "a", created=10.0),
+           mr(4, "resume", "Merging", writ_phase=MERGING))
+    queue_, closes = triage(mrs, W)
+    assert [m.writ for m in queue_] == ["resume", "a", "b", "low"] and closes == []
+    result = plan(view(*mrs))
+    assert [(a.kind, a.data["writ"]) for a in result.actions] == [("merge", "resume")]
+    assert "interrupted" in result.actions[0].description
+    assert list(result.waiting.values()) == ["queued behind MR #4 (resume)"] * 3
+
+
+def test_plan_merges_a_resolved_writ_with_the_line_sol_diff_has_always_shown():
+    [action] = plan(view(mr(1, "add-x"))).actions
+    assert (action.kind, action.target) == ("merge", "writ/shop/add-x")
+    assert action.description == "MR #1: merge sol/add-x onto main, run the gates, land"
 
 
 def test_plan_records_a_landed_writ_instead_of_merging_it_again():
-    actions = plan_forge(snap(mr(1, "done", "Merging", writ_phase=MERGING, landed="f00d")))
-    assert [(a.kind, a.data.get("commit")) for a in actions] == [("record-merged", "f00d")]
+    actions = plan(view(mr(1, "done", "Merging", writ_phase=MERGING, landed="f00d"))).actions
+    assert [(a.kind, a.data.get("commit"), a.data.get("how")) for a in actions] == [
+        ("record-merged", "f00d", "found")]
 
 
 def test_plan_drops_what_must_not_merge():
-    actions = plan_forge(snap(
-        mr(1, "study", writ_kind="analysis"), mr(2, "gone", writ_phase=None),
-        mr(3, "cancelled", writ_phase="Cancelled"), mr(4, "twice"), mr(5, "twice"),
-    ))
+    mrs = (mr(1, "study", writ_kind="analysis"), mr(2, "gone", writ_phase=None),
+           mr(3, "cancelled", writ_phase="Cancelled"), mr(4, "twice"), mr(5, "twice"))
+    actions = plan(view(*mrs)).actions
     kinds = {(a.kind, a.data["mr"]) for a in actions}
     assert kinds == {("reject", 1), ("drop", 2), ("drop", 3), ("drop", 4), ("merge", 5)}
+    landed = mr(3, "cancelled", writ_phase="Cancelled", landed="f00d")
+    assert [a.kind for a in plan(view(landed)).actions] == ["record-merged"]
 
 
-def test_plan_cleans_up_leftovers_and_retries_a_push_before_the_queue():
-    actions = plan_forge(snap(mr(1, "next"), leftovers=(("old", "vega"),), unpushed=True))
-    assert [a.kind for a in actions] == ["cleanup", "push", "merge"]
-    assert actions[0].data == {"world": W, "writ": "old", "agent": "vega"}
+def test_plan_cleans_up_leftovers_and_retries_a_push_once_no_step_is_ready():
+    busy = plan(view(mr(1, "next"), leftovers=(("old", "vega"),), unpushed=True))
+    assert [a.kind for a in busy.actions] == ["merge"] and busy.requeue_after == 0
+    idle = plan(view(leftovers=(("old", "vega"),), unpushed=True))
+    assert [a.kind for a in idle.actions] == ["cleanup", "push"]
+    assert idle.requeue_after is None
+    assert idle.actions[0].data == {"world": W, "writ": "old", "agent": "vega"}
+
+
+def test_plan_walks_a_merge_through_its_steps():
+    gates = ("unit", "lint")
+    assert next_of(mr(1, "x"), gates=gates)[0] == "merge"
+    kind, data = next_of(merging(Step.MERGED), gates=gates)
+    assert (kind, data["gate"], data["name"], data["restart"]) == ("gate", 0, "unit", False)
+    kind, data = next_of(merging(Step.GATE_PASSED, passed=("unit",)), gates=gates)
+    assert (kind, data["gate"], data["name"]) == ("gate", 1, "lint")
+    kind, data = next_of(merging(Step.GATE_PASSED, passed=gates), gates=gates)
+    assert (kind, data["commit"], data["onto"]) == ("land", "c0ffee", "abc123")
+    assert next_of(merging(Step.MERGED))[0] == "land"  # a world without gates
+    assert next_of(merging(Step.LANDED), push=True)[0] == "push"
+    for step in (Step.LANDED, Step.PUSHED):
+        kind, data = next_of(merging(step))
+        assert (kind, data["commit"], data["how"]) == ("record-merged", "c0ffee", "landed")
+    kind, data = next_of(merging(Step.EMPTY))
+    assert (kind, data["how"]) == ("record-merged", "empty")
+    assert all(next_of(merging(step))[1]["step"] == step for step in Step
+               if step not in (Step.MOVED,))
+
+
+def test_plan_lands_only_what_every_gate_of_the_world_passed_on():
+    kind, data = next_of(merging(Step.GATE_PASSED, passed=("old",)), gates=("unit",))
+    assert (kind, data["gate"], data["restart"]) == ("gate", 0, False)
+    kind, data = next_of(merging(Step.GATE_PASSED, passed=("unit",)), gates=("unit", "new"))
+    assert (kind, data["name"]) == ("gate", "new")
+
+
+def test_plan_runs_the_gates_again_from_the_first_after_one_was_cut_short():
+    kind, data = next_of(merging(Step.GATE_RUNNING, passed=("unit",)), gates=("unit", "lint"))
+    assert (kind, data["gate"], data["name"], data["restart"]) == ("gate", 0, "unit", True)
+
+
+def test_plan_sends_back_until_the_attempts_are_used_up():
+    for step in (Step.CONFLICT, Step.GATE_FAILED):
+        assert next_of(merging(step, attempt=1, verdict="boom"), max_attempts=2)[0] == \
+            "send-back"
+        assert next_of(merging(step, attempt=2, verdict="boom"), max_attempts=2)[0] == "fail"
+    assert next_of(merging(Step.BRANCH_MISSING, attempt=1))[0] == "fail"
+
+
+def test_plan_waits_before_merging_again_on_a_target_that_kept_moving():
+    held = plan(view(merging(Step.MOVED, until=130.0), now=100.0))
+    assert held.actions == () and held.requeue_after == 30.0
+    assert "kept moving" in held.waiting["writ/shop/x"]
+    kind, _ = next_of(merging(Step.MOVED, until=130.0), now=130.0)
+    assert kind == "merge"
+    assert "again" in plan(view(merging(Step.MOVED))).actions[0].description
+
+
+def test_plan_records_a_landing_found_on_the_target_at_any_step_before_land():
+    for step in (Step.NEW, Step.MERGED, Step.GATE_RUNNING, Step.GATE_PASSED):
+        kind, data = next_of(merging(step, landed="f00d"))
+        assert (kind, data["commit"], data["how"]) == ("record-merged", "f00d", "found")
+    assert next_of(merging(Step.LANDED, landed="c0ffee"), push=True)[0] == "push"
 
 
 @given(st.lists(st.tuples(st.sampled_from(["a", "b", "c", "d"]),
                           st.sampled_from(["Queued", "Merging"]), st.integers(1, 3),
                           st.sampled_from([RESOLVED, MERGING, "Cancelled", None]),
                           st.booleans()), max_size=8))
-def test_plan_gives_every_mr_one_action_and_merges_each_writ_at_most_once(rows):
+def test_plan_closes_or_queues_every_mr_and_steps_only_the_head(rows):
     mrs = [mr(i, writ, state, priority, writ_phase=phase, landed="c0ffee" if landed else None)
            for i, (writ, state, priority, phase, landed) in enumerate(rows, 1)]
-    actions = plan_forge(snap(*mrs))
-    assert sorted(a.data["mr"] for a in actions) == [m.id for m in mrs]
-    merged = [a.data["writ"] for a in actions if a.kind in ("merge", "record-merged")]
-    assert len(merged) == len(set(merged))
-    order = [next(m for m in mrs if m.id == a.data["mr"]) for a in actions
-             if a.kind == "merge"]
-    assert order == sorted(order, key=lambda m: (m.state != "Merging", m.priority, m.id))
+    queued, closes = triage(tuple(mrs), W)
+    assert sorted([m.id for m in queued] + [a.data["mr"] for a in closes]) == \
+        [m.id for m in mrs]
+    assert len({m.writ for m in queued}) == len(queued)  # each writ merged at most once
+    assert queued == sorted(queued, key=lambda m: (m.state != "Merging", m.priority, m.id))
+    result = plan(view(*mrs))
+    steps = [a for a in result.actions if a.kind not in ("drop", "reject")]
+    assert [a.data["mr"] for a in steps] == [m.id for m in queued[:1]]
+    assert result.requeue_after == (0 if queued else None)
 
 
-def test_plan_does_nothing_without_a_target():
-    assert plan_forge(ForgeSnapshot(W, "main", None, (mr(1, "x"),))) == []
-    assert plan_forge(snap()) == []
+def test_plan_does_nothing_without_a_target_or_a_queue():
+    assert plan(ForgeView(W, "main", None, (mr(1, "x"),))) == plan(view())
+    assert plan(view()).actions == () and plan(view()).requeue_after is None
 
 
 def test_unknown_world_is_a_clear_error(sphere: Sphere):

@@ -20,10 +20,15 @@ from helpers import world_yaml, writ_status, writ_yaml, write_specs
 from ruamel.yaml import YAML
 from test_prefect import Run, daemon_commands, pid_of
 
+from reconciler.controllers import degraded as degraded_reconciler
 from reconciler.controllers import notify
-from reconciler.core.config import PLAIN_EVENTS, load_config
+from reconciler.controllers.notify import NotifyView
+from reconciler.core import degraded
+from reconciler.core.config import DEFAULT_EVENTS, NotifyTarget, load_config
 from reconciler.core.errors import SolError
 from reconciler.core.home import Home
+from reconciler.core.plan import CREATE, DELETE, UPDATE, Plan
+from reconciler.core.store import Event, OutboxRow
 from reconciler.drivers.sphere import Sphere
 
 HOSTILE = "it's \"done\" $(touch {p}/pwned) `touch {p}/pwned2`; echo $HOME\nline two"
@@ -87,9 +92,8 @@ def test_config_accepts_the_three_shapes_and_names_the_bad_entry(sol_home: Home)
               {"webhook": "http://127.0.0.1:9/hook", "events": ["*"], "timeout": "3s"})
     config = load_config(sol_home)
     plain, command, hook = config.notify_targets
-    assert config.notify == ("page-me --loud",)  # what degraded.py runs itself
-    assert (plain.kind, plain.events, plain.timeout) == ("command", PLAIN_EVENTS, 60.0)
-    assert "degraded" not in plain.events  # the sentinel runs it directly, at once
+    assert (plain.kind, plain.events, plain.timeout) == ("command", DEFAULT_EVENTS, 60.0)
+    assert "degraded" in plain.events  # through the outbox like every event
     assert command.events == {"merged", "failed"} and not command.wants("cast")
     assert (hook.kind, hook.timeout) == ("webhook", 3.0)
     assert hook.wants("cast") and not hook.wants("notify-failed")
@@ -198,6 +202,90 @@ def test_rows_of_a_target_removed_from_the_config_are_dead_and_reported(
     assert "1 notification(s) for command:false not delivered" in report.message
 
 
+def test_degraded_and_recovered_reach_their_commands_through_the_outbox(
+        sphere: Sphere, tmp_path: Path) -> None:
+    """The degraded reconciler records the events; the notifier delivers them, to a plain
+    entry (which hears `degraded`) and to an entry that lists `recovered`."""
+    plain, plain_log = recorder(tmp_path, "plain")
+    listener, listener_log = recorder(tmp_path, "listener")
+    configure(sphere.home, f"{plain} --from-sol",
+              {"command": str(listener), "events": ["recovered"]})
+    for writ in "abc":
+        degraded.record_death(sphere.store, world="shop", writ=writ, agent="vega",
+                              session=f"s-{writ}", message="died")
+    assert [a.kind for a in degraded_reconciler.RECONCILER.reconcile(sphere).actions] == [
+        "enter"]
+    reason = degraded.state(sphere.store).reason
+    assert notify.pass_once(sphere) == 1
+    [got] = lines(plain_log)
+    assert got["argv"] == ["--from-sol", "--", "degraded", reason]
+    assert (got["env"]["SOL_EVENT"], got["env"]["SOL_MESSAGE"]) == ("degraded", reason)
+    assert degraded.resume(sphere.store) is True
+    assert notify.pass_once(sphere) == 1
+    [heard] = lines(listener_log)
+    assert heard["argv"][:2] == ["--", "recovered"] and "sol resume" in heard["argv"][2]
+    assert len(lines(plain_log)) == 1
+
+
+# ---- the plan, on plain values ----------------------------------------------------
+
+NOW = 5_000.0
+MERGED_ONLY = NotifyTarget("command", "page-me", frozenset({"merged"}), 60.0)
+EVERYTHING = NotifyTarget("webhook", "http://127.0.0.1:9/hook", frozenset({"*"}), 10.0)
+
+
+def event(id_: int, type_: str, **data: Any) -> Event:
+    return Event(id_, NOW - 1, type_, "Writ", "shop", "a", f"{type_} a", data)
+
+
+def row(id_: int, target: NotifyTarget | str, due: float = NOW - 1) -> OutboxRow:
+    key = target if isinstance(target, str) else target.key
+    return OutboxRow(id_, key, "pending", 0, due, "", event(id_, "merged"))
+
+
+def view(*, events: tuple[Event, ...] = (), due: tuple[OutboxRow, ...] = (),
+         in_flight: tuple[int, ...] = (), next_due: float | None = None,
+         targets: tuple[NotifyTarget, ...] = (MERGED_ONLY, EVERYTHING)) -> NotifyView:
+    return NotifyView(NOW, targets, 3, events, in_flight, due, next_due)
+
+
+def test_plan_queues_each_new_event_for_the_targets_that_want_it() -> None:
+    failed = event(6, "notify-failed", target=EVERYTHING.key)
+    result = notify.plan(view(events=(event(4, "merged"), event(5, "cast"), failed)))
+    [enqueue] = result.actions
+    assert (enqueue.op, enqueue.kind, enqueue.target) == (CREATE, "enqueue", "outbox")
+    assert enqueue.data == {"cursor": 3, "last": 6, "rows": [
+        [4, MERGED_ONLY.key], [4, EVERYTHING.key], [5, EVERYTHING.key]]}
+    assert enqueue.description == "queue 3 notification(s) of 3 new event(s)"
+    assert result.requeue_after == 0, "the queued rows are due at once"
+    unwanted = notify.plan(view(events=(event(4, "cast"),), targets=(MERGED_ONLY,)))
+    assert unwanted.actions[0].data["rows"] == [], "the cursor still moves past it"
+
+
+def test_plan_delivers_every_targets_due_rows_in_one_action_and_drops_removed_ones() -> None:
+    due = (row(1, MERGED_ONLY), row(2, EVERYTHING), row(3, "command:removed"),
+           row(4, MERGED_ONLY))
+    result = notify.plan(view(due=due, in_flight=(9,)))
+    redeliver, drop, deliver = result.actions
+    assert (redeliver.op, redeliver.kind, redeliver.data) == (UPDATE, "redeliver",
+                                                              {"rows": [9]})
+    assert (drop.op, drop.kind, drop.data) == (DELETE, "drop", {
+        "target": "command:removed", "rows": [3]})
+    assert "removed from sol.yaml" in drop.description
+    assert (deliver.op, deliver.kind) == (UPDATE, "deliver")
+    assert deliver.data == {"now": NOW, "rows": {MERGED_ONLY.key: [1, 4],
+                                                 EVERYTHING.key: [2]}}
+    assert deliver.description.startswith("deliver 3 notification(s) to command:page-me, ")
+    assert result.requeue_after == 0
+
+
+def test_plan_of_a_quiet_outbox_is_empty_and_looks_again_at_the_next_retry() -> None:
+    assert notify.plan(view()) == Plan()
+    retry = notify.plan(view(next_due=NOW + 2.5))
+    assert retry.actions == () and retry.requeue_after == 2.5
+    assert notify.plan(view(next_due=NOW + 2.5)) == retry, "pure: same view, same plan"
+
+
 # ---- webhooks ----------------------------------------------------------------------
 
 
@@ -279,7 +367,8 @@ def test_an_unreachable_webhook_is_an_error_and_a_retry(sphere: Sphere, hook: Ho
 
 
 def crashing_pass(home: Home, point: str = "") -> int:
-    code = ("from reconciler.controllers import notify; from reconciler.drivers.sphere import Sphere; "
+    code = ("from reconciler.controllers import notify; "
+            "from reconciler.drivers.sphere import Sphere; "
             "notify.pass_once(Sphere.from_env())")
     env = {"SOL_NOTIFY_CRASH": point} if point else {}
     return subprocess.run([sys.executable, "-c", code], env={**os.environ, **env},
@@ -339,10 +428,9 @@ def test_the_daemon_notifies_each_merge_once_across_a_restart(
         assert run("down").returncode == 0
         write_specs(specs, world, writ_yaml("a", "shop", "echo a > a.txt"),
                     writ_yaml("b", "shop", "echo b > b.txt"))
-        land_without_daemon(run, sol_home, specs)
-        assert merged_writs(log) == ["a"]  # no daemon, no notifier: b waits in the log
+        land_without_daemon(run, sol_home, specs)  # its one pass runs the notifier too
+        assert merged_writs(log) == ["a", "b"]
         assert run("up", "-f", str(specs)).returncode == 0
-        poll(lambda: merged_writs(log) == ["a", "b"], timeout=30, what="b notified")
         sphere = Sphere(sol_home)
         poll(lambda: {r.state for r in sphere.store.outbox()} == {"delivered"}, timeout=10,
              what="the outbox drained")

@@ -20,13 +20,15 @@ from conftest import poll
 from helpers import tmux_sessions, world_yaml, writ_yaml, write_specs
 
 from reconciler.cli.daemon import stop
-from reconciler.controllers import engine
+from reconciler.controllers import degraded as degraded_reconciler
 from reconciler.core import degraded
 from reconciler.core.home import Home
 from reconciler.core.store import Store
 from reconciler.daemon.prefect import BACKOFF_MAX, next_backoff
-from reconciler.daemon.procs import is_ours, pid_alive, read_pid
+from reconciler.daemon.procs import is_ours, read_pid
+from reconciler.drivers.processes import pid_alive
 from reconciler.drivers.sphere import Sphere
+from reconciler.specs import record as recording
 from reconciler.specs.manifests import validate
 
 CLI = ("from reconciler.cli import main; from reconciler.cli.daemon import COMMANDS; "
@@ -183,7 +185,7 @@ def test_world_children_follow_the_worlds_of_the_store(
     assert pid_of(sol_home, "forge-shop") is None
     sphere = Sphere(sol_home)
     try:
-        engine.record(sphere, validate([write_specs(tmp_path / "s", world_yaml("shop", repo))]))
+        recording.record(sphere, validate([write_specs(tmp_path / "s", world_yaml("shop", repo))]))
         forge = poll(lambda: pid_of(sol_home, "forge-shop"), timeout=10, what="forge-shop")
         sphere.store.delete(("World", "", "shop"))
         poll(lambda: not pid_alive(forge), timeout=15, what="forge-shop stopped")
@@ -265,7 +267,8 @@ def test_resume_leaves_degraded_mode(sol_home: Home, daemon: Run) -> None:
         for i in range(3):
             degraded.record_death(store, world="shop", writ=f"w{i}", agent="a", session="s",
                                   message="died")
-        assert degraded.check(store) is not None
+        degraded_reconciler.RECONCILER.reconcile(Sphere(sol_home))
+        assert degraded.state(store) is not None
         result = daemon("resume")
         assert result.returncode == 0 and "Resumed" in result.stdout
         assert degraded.state(store) is None

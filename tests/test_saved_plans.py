@@ -15,9 +15,9 @@ from helpers import world_yaml, writ_status, writ_yaml, write_specs
 from test_sources import commit, records, src
 
 from reconciler.cli.specs import _plan_changes
-from reconciler.controllers import engine
 from reconciler.core.home import Home
 from reconciler.core.plan import Action
+from reconciler.specs import record as recording
 
 Sol = Callable[..., subprocess.CompletedProcess[str]]
 SUSPENDED = "suspend: true\n"
@@ -45,8 +45,9 @@ def test_a_saved_plan_records_source_revision_state_and_actions(
     assert data["kind"] == "Plan" and data["paths"] == [str(specs)]
     assert data["revision"].startswith("content:") and data["prune"] is False
     assert data["observed"] == {} and len(data["fingerprint"]) == 64
-    assert [a["target"] for a in data["actions"]] == ["world/shop", "writ/shop/a",
-                                                      "world/shop"]
+    assert [(a["target"], a["reconciler"]) for a in data["actions"]] == [
+        ("world/shop", ""), ("writ/shop/a", ""), ("world/shop", "worlds"),
+        ("writ/shop/a", "consul")]  # the consul's waiting reason is planned too
     done = sol("apply", "--plan", "plan.json", cwd=tmp_path)  # from another cwd works too
     assert done.returncode == 0, done.stderr
     assert "Applied the saved plan plan.json." in done.stdout
@@ -146,10 +147,10 @@ def test_state_and_plan_differences_read_as_phrases() -> None:
                              "tip": "a" * 40, "sessions": 0}}
     now = {"writ shop/b": {"generation": "g", "phase": "Pending", "orphaned": False},
            "world shop": {**before["world shop"], "tip": "b" * 40, "sessions": 2}}
-    assert engine.state_changes(before, now) == [
+    assert recording.state_changes(before, now) == [
         "world shop changed sessions 0 -> 2", "world shop changed tip aaaaaaa -> bbbbbbb",
         "writ shop/a is gone", "writ shop/b appeared"]
-    assert engine.state_changes(now, now) == []
+    assert recording.state_changes(now, now) == []
     cast = Action("+", "cast", "writ/shop/b", "cast an agent", {})
     note = Action("!", "orphan", "writ/shop/c", "orphaned", {})
     assert _plan_changes([cast.to_dict()], [cast]) == []

@@ -8,7 +8,10 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from reconciler.controllers.sentinel import (
+from reconciler.controllers.sentinel_plan import (
+    HOOK_GRACE,
+    PENDING_RETRY,
+    RATE_LIMIT_HOLD,
     ActivityView,
     OrphanView,
     OutpostView,
@@ -16,9 +19,8 @@ from reconciler.controllers.sentinel import (
     TetherView,
     backoff,
     echo_grace,
-    plan_sentinel,
 )
-from reconciler.controllers.sentinel_plan import HOOK_GRACE, RATE_LIMIT_HOLD
+from reconciler.controllers.sentinel_plan import plan as plan_sentinel
 from reconciler.core.model import CANCELLED, DONE, FAILED, MERGED, RESOLVED, WORKING, WorldSpec
 from reconciler.core.store import Record
 
@@ -63,8 +65,8 @@ def test_a_dead_session_with_its_tether_is_recorded_once_then_respawned_after_ba
     assert kinds(view([writ()], [missing])) == ["record-death"]
     recorded = writ(deadSession="s1", lastDeath=NOW - 0.5, respawns=0)
     plan = plan_sentinel(view([recorded], [dead]))
-    assert plan.actions == () and plan.next_at == NOW + 0.5
-    assert "backoff" in plan.held["a"]
+    assert plan.actions == () and plan.requeue_after == 0.5
+    assert "backoff" in plan.waiting["writ/shop/a"]
     due = writ(deadSession="s1", lastDeath=NOW - 1.0, respawns=0)
     [action] = plan_sentinel(view([due], [dead])).actions
     assert action.kind == "respawn" and action.data["session"] == "s1"
@@ -74,7 +76,7 @@ def test_backoff_doubles_from_one_second_up_to_a_minute() -> None:
     assert [backoff(n) for n in range(8)] == [1, 2, 4, 8, 16, 32, 60, 60]
     second = writ(deadSession="s1", lastDeath=NOW - 3.9, respawns=2)
     plan = plan_sentinel(view([second], [outpost(session=False)]))
-    assert plan.actions == () and abs(plan.next_at - (NOW + 0.1)) < 1e-9
+    assert plan.actions == () and abs(plan.requeue_after - 0.1) < 1e-9
 
 
 @given(respawns=st.integers(0, 20), elapsed=st.floats(0, 120))
@@ -111,7 +113,7 @@ def test_degraded_holds_every_respawn_but_still_records_and_fails() -> None:
     plan = plan_sentinel(view([waiting, fresh, spent], outs, degraded=True))
     assert [(a.kind, a.data["writ"]) for a in plan.actions] == [("record-death", "b"),
                                                                  ("fail", "c")]
-    assert "degraded" in plan.held["a"]
+    assert "degraded" in plan.waiting["writ/shop/a"]
 
 
 def test_capacity_bounds_respawns_in_one_pass() -> None:
@@ -123,9 +125,22 @@ def test_capacity_bounds_respawns_in_one_pass() -> None:
     busy = outpost("other", writ_name="z", tether_session="sz", last_output=NOW)
     plan = plan_sentinel(view(dead, [*outs, busy], spec=spec, live=1))
     assert kinds(view(dead, [*outs, busy], spec=spec, live=1)) == ["respawn"]
-    assert plan.held == {"b": "capacity 2/2", "c": "capacity 2/2"}
+    assert plan.waiting == {"writ/shop/b": "capacity 2/2", "writ/shop/c": "capacity 2/2"}
     unlimited = WorldSpec(source="/src", max_active=0)
     assert kinds(view(dead, outs, spec=unlimited, live=50)) == ["respawn"] * 3
+
+
+def test_planned_actions_look_again_soon_and_the_end_of_degraded_is_a_deadline() -> None:
+    plan = plan_sentinel(view([writ()], [outpost(session=False)]))
+    assert [a.kind for a in plan.actions] == ["record-death"]
+    assert plan.requeue_after == PENDING_RETRY  # raced or failed: again soon, not at once
+    held = writ(deadSession="s1", lastDeath=NOW - 100, respawns=0)
+    degraded = replace(view([held], [outpost(session=False)], degraded=True),
+                       degraded_exit=NOW + 200)
+    plan = plan_sentinel(degraded)
+    assert plan.actions == () and plan.requeue_after == 200
+    late = replace(degraded, degraded_exit=NOW - 1)  # not left yet: look again soon
+    assert plan_sentinel(late).requeue_after == PENDING_RETRY
 
 
 @given(live=st.integers(0, 6), limit=st.integers(0, 5), dead=st.integers(0, 6))
@@ -157,19 +172,19 @@ def test_silence_gets_one_nudge_then_stalled_then_nothing_more() -> None:
     assert kinds(view([writ()], [quiet])) == ["nudge"]
     talking = outpost(started=NOW - 100, last_output=NOW - 10)
     plan = plan_sentinel(view([writ()], [talking]))
-    assert plan.actions == () and plan.next_at == NOW + 50
+    assert plan.actions == () and plan.requeue_after == 50
     fresh_session = outpost(started=NOW - 10, last_output=NOW - 500)
-    assert plan_sentinel(view([writ()], [fresh_session])).next_at == NOW + 50
+    assert plan_sentinel(view([writ()], [fresh_session])).requeue_after == 50
     nudged = writ(nudge={"session": "s1", "at": NOW - 30})
     echo = outpost(started=NOW - 200, last_output=NOW - 30 + 0.2)  # the nudge's own echo
     plan = plan_sentinel(view([nudged], [echo]))
-    assert plan.actions == () and plan.next_at == NOW + 30
+    assert plan.actions == () and plan.requeue_after == 30
     late = writ(nudge={"session": "s1", "at": NOW - 60})
     late_echo = outpost(started=NOW - 200, last_output=NOW - 60 + 0.2)
     assert kinds(view([late], [late_echo])) == ["stall"]
     stalled = writ(nudge={"session": "s1", "at": NOW - 600, "stalled": True})
     plan = plan_sentinel(view([stalled], [outpost(started=NOW - 900, last_output=NOW - 599)]))
-    assert plan.actions == () and plan.next_at is None
+    assert plan.actions == () and plan.requeue_after is None
 
 
 def test_output_after_the_nudge_clears_it_and_a_stale_nudge_is_ignored() -> None:
@@ -188,7 +203,7 @@ def test_stall_after_zero_turns_stall_detection_off() -> None:
     off = WorldSpec(source="/src", stall_after=0)
     quiet = outpost(started=0.0, last_output=0.0)
     assert kinds(view([writ()], [quiet], spec=off)) == []
-    assert plan_sentinel(view([writ()], [quiet], spec=off)).next_at is None
+    assert plan_sentinel(view([writ()], [quiet], spec=off)).requeue_after is None
 
 
 def test_echo_grace_scales_with_stall_after() -> None:
@@ -219,7 +234,7 @@ def test_a_session_whose_writ_just_resolved_gets_a_grace_to_stop_itself() -> Non
     resolving = writ(phase=RESOLVED, updated_at=NOW - 1)
     ending = outpost(tether=False, row_writ="a")
     plan = plan_sentinel(view([resolving], [ending]))
-    assert plan.actions == () and plan.next_at == NOW - 1 + 5
+    assert plan.actions == () and plan.requeue_after == 5 - 1
     later = writ(phase=RESOLVED, updated_at=NOW - 6)
     assert kinds(view([later], [ending])) == ["stop-zombie"]
     dead = outpost(session=False, tether=False, row_writ="a")
@@ -252,12 +267,12 @@ def hooked(state: str, at: float, *, session: str = "s1", message: str = "") -> 
 
 def test_a_turn_in_progress_is_never_nudged_however_silent_its_pane() -> None:
     plan = plan_sentinel(view([writ()], [hooked("working", NOW - 3600)]))
-    assert plan.actions == () and plan.next_at is None
+    assert plan.actions == () and plan.requeue_after is None
 
 
 def test_a_turn_that_ended_without_resolve_is_nudged_after_stall_after() -> None:
     plan = plan_sentinel(view([writ()], [hooked("idle", NOW - 30)]))
-    assert plan.actions == () and plan.next_at == NOW + 30
+    assert plan.actions == () and plan.requeue_after == 30
     [action] = plan_sentinel(view([writ()], [hooked("idle", NOW - 60)])).actions
     assert action.kind == "nudge" and action.data["hooks"] is True
 
@@ -265,7 +280,7 @@ def test_a_turn_that_ended_without_resolve_is_nudged_after_stall_after() -> None
 def test_after_a_nudge_a_second_idle_turn_is_stalled_and_new_work_unstalls() -> None:
     nudged = writ(nudge={"session": "s1", "at": NOW - 50})
     plan = plan_sentinel(view([nudged], [hooked("idle", NOW - 40)]))
-    assert plan.actions == () and plan.next_at == NOW + 20  # from the later of the two
+    assert plan.actions == () and plan.requeue_after == 20  # from the later of the two
     assert kinds(view([nudged], [hooked("idle", NOW - 70)])) == []  # answered: wait
     late = writ(nudge={"session": "s1", "at": NOW - 61})
     assert kinds(view([late], [hooked("idle", NOW - 100)])) == ["stall"]
@@ -288,7 +303,7 @@ def test_a_rate_limit_holds_then_tells_the_agent_to_go_on_never_nudging() -> Non
     assert action.kind == "rate-limited" and action.data["until"] == NOW + 25
     seen = writ(rateLimit={"at": NOW - 5, "until": NOW + 25})
     plan = plan_sentinel(view([seen], [limited], now=NOW + 10))
-    assert plan.actions == () and plan.next_at == NOW + 25
+    assert plan.actions == () and plan.requeue_after == 25 - 10
     assert kinds(view([seen], [limited], now=NOW + 25)) == ["rate-limit-over"]
     told = writ(rateLimit={"at": NOW - 5, "until": NOW + 25, "sentAt": NOW + 25})
     assert kinds(view([told], [limited], now=NOW + 30)) == []
@@ -304,4 +319,4 @@ def test_a_hooked_agent_whose_hooks_have_not_spoken_gets_a_start_up_grace() -> N
     hooked_tether = replace(quiet, tether=replace(quiet.tether, hooks=True))
     assert kinds(view([writ()], [quiet])) == ["nudge"]
     plan = plan_sentinel(view([writ()], [hooked_tether]))
-    assert plan.actions == () and plan.next_at == NOW - 100 + HOOK_GRACE
+    assert plan.actions == () and plan.requeue_after == HOOK_GRACE - 100

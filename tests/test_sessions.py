@@ -13,7 +13,13 @@ from conftest import poll
 
 from reconciler.core.errors import SolError
 from reconciler.core.home import Home, session_name
-from reconciler.drivers.sessions import SessionBackend, TmuxSessions, tmux_version
+from reconciler.drivers.sessions import (
+    Ending,
+    SessionBackend,
+    TmuxSessions,
+    last_words,
+    tmux_version,
+)
 
 WEIRD = "it's \"q\" $(touch pwned1) `touch pwned2` ; touch pwned3 #{pane_id} %Y ~ a;"
 
@@ -118,6 +124,26 @@ def test_kill_9_makes_the_session_dead_not_gone(tmux: TmuxSessions, tmp_path: Pa
     assert tmux.exists(name)
     assert tmux.pane_pid(name) is None
     poll(lambda: not Path(f"/proc/{pid}").exists(), what="tmux to reap the process")
+
+
+def test_ending_is_the_exit_status_or_the_signal_tmux_recorded(
+    tmux: TmuxSessions, tmp_path: Path
+) -> None:
+    start_sh(tmux, "sol-w-exits", "exit 3", tmp_path)
+    start_sh(tmux, "sol-w-killed", "exec sleep 600", tmp_path)
+    assert tmux.ending("sol-w-killed") is None, "a live session has not ended"
+    assert tmux.ending("sol-w-nobody") is None, "nor has a missing one"
+    kill_9(tmux, "sol-w-killed")
+    poll(lambda: tmux.ending("sol-w-exits") == Ending(status=3), what="the exit status")
+    poll(lambda: tmux.ending("sol-w-killed") == Ending(signal=9), what="the signal")
+    assert (str(Ending(status=3)), str(Ending(signal=9))) == ("status 3", "signal 9")
+
+
+def test_last_words_skip_blanks_and_the_dead_pane_notice() -> None:
+    pane = "working\nError: rate limited\n\n\nPane is dead (signal 9, Thu Dec  3 12:13)\n"
+    assert last_words(pane) == "Error: rate limited"
+    assert last_words("  done  \n") == "done"
+    assert last_words("\nPane is dead (status 0, Thu)") == ""
 
 
 def test_list_filters_by_prefix_and_is_one_tmux_call(

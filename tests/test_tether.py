@@ -176,3 +176,40 @@ def test_render_of_an_analysis_writ_promises_no_gates():
 
 def test_render_of_a_world_without_gates():
     assert "runs no gates" in tether.render(sample(gates=[]))
+
+
+def test_the_schema_and_the_dataclass_agree():
+    from dataclasses import MISSING, fields
+
+    from reconciler.core.schemas import schema
+
+    shape = schema("tether")
+    assert set(shape["properties"]) == {f.name for f in fields(tether.Tether)}
+    assert set(shape["required"]) == {f.name for f in fields(tether.Tether)
+                                      if f.default is MISSING and f.default_factory is MISSING}
+
+
+@pytest.mark.parametrize("change, why", [
+    ({"gates": [{"name": "x", "run": ["make"]}]}, "the tether's gates[0].run has the wrong type"),
+    ({"feedback": 3}, "the tether's feedback has the wrong type (int)"),
+    ({"attempt": True}, "the tether's attempt has the wrong type (bool): expected an integer"),
+    ({"runtime": "script"}, "the tether's runtime has the wrong type (str): expected a mapping"),
+])
+def test_a_tether_off_its_schema_names_the_field(tmp_path: Path, change: dict, why: str):
+    path = tmp_path / "tether.json"
+    path.write_text(json.dumps({**json.loads(sample().to_json()), **change}))
+    with pytest.raises(SolError) as caught:
+        tether.read(path)
+    assert caught.value.message.startswith(f"the tether at {path} is unusable: {why}")
+
+
+def test_a_tether_that_turns_bad_after_a_good_read_is_refused(tmp_path: Path):
+    path = tmp_path / "tether.json"
+    tether.write(path, sample())
+    assert tether.read(path) == tether.read(path) == sample()  # the second skips the schema
+    first = tether.read(path)
+    first.gates.append({"name": "mutated", "run": "x"})
+    assert tether.read(path) == sample()  # every read is a fresh object
+    path.write_text(sample().to_json().replace('"attempt": 1', '"attempt": "1"'))
+    with pytest.raises(SolError, match="attempt has the wrong type"):
+        tether.read(path)

@@ -14,6 +14,7 @@ import pytest
 from conftest import git, make_repo
 
 from reconciler.core.errors import SolError
+from reconciler.drivers import git as gitrun
 from reconciler.drivers import worktrees
 
 ME = {"author_name": "Agent Smith", "author_email": "smith@sol.invalid"}
@@ -125,7 +126,7 @@ def test_a_hanging_source_is_killed_after_the_timeout(tmp_path: Path,
         url = f"http://127.0.0.1:{listener.getsockname()[1]}/shop.git"
         monkeypatch.setattr(worktrees, "CLONE_TIMEOUT", 1.0)
         started = time.monotonic()
-        with pytest.raises(SolError, match="did not complete in 1 secs"):
+        with pytest.raises(SolError, match="did not finish within 1s and was stopped"):
             worktrees.clone(url, tmp_path / "repo", "main")
         assert time.monotonic() - started < 15
     assert not any(p.name.startswith((".repo", "repo")) for p in tmp_path.iterdir())
@@ -399,3 +400,76 @@ def test_git_failures_carry_gits_reason_in_one_sentence(tmp_path: Path):
         worktrees.commits_beyond(plain, "nope", "main")
     assert caught.value.message.startswith("cannot count commits of nope beyond main: ")
     assert "\n" not in caught.value.message
+
+
+# ---- the one git wrapper (drivers/git.py) ----------------------------------------------
+
+
+def test_a_git_failure_names_what_git_said_the_command_and_the_repository(clone: Path):
+    with pytest.raises(SolError) as caught:
+        gitrun.run(clone, "-c", "x.y=z", "rev-list", "--count", "nope..main",
+                   what="cannot count")
+    message = caught.value.message
+    assert message.startswith("cannot count: ")
+    assert f"(git rev-list in {clone})" in message and "\n" not in message
+    done = gitrun.run(clone, "rev-parse", "--verify", "--quiet", "nope", check=False)
+    assert (done.status, done.ok, done.out) == (1, False, "")
+    assert done.error("cannot read nope", "fetch first").message.endswith(
+        f"(git rev-parse in {clone}); fetch first")
+
+
+def test_git_ignores_an_inherited_git_dir_and_never_looks_above_cwd(
+        clone: Path, repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("GIT_DIR", str(repo / ".git"))  # as inside another repo's hook
+    assert gitrun.run(clone, "rev-parse", "--is-bare-repository").out.strip() == "true"
+    inside = repo / "sub"
+    inside.mkdir()
+    with pytest.raises(SolError, match="not a git repository"):
+        gitrun.run(inside, "rev-parse", "HEAD")
+    assert gitrun.run(inside, "rev-parse", "HEAD", discover=True).out.strip() == \
+        git(repo, "rev-parse", "HEAD")
+
+
+def test_input_and_binary_output_pass_through(clone: Path):
+    sha = gitrun.run(clone, "hash-object", "-w", "--stdin", input=b"\xff\x00bytes\n").out
+    done = gitrun.run(clone, "cat-file", "blob", sha.strip())
+    assert done.data == b"\xff\x00bytes\n" and "\ufffd" in done.out
+
+
+def test_a_hanging_git_is_killed_with_what_it_started(tmp_path: Path):
+    plain = make_repo(tmp_path / "plain")
+    hook = plain / ".git" / "hooks" / "pre-commit"
+    hook.write_text("#!/bin/sh\nsleep 300 &\nwait\n")  # a child that holds the pipes
+    hook.chmod(0o755)
+    (plain / "f").write_text("x")
+    gitrun.run(plain, "add", "f")
+    started = time.monotonic()
+    with pytest.raises(SolError, match="did not finish within 0.5s and was stopped"):
+        gitrun.run(plain, "commit", "-q", "-m", "x", timeout=0.5, what="cannot commit")
+    assert time.monotonic() - started < 10
+
+
+def test_a_missing_cwd_or_git_is_one_sentence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    with pytest.raises(SolError, match=f"cannot look: {tmp_path}/gone does not exist"):
+        gitrun.run(tmp_path / "gone", "status", what="cannot look")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(SolError, match="git is not installed or not on PATH"):
+        gitrun.run(tmp_path, "status")
+    assert gitrun.version() is None
+
+
+def test_refs_are_read_without_git_loose_packed_and_from_a_worktree(clone: Path,
+                                                                   tmp_path: Path):
+    main = git(clone, "rev-parse", "refs/heads/main")
+    assert gitrun.read_ref(clone, "refs/heads/main") == main
+    git(clone, "branch", "sol/packed", "main")
+    git(clone, "pack-refs", "--all")
+    assert not (clone / "refs" / "heads" / "sol" / "packed").exists()
+    assert gitrun.read_ref(clone, "refs/heads/sol/packed") == main
+    path = tmp_path / "wt"
+    worktrees.add_worktree(clone, path, "sol/fix", "main")
+    assert gitrun.git_dir(path) == clone / "worktrees" / "wt"
+    assert gitrun.read_ref(path, "refs/heads/main") == main  # through commondir
+    for ref in ("refs/heads/nope", "HEAD", "refs/heads/../../HEAD", "refs/tags/v1"):
+        assert gitrun.read_ref(clone, ref) is None, ref  # the caller asks git
+    assert gitrun.git_dir(clone) == clone and gitrun.git_dir(tmp_path) is None

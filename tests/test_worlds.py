@@ -1,5 +1,6 @@
 """The world reconciler through `sol apply`, on real git sources: clone, drift, fetch
-interval, errors that stay in their world, and orphans that are never deleted."""
+interval, errors that stay in their world, and orphans that are never deleted; and its
+plan on plain values."""
 
 from __future__ import annotations
 
@@ -11,7 +12,13 @@ from subprocess import CompletedProcess
 
 import pytest
 
+from reconciler.controllers import worlds as reconciler
+from reconciler.controllers.worlds import FETCH_FLOOR, WorldsView, WorldView, plan
 from reconciler.core.home import Home
+from reconciler.core.model import ERROR, PENDING, READY
+from reconciler.core.plan import CREATE, UPDATE
+from reconciler.core.store import Record
+from reconciler.drivers.sphere import Sphere
 from tests.conftest import git, make_repo
 from tests.helpers import world_yaml, write_specs
 
@@ -172,3 +179,105 @@ def test_diff_plans_no_clone_for_a_world_about_to_be_orphaned(sol: Sol, sol_home
     planned = sol("diff", "-f", str(path)).stdout
     applied = sol("apply", "-f", str(path), check=True).stdout
     assert ("+ world/drop" in planned) == ("+ world/drop" in applied), (planned, applied)
+
+
+def test_a_settled_sphere_plans_nothing_and_a_stale_status_is_not_written(
+        sol: Sol, sol_home: Home, tmp_path: Path, repo: Path) -> None:
+    path = write_specs(tmp_path / "specs", world("shop", repo))
+    sol("apply", "-f", str(path), check=True)
+    sphere = Sphere(sol_home)
+    try:
+        assert reconciler.RECONCILER.planned(sphere).actions == ()
+        shop = sphere.store.get("World", "", "shop")
+        assert shop is not None
+        sphere.store.set_status(shop.key, head="0" * 40)  # a landing moved the branch
+        [ready] = reconciler.RECONCILER.planned(sphere).actions
+        assert (ready.kind, ready.data["head"]) == ("ready", git(repo, "rev-parse", "HEAD"))
+        sphere.store.set_status(shop.key, message="someone else wrote since")
+        assert reconciler.act(sphere, ready) is False, "compare-and-set on the version"
+        assert [a.kind for a in reconciler.reconcile(sphere)] == ["ready"]
+        assert reconciler.RECONCILER.planned(sphere).actions == ()
+    finally:
+        sphere.close()
+
+
+# ---- the plan, on plain values ---------------------------------------------------
+
+NOW = 10_000.0
+HEAD = "a" * 40
+
+
+def record(name: str = "shop", *, phase: str = READY, head: str | None = HEAD,
+           branch: str = "main", generation: str = "g1", observed: str = "g1",
+           orphaned: bool = False, message: str | None = None) -> Record:
+    status = {"head": head} if head else {}
+    text = message if message is not None else f"{branch} at {(head or '')[:12]}"
+    return Record("World", "", name, {"source": "/src/shop", "branch": branch}, generation,
+                  "", orphaned, phase, "Cloned" if phase == READY else "GitError", text,
+                  observed, status, 7, 0.0, 0.0)
+
+
+def view(*worlds: WorldView, interval: float = 60.0) -> WorldsView:
+    return WorldsView(tuple(worlds), NOW, interval)
+
+
+def cloned(r: Record, *, head: str | None = HEAD, fetched: float = NOW - 10) -> WorldView:
+    return WorldView(r, True, head, fetched)
+
+
+def test_plan_clones_what_is_missing_and_never_an_orphan() -> None:
+    result = plan(view(WorldView(record("b"), False, None, 0.0),
+                       WorldView(record("a", phase=PENDING), False, None, 0.0),
+                       WorldView(record("gone", orphaned=True), False, None, 0.0)))
+    assert [(a.op, a.kind, a.target) for a in result.actions] == [
+        (CREATE, "clone", "world/a"), (CREATE, "clone", "world/b")]
+    assert result.actions[0].description == "clone /src/shop (branch main)"
+    assert result.actions[0].data == {"world": "a"}
+    assert result.requeue_after is None, "a failed clone is tried again on the next pass"
+
+
+def test_plan_of_a_settled_world_is_empty_and_looks_again_when_the_fetch_is_due() -> None:
+    result = plan(view(cloned(record(), fetched=NOW - 10)))
+    assert result.actions == ()
+    assert result.requeue_after == 50.0
+    assert plan(view(cloned(record(), fetched=NOW - 10))) == result, "pure: same view, same plan"
+
+
+def test_plan_fetches_when_the_interval_has_passed() -> None:
+    result = plan(view(cloned(record(), fetched=NOW - 60)))
+    [fetch] = result.actions
+    assert (fetch.op, fetch.kind, fetch.target) == (UPDATE, "fetch", "world/shop")
+    assert fetch.description == "fetch main from /src/shop" and fetch.data == {"world": "shop"}
+    assert result.requeue_after == 60.0, "the next fetch is due an interval from now"
+
+
+def test_a_changed_spec_is_fetched_at_once() -> None:
+    changed = record(branch="develop", generation="g2", observed="g1")
+    assert [a.kind for a in plan(view(cloned(changed, fetched=NOW - 1))).actions] == ["fetch"]
+
+
+def test_a_branch_missing_from_the_clone_is_fetched_until_an_error_says_why() -> None:
+    missing = cloned(record(), head=None, fetched=NOW - 1)
+    assert [a.kind for a in plan(view(missing)).actions] == ["fetch"]
+    reported = cloned(record(phase=ERROR, head=None, message="branch main not found"),
+                      head=None, fetched=NOW - 1)
+    result = plan(view(reported))
+    assert result.actions == () and result.requeue_after == 59.0
+
+
+def test_a_moved_branch_is_written_to_the_status_but_an_error_waits_for_the_fetch() -> None:
+    moved = "b" * 40
+    [ready] = plan(view(cloned(record(), head=moved))).actions
+    assert (ready.op, ready.kind, ready.target) == (UPDATE, "ready", "world/shop")
+    assert ready.description == f"status Ready: main at {moved[:12]}"
+    assert ready.data == {"world": "shop", "head": moved, "version": 7}
+    pending = record(phase=PENDING, head=None, message="")
+    assert [a.kind for a in plan(view(cloned(pending))).actions] == ["ready"]
+    failed = record(phase=ERROR, message="cannot fetch origin")
+    assert plan(view(cloned(failed, head=moved))).actions == ()
+
+
+def test_an_interval_of_zero_fetches_every_pass_but_never_requeues_at_once() -> None:
+    result = plan(view(cloned(record(), fetched=NOW), interval=0.0))
+    assert [a.kind for a in result.actions] == ["fetch"]
+    assert result.requeue_after == FETCH_FLOOR

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import os
-import shutil
 import sqlite3
-import subprocess
 import sys
 import tempfile
 
@@ -16,6 +14,7 @@ from reconciler.cli.common import console
 from reconciler.core.errors import SolError
 from reconciler.core.home import Home
 from reconciler.core.model import Runtime
+from reconciler.drivers import git
 
 
 @click.command()
@@ -30,11 +29,8 @@ def init() -> None:
 
 
 def _check_git() -> tuple[bool, str]:
-    path = shutil.which("git")
-    if not path:
-        return False, "git not found on PATH: install git"
-    out = subprocess.run(["git", "--version"], capture_output=True, text=True).stdout.strip()
-    return True, out
+    found = git.version()
+    return (True, found) if found else (False, "git not found on PATH: install git")
 
 
 def _check_tmux() -> tuple[bool, str]:

@@ -49,7 +49,7 @@ def cell(value: Any) -> Text:
     return Text(inert(str(value)))
 
 
-def specs_option(multiple: bool = False) -> Any:
+def specs_option() -> Any:
     return click.option(
         "-f", "--filename", "paths", multiple=True, type=str,
         help="Manifest file or directory (repeatable), or a git source "
@@ -134,11 +134,6 @@ def load_specs(paths: tuple[str, ...], *, commit: str | None = None) -> Specs:
         raise SolError(f"no manifests found in {specs.source}{at}: nothing applied and "
                        "nothing pruned")
     return specs
-
-
-def load_manifests(paths: tuple[str, ...]) -> list[Manifest]:
-    """Validate everything first; raise with every problem, or for an empty set."""
-    return load_specs(paths).manifests
 
 
 def sphere() -> Sphere:

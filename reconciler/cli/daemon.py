@@ -26,8 +26,9 @@ from reconciler.core.home import Home
 from reconciler.core.plan import summary
 from reconciler.daemon import prefect
 from reconciler.daemon.prefect import ALREADY_RUNNING, already_running, child_env, running
-from reconciler.daemon.procs import STOP_GRACE, is_ours, pid_alive, read_pid, wait_unlocked
+from reconciler.daemon.procs import STOP_GRACE, is_ours, read_pid, wait_unlocked
 from reconciler.daemon.watch import touch
+from reconciler.drivers.processes import pid_alive
 from reconciler.specs.sources import PREFIX, find, is_git, poll_interval
 
 
@@ -219,11 +220,11 @@ def reconcile(paths: tuple[str, ...], once: bool) -> None:
     if once:
         sp = sphere()
         if paths:
-            from reconciler.controllers import engine
+            from reconciler.specs.record import record
 
             specs = load_specs(paths)
-            engine.record(sp, specs.manifests, revision=specs.commit,
-                          source=specs.source if specs.git else None)
+            record(sp, specs.manifests, revision=specs.commit,
+                   source=specs.source if specs.git else None)
         actions = prefect.run_once(sp)
         for action in actions:
             click.echo(f"  {action.op} {action.target}  {action.description}")

@@ -9,17 +9,17 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import tempfile
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from reconciler.controllers import engine
+from reconciler.controllers import registry
 from reconciler.core.errors import SolError
 from reconciler.core.home import Home, data_path
 from reconciler.core.model import DONE, MERGED, TERMINAL
+from reconciler.drivers import git
 from reconciler.drivers.sphere import Sphere
 from reconciler.specs.manifests import validate
 
@@ -33,10 +33,8 @@ def make_project(root: Path) -> Path:
     """A git repository holding the demo project, with a repo-local identity."""
     project = root / "project"
     shutil.copytree(data_path("examples") / "demo" / "project", project)
-    env = {**os.environ, **IDENTITY}
-    for argv in (["git", "init", "-q", "-b", "main"], ["git", "add", "-A"],
-                 ["git", "commit", "-q", "-m", "calc: add"]):
-        subprocess.run(argv, cwd=project, check=True, env=env, capture_output=True)
+    for args in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-q", "-m", "calc: add"]):
+        git.run(project, *args, env=IDENTITY, what=f"cannot make the demo project {project}")
     return project
 
 
@@ -50,12 +48,11 @@ def make_specs(root: Path, project: Path) -> Path:
 
 def _forge_loop(home: Home, stop: threading.Event) -> None:
     """The forge in its own thread (own connection), so gates never pause dispatch."""
-    from reconciler.controllers import forge
-
     sphere = Sphere(home)
     try:
         while not stop.is_set():
-            forge.reconcile(sphere)
+            for world in sphere.store.list("World"):
+                registry.run_owner(sphere, "forge", world.name)
             stop.wait(0.2)
     finally:
         sphere.close()
@@ -63,8 +60,6 @@ def _forge_loop(home: Home, stop: threading.Event) -> None:
 
 def run(echo: Callable[[str], None], timeout: float = 170.0) -> int:
     """Run the demo; returns the exit code (0 only if everything landed)."""
-    from reconciler.controllers import sentinel
-
     root = Path(tempfile.mkdtemp(prefix="sol-demo-"))
     home = Home(root / "home")
     os.environ["SOL_HOME"] = str(home.root)
@@ -76,7 +71,7 @@ def run(echo: Callable[[str], None], timeout: float = 170.0) -> int:
     manifests = validate([specs])
     sphere = Sphere(home)
     start = time.monotonic()
-    engine.apply(sphere, manifests)
+    registry.apply(sphere, manifests)
     stop = threading.Event()
     forge_thread = threading.Thread(target=_forge_loop, args=(home, stop), daemon=True)
     forge_thread.start()
@@ -94,13 +89,13 @@ def run(echo: Callable[[str], None], timeout: float = 170.0) -> int:
             if time.monotonic() - start > timeout:
                 echo(f"sol demo: not finished after {timeout:.0f}s")
                 break
-            engine.reconcile_once(sphere, forge=False)
-            sentinel.reconcile(sphere)
+            registry.reconcile_once(sphere, skip=("forge", "notifier"))
             time.sleep(0.2)
     finally:
         stop.set()
         forge_thread.join(timeout=60)
-    engine.reconcile_once(sphere, forge=False)  # final pass: caravans and world heads
+    # a final pass: caravan phases and world heads
+    registry.reconcile_once(sphere, skip=("forge", "notifier"))
     writs = sphere.store.list("Writ")
     ok = all(w.phase == (DONE if w.spec.get("kind") == "analysis" else MERGED) for w in writs)
     echo("")
@@ -111,11 +106,11 @@ def run(echo: Callable[[str], None], timeout: float = 170.0) -> int:
     echo("")
     echo(render_status(sphere))
     echo("")
-    log = subprocess.run(["git", "log", "--oneline", "main"], cwd=home.repo("demo"),
-                         capture_output=True, text=True)
-    echo("git log --oneline main (the target branch in the managed clone):")
-    echo(log.stdout.rstrip())
-    echo("")
+    if home.repo("demo").is_dir():
+        log = git.run(home.repo("demo"), "log", "--oneline", "main", check=False)
+        echo("git log --oneline main (the target branch in the managed clone):")
+        echo(log.out.rstrip())
+        echo("")
     elapsed = time.monotonic() - start
     if ok:
         echo(f"sol demo: every writ landed in {elapsed:.1f}s. Look around with "

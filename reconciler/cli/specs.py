@@ -30,11 +30,13 @@ from reconciler.cli.common import (
     specs_option,
     sphere,
 )
-from reconciler.controllers import engine
+from reconciler.controllers import registry
 from reconciler.core.errors import ManifestError, SolError
 from reconciler.core.model import API_VERSION
 from reconciler.core.plan import Action, render_text, summary
+from reconciler.core.schemas import validate_plan
 from reconciler.drivers.sphere import Sphere
+from reconciler.specs import record
 from reconciler.specs.manifests import KIND_FILES, schema
 
 PLAN_KIND = "Plan"
@@ -92,9 +94,9 @@ def diff(paths: tuple[str, ...], prune: bool, save: str | None, output: str) -> 
     """
     specs = load_specs(paths)
     sp = sphere()
-    observed = engine.observed_state(sp) if save else {}
-    actions = engine.plan_all(sp, specs.manifests, prune=prune)
-    applied = engine.applied_revision(sp.store, specs.source) if specs.git else None
+    observed = record.observed_state(sp) if save else {}
+    actions = registry.plan_all(sp, specs.manifests, prune=prune)
+    applied = record.applied_revision(sp.store, specs.source) if specs.git else None
     if output == "text":
         if specs.commit:
             click.echo(_revision_line(specs, applied))
@@ -128,13 +130,13 @@ def apply(paths: tuple[str, ...], dry_run: bool, prune: bool, plan_file: str | N
     specs = load_specs(paths)
     sp = sphere()
     if dry_run:
-        actions = engine.plan_all(sp, specs.manifests, prune=prune)
+        actions = registry.plan_all(sp, specs.manifests, prune=prune)
         if specs.commit:
-            click.echo(_revision_line(specs, engine.applied_revision(sp.store, specs.source)))
+            click.echo(_revision_line(specs, record.applied_revision(sp.store, specs.source)))
         say(render_text(actions))
         click.echo("(dry run: nothing was recorded)")
         return
-    actions = engine.apply(sp, specs.manifests, prune=prune, revision=specs.commit,
+    actions = registry.apply(sp, specs.manifests, prune=prune, revision=specs.commit,
                            source=specs.source if specs.git else None)
     _report(specs, actions)
     _no_daemon_hint(sp)
@@ -197,12 +199,7 @@ def _read_plan(path: Path) -> dict[str, Any]:
     except ValueError as exc:
         raise SolError(f"{path} is not a saved plan (not JSON: {exc}); save one with "
                        "`sol diff -f SOURCE --save FILE`") from exc
-    wanted = {"paths": list, "revision": str, "prune": bool, "observed": dict,
-              "actions": list, "fingerprint": str}
-    if not (isinstance(data, dict) and data.get("kind") == PLAN_KIND
-            and all(isinstance(data.get(k), t) for k, t in wanted.items())):
-        raise SolError(f"{path} is not a saved plan of this sol; save one with "
-                       "`sol diff -f SOURCE --save FILE`")
+    validate_plan(data, path)
     return data
 
 
@@ -241,13 +238,13 @@ def _apply_saved(path: Path) -> None:
     def check() -> None:
         """Under the apply lock: nothing can record between this check and the apply."""
         changes = list(moved)
-        observed = engine.observed_state(sp)
+        observed = record.observed_state(sp)
         if _fingerprint(observed) != saved["fingerprint"]:
-            changes += engine.state_changes(saved["observed"], observed) or [
+            changes += record.state_changes(saved["observed"], observed) or [
                 "the observed state changed"]
         if not changes:
             changes = _plan_changes(saved["actions"],
-                                    engine.plan_all(sp, specs.manifests, prune=saved["prune"]))
+                                    registry.plan_all(sp, specs.manifests, prune=saved["prune"]))
         if changes:
             raise SolError("\n".join(
                 [f"error: the saved plan {path} is stale; nothing was applied:"]
@@ -255,7 +252,7 @@ def _apply_saved(path: Path) -> None:
                 + [f"run `sol diff {again} --save {path}` again, review it, then "
                    f"`sol apply --plan {path}`"]))
 
-    actions = engine.apply(sp, specs.manifests, prune=saved["prune"], revision=specs.commit,
+    actions = registry.apply(sp, specs.manifests, prune=saved["prune"], revision=specs.commit,
                            source=specs.source if specs.git else None, check=check)
     click.echo(f"Applied the saved plan {path}.")
     _report(specs, actions)

@@ -31,14 +31,6 @@ def canonical_kind(kind: str) -> str:
     return found
 
 
-def age(ts: float) -> str:
-    seconds = max(0, int(time.time() - ts))
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
-
-
 def _agent_phase(store: Store, world: str, writ: str | None) -> str:
     """Working only while its writ is: an agent of a Failed, Cancelled, Resolved or
     Merged writ shows that phase, not Working."""

@@ -6,19 +6,14 @@ Envoy `shop/planner` lives in `worlds/shop/envoys/planner/`: `worktree/` on bran
 outside the worktree ($SOL_MEMORY; sol never deletes it), and `persona.md` ($SOL_PERSONA):
 a station header, then the persona file found by `reconciler.drivers.personas` (project, user,
 then sol's own). For claude and codex it also goes to CLAUDE.local.md / AGENTS.override.md,
-excluded from git.
+excluded from git. Session and agent names: `reconciler.drivers.envoy_names`.
 
-Session names: `outposts.parse_session` splits `sol-<world>-<agent>` at the last hyphen
-and tmux refuses `.` and `:`, so the agent name is `envoy_` plus the envoy's name with
-`-` turned into `_` (names never hold `_`: reversible). `sol-shop-envoy_lead_planner`
-parses as (`shop`, `envoy_lead_planner`), which the sentinel and the capacity count skip
-(agents starting with `envoy`): envoys never count toward capacity.
-
-Observe (one list-sessions), plan (pure), act under the world's envoy lock. A missing
-session is started; a death is recorded once per session id and respawned after 1 s
-doubling to 60 s (back to 1 s once a session ran STABLE seconds), never while the sphere
-is degraded. sol never resolves or reaps an envoy: `suspend: true` or a prune stops the
-session and keeps the rest; a changed spec restarts it.
+Observe one world (one list-sessions), plan (pure, `envoys_plan`), act under the world's
+envoy lock; the world's sentinel child runs it. A missing session is started; a death is
+recorded once per session id and respawned after 1 s doubling to 60 s (back to 1 s once a
+session ran STABLE seconds), never while the sphere is degraded. sol never resolves or
+reaps an envoy: `suspend: true` or a prune stops the session and keeps the rest; a changed
+spec restarts it.
 """
 
 from __future__ import annotations
@@ -26,28 +21,27 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from reconciler.controllers.base import Reconciler, Scope
+from reconciler.controllers.envoys_plan import EnvoysView, EnvoyView, backoff, plan, stop_reason
 from reconciler.core import degraded
 from reconciler.core.errors import SolError
-from reconciler.core.home import Home, session_name
+from reconciler.core.home import Home
 from reconciler.core.locks import flock
 from reconciler.core.model import ERROR, PENDING, RUNNING, SUSPENDED, EnvoySpec, Runtime, WorldSpec
-from reconciler.core.plan import CREATE, DELETE, NOTE, UPDATE, Action
+from reconciler.core.plan import Action, sooner
 from reconciler.core.store import Record
 from reconciler.drivers import backup, hook, personas, runtimes, worktrees
+from reconciler.drivers.envoy_names import agent_name, envoy_dir, session_of
 from reconciler.drivers.runtimes import claude
 from reconciler.drivers.sphere import Sphere
-from reconciler.specs.changes import target
+from reconciler.specs import sources
+from reconciler.specs.changes import SOURCE_META
 
-BACKOFF_MAX = 60.0
 STABLE = 120.0  # seconds a session must run before its death no longer counts as a crash loop
-PENDING_RETRY = 1.0
 RUNTIMES = ("claude", "codex", "command")
-DEAD_PANE = "Pane is dead"
 _INHERITED = ("TMUX", "TMUX_PANE", "SOL_WRIT", "SOL_AGENT", "SOL_TETHER", "SOL_SESSION",
               "SOL_ATTEMPT")
 
@@ -60,117 +54,12 @@ class EnvoyError(SolError):
         self.reason = reason
 
 
-def backoff(failures: int) -> float:
-    """Seconds before the next start after `failures` quick deaths or failed starts."""
-    return min(BACKOFF_MAX, 2.0 ** max(0, failures - 1))
-
-
-def agent_name(name: str) -> str:
-    return "envoy_" + name.replace("-", "_")
-
-
-def session_of(world: str, name: str) -> str:
-    return session_name(world, agent_name(name))
-
-
-def envoy_dir(home: Home, world: str, name: str) -> Path:
-    return home.world_dir(world) / "envoys" / name
-
-
-# ---- plain values the planner sees ------------------------------------------------
-
-
-@dataclass(frozen=True)
-class EnvoyView:
-    record: Record
-    world: Record | None
-    source_ready: bool       # the world's clone (or the specs repository) is there
-    session: bool | None     # None: no session; True: alive; False: dead pane
-
-
-@dataclass(frozen=True)
-class EnvoyPlan:
-    actions: tuple[Action, ...]
-    next_at: float | None
-
-
-def _stop_reason(record: Record) -> str | None:
-    if record.status.get("retired"):
-        return "Pruned"
-    return "Suspended" if record.spec.get("suspend") else None
-
-
-def _act(op: str, kind: str, r: Record, text: str, **data: Any) -> Action:
-    return Action(op, kind, target("Envoy", r.world, r.name), text,
-                  {"world": r.world, "name": r.name, "version": r.version, **data})
-
-
-def _wait(r: Record, phase: str, reason: str, message: str) -> list[Action]:
-    if (r.phase, r.reason, r.message) == (phase, reason, message):
-        return []
-    return [_act(NOTE, "wait", r, message, phase=phase, reason=reason, message=message)]
-
-
-def plan_envoy(v: EnvoyView, now: float, *, is_degraded: bool
-               ) -> tuple[list[Action], float | None]:
-    """Pure: what one envoy needs, and when to look again (None: on the next event)."""
-    r, st = v.record, v.record.status
-    why = _stop_reason(r)
-    if why is not None:
-        if v.session is not None or (r.phase, r.reason) != (SUSPENDED, why):
-            return [_act(DELETE, "stop", r, f"stop the session ({why.lower()}); worktree, "
-                         "branch and memory kept", why=why)], None
-        return [], None
-    if v.world is None:
-        return _wait(r, ERROR, "WorldNotApplied", f"world {r.world} is not applied: apply "
-                     "its World manifest"), None
-    # A failed start waits out its backoff, unless the spec changed since (a fix).
-    due = float(st.get("notBefore") or 0.0) if r.observed_generation == r.generation else 0.0
-    if v.session is True:
-        if not st.get("sessionId") or not st.get("startedGeneration"):
-            return [_act(UPDATE, "adopt", r, "adopt the running session")], None
-        if st["startedGeneration"] != r.generation:
-            if now < due:
-                return [], due  # the restart failed: the old session goes on meanwhile
-            return [_act(UPDATE, "restart", r, "spec changed: restart the session (worktree "
-                         "and memory kept)")], None
-        if r.phase != RUNNING:
-            return [_act(UPDATE, "adopt", r, "the session runs: Running")], None
-        return [], None
-    sid = st.get("sessionId")
-    if sid and st.get("deadSession") != sid:
-        return [_act(UPDATE, "record-death", r, f"session {sid} died", session=sid)], None
-    if not v.source_ready:
-        where = "the specs repository" if r.spec.get("specs") else f"the clone of {r.world}"
-        return _wait(r, PENDING, "WaitingForSource", f"waiting for {where}"), None
-    if is_degraded:
-        return _wait(r, PENDING, "Degraded", "not started while the sphere is degraded "
-                     "(`sol resume` to resume)"), None
-    if now < due:
-        return [], due
-    kind = "respawn" if sid else "start"
-    return [_act(CREATE, kind, r, f"{kind} the session in its worktree")], None
-
-
-def plan_envoys(views: Sequence[EnvoyView], now: float, *, is_degraded: bool) -> EnvoyPlan:
-    actions: list[Action] = []
-    wakes: list[float] = []
-    for v in sorted(views, key=lambda v: (v.record.world, v.record.name)):
-        found, wake = plan_envoy(v, now, is_degraded=is_degraded)
-        actions += found
-        wakes += [wake] if wake is not None else []
-    return EnvoyPlan(tuple(actions), min(wakes) if wakes else None)
-
-
 # ---- observe ---------------------------------------------------------------------
 
 
 def specs_source(sphere: Sphere, record: Record) -> tuple[Path, str]:
     """The specs repository of a `specs: true` envoy and its specs directory: specsRepo,
     else the local git source the manifests were applied from (`-f git+REPO@REF#DIR`)."""
-    from reconciler.controllers.engine import SOURCE_META
-    from reconciler.specs import sources
-
     text = sphere.store.get_meta(SOURCE_META) or ""
     try:
         applied = sources.parse(text).absolute() if text else None
@@ -198,19 +87,18 @@ def _source_ready(sphere: Sphere, record: Record) -> bool:
         return True  # let the start say why, in the status
 
 
-def observe(sphere: Sphere, records: Sequence[Record]) -> list[EnvoyView]:
-    """The envoys' sessions (one tmux call), worlds and sources; nothing when none."""
-    if not records:
-        return []
-    listing = sphere.sessions.list("sol-")
-    worlds = {w.name: w for w in sphere.store.list("World")}
+def observe(sphere: Sphere, world: str) -> EnvoysView:
+    """The world's envoys, their sessions (one tmux call, none without envoys), the world
+    record, their sources and whether the sphere is degraded."""
+    records = sphere.store.list("Envoy", world)
+    listing = sphere.sessions.list("sol-") if records else {}
+    record = sphere.store.get("World", "", world)
     views = []
     for r in records:
         alive = listing.get(session_of(r.world, r.name))
         # A live session needs no source: spare the git look-up on every pass.
-        views.append(EnvoyView(r, worlds.get(r.world), alive is True or _source_ready(sphere, r),
-                               alive))
-    return views
+        views.append(EnvoyView(r, record, alive is True or _source_ready(sphere, r), alive))
+    return EnvoysView(world, tuple(views), time.time(), degraded.state(sphere.store) is not None)
 
 
 # ---- the persona and the launch ---------------------------------------------------
@@ -339,7 +227,7 @@ def _start(sphere: Sphere, action: Action) -> bool:
     name = session_of(d["world"], d["name"])
     record = _fresh(sphere, action)
     world = store.get("World", "", d["world"])
-    if record is None or world is None or _stop_reason(record):
+    if record is None or world is None or stop_reason(record):
         return False
     if action.kind != "restart" and sphere.sessions.is_alive(name):
         return False
@@ -385,12 +273,6 @@ def _start(sphere: Sphere, action: Action) -> bool:
     return True
 
 
-def _how(output: str) -> str:
-    """How the process ended (` (signal 9)`), from the line tmux's remain-on-exit adds."""
-    dead = [line for line in output.splitlines() if line.startswith(DEAD_PANE)]
-    return f" ({dead[-1][len(DEAD_PANE):].split(',')[0].strip('( ')})" if dead else ""
-
-
 def _record_death(sphere: Sphere, action: Action) -> bool:
     d = action.data
     name = session_of(d["world"], d["name"])
@@ -401,7 +283,8 @@ def _record_death(sphere: Sphere, action: Action) -> bool:
         output = sphere.sessions.recent_output(name, 200)
     except SolError:
         output = ""
-    how = _how(output)
+    ending = sphere.sessions.ending(name)
+    how = f" ({ending})" if ending else ""
     now = time.time()
     ran = now - float(record.status.get("startedAt") or 0.0)
     failures = 1 if ran >= STABLE else int(record.status.get("failures") or 0) + 1
@@ -420,7 +303,7 @@ def _stop(sphere: Sphere, action: Action) -> bool:
     d, store = action.data, sphere.store
     name = session_of(d["world"], d["name"])
     record = _fresh(sphere, action)
-    why = _stop_reason(record) if record else None
+    why = stop_reason(record) if record else None
     if record is None or why is None:
         return False
     existed = sphere.sessions.exists(name)
@@ -470,9 +353,9 @@ ACTS = {"start": _start, "respawn": _start, "restart": _start, "record-death": _
         "stop": _stop, "adopt": _adopt, "wait": _set_wait}
 
 
-def _execute(sphere: Sphere, action: Action) -> bool:
+def act(sphere: Sphere, action: Action) -> bool:
     """One action under the world's envoy lock; a failure is an event, never the end of
-    a pass (the sentinel runs this inside its own)."""
+    a pass."""
     d = action.data
     try:
         with flock(sphere.home.run / f"envoy-{d['world']}.lock"):
@@ -489,23 +372,26 @@ def _execute(sphere: Sphere, action: Action) -> bool:
 # ---- entry points ----------------------------------------------------------------
 
 
-def plan(sphere: Sphere, records: Sequence[Record] | None = None, world: str | None = None
-         ) -> EnvoyPlan:
-    """Observe and plan without acting: `sol diff` passes the records as they would be."""
-    found = sphere.store.list("Envoy", world) if records is None else records
-    views = observe(sphere, [r for r in found
-                             if r.kind == "Envoy" and (world is None or r.world == world)])
-    return plan_envoys(views, time.time(), is_degraded=degraded.state(sphere.store) is not None)
+RECONCILER = Reconciler(name="envoys", scope=Scope.WORLD, owner="sentinel",
+                        observe=observe, plan=plan, act=act)
+
+
+def _worlds(sphere: Sphere, world: str | None) -> list[str]:
+    """`world`, else every world with envoys or a record (an envoy of a world not
+    applied is told so in its status)."""
+    if world is not None:
+        return [world]
+    return sorted({r.world for r in sphere.store.list("Envoy")}
+                  | {w.name for w in sphere.store.list("World")})
 
 
 def reconcile(sphere: Sphere, world: str | None = None) -> list[Action]:
     """One pass over the envoys of `world` (all when None); the actions carried out."""
-    return [a for a in plan(sphere, world=world).actions if _execute(sphere, a)]
+    return [a for key in _worlds(sphere, world)
+            for a in RECONCILER.reconcile(sphere, key).actions]
 
 
 def requeue_after(sphere: Sphere, world: str | None = None) -> float | None:
     """Seconds until an envoy's backoff ends (None: nothing is due)."""
-    found = plan(sphere, world=world)
-    if found.actions:
-        return PENDING_RETRY
-    return None if found.next_at is None else max(0.0, found.next_at - time.time())
+    return sooner(*(RECONCILER.planned(sphere, key).requeue_after
+                    for key in _worlds(sphere, world)))

@@ -1,15 +1,17 @@
 """The forge: each world's merge queue. Merge, run the gates, land or send back.
 
-observe (the world's active merge requests, their writs, the target tip, whether a
-writ's `Sol-Writ:` trailer is already on the target), plan (`plan_forge`, pure), act
-(one idempotent action at a time, each recorded as an event). Writs go `Resolved` ->
+observe (the world's active merge requests, their writs, the head MR's progress and
+whether its writ's `Sol-Writ:` trailer is already on the target, the target tip), plan
+(forge_plan.py, pure: the head MR's next step), act (one step under the world's forge
+lock, each recorded as events; the steps are in landing.py). Writs go `Resolved` ->
 `Merging` -> `Merged`; merge requests `Queued` -> `Merging` -> `Merged`, `SentBack` or
 `Failed`. The forge merges in its own detached worktree (`worlds/<w>/forge/worktree`),
 never on the target branch, which moves only by compare-and-set once every gate passed.
-This module keeps the queue; one merge, and what follows a landing, are in landing.py.
 
-Crash safety: an MR found `Merging` is recovered first (worktree reset, merged again),
-and one whose trailer is already on the target is recorded Merged, never merged twice.
+Crash safety: each step leaves its outcome in the MR's row, so a restarted forge goes on
+at the step after the last one finished: a gate cut short runs again (with the gates
+before it) on a clean checkout of the same merge commit, a landing found on the target is
+recorded Merged, never merged twice, and only a commit every gate passed on ever lands.
 Every crash point can be exercised: with `SOL_FORGE_CRASH_AT=<point>` in its
 environment the forge calls `os._exit(137)` at that point:
 
@@ -22,96 +24,108 @@ environment the forge calls `os._exit(137)` at that point:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
+from reconciler.controllers.base import Reconciler, Scope
+from reconciler.controllers.forge_plan import (
+    ACTIVE,
+    DONE_STEPS,
+    MR_FAILED,
+    MR_MERGED,
+    ForgeView,
+    QueuedMR,
+    order,
+    plan,
+    triage,
+)
 from reconciler.controllers.landing import CRASH_ENV as CRASH_ENV
 from reconciler.controllers.landing import CRASH_POINTS as CRASH_POINTS
-from reconciler.controllers.landing import (
-    MR_FAILED,
-    MR_MERGING,
-    QUEUED,
-    Merge,
-    cleanup,
-    gate_record,
-    push,
-    record_merged,
-    reset,
-)
-from reconciler.controllers.recovery import landed_commit
+from reconciler.controllers.landing import Merge, crash_point, gate_record, push, reset
+from reconciler.core import tether
 from reconciler.core.errors import Retry, SolError
+from reconciler.core.home import session_name
 from reconciler.core.locks import flock
 from reconciler.core.model import MERGED, MERGING, RESOLVED, WorldSpec
-from reconciler.core.plan import DELETE, NOTE, UPDATE, Action
+from reconciler.core.plan import Action
 from reconciler.core.store import MergeRequest, Record, Store
 from reconciler.drivers import gates, worktrees
 from reconciler.drivers.sphere import Sphere
-from reconciler.specs.changes import target
+from reconciler.drivers.trailers import landed_commit
 
-ACTIVE = (QUEUED, MR_MERGING)
+_TRAILERS: dict[Path, tuple[str, dict[tuple[str, str], str | None]]] = {}
+"""repo -> (target tip, {(writ, base): landed commit}): a tip never changes its history,
+so each writ's trailer is searched once per tip, not once per step."""
 
 
 # ---- observe ---------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class QueuedMR:
-    """An active merge request with what the planner needs of its writ."""
-
-    id: int
-    writ: str
-    state: str
-    priority: int = 2
-    created_at: float = 0.0
-    writ_phase: str | None = RESOLVED  # None: the writ is not in the store
-    writ_kind: str = "code"
-    landed: str | None = None  # commit on the target carrying this writ's trailer
-    writ_commit: str = ""  # the writ's recorded mergeCommit, if any
-
-
-@dataclass(frozen=True)
-class ForgeSnapshot:
-    world: str
-    branch: str
-    target: str | None  # tip of the target branch; None: no clone or no branch
-    mrs: tuple[QueuedMR, ...] = ()
-    leftovers: tuple[tuple[str, str], ...] = ()  # (writ, agent) merged but not cleaned up
-    unpushed: bool = False  # spec.push and the target has commits the source lacks
-
-
 def queue(store: Store, world: str) -> list[MergeRequest]:
     """The world's active merge requests in the order the forge takes them."""
-    return sorted(store.mrs(world, states=ACTIVE), key=_order)
+    return sorted(store.mrs(world, states=ACTIVE), key=order)
 
 
-def _order(mr: MergeRequest | QueuedMR) -> tuple[bool, int, float, int]:
-    return (mr.state != MR_MERGING, mr.priority, mr.created_at, mr.id)
-
-
-def observe(sphere: Sphere, world: Record) -> ForgeSnapshot:
+def observe(sphere: Sphere, key: str) -> ForgeView:
     """Read-only: the store's view of the queue plus the managed clone's refs."""
+    store = sphere.store
+    world = store.get("World", "", key)
+    if world is None:
+        return ForgeView(key, "", None)
     spec = WorldSpec.from_spec(world.spec)
-    repo = sphere.home.repo(world.name)
+    repo = sphere.home.repo(key)
     tip = worktrees.rev(repo, f"refs/heads/{spec.branch}") if worktrees.is_clone(repo) else None
     if tip is None:
-        return ForgeSnapshot(world.name, spec.branch, None)
-    store = sphere.store
-    writs = {w.name: w for w in store.list("Writ", world.name)}
-    mrs = []
-    for mr in store.mrs(world.name, states=ACTIVE):
-        writ = writs.get(mr.writ)
-        mrs.append(QueuedMR(
-            mr.id, mr.writ, mr.state, mr.priority, mr.created_at,
-            writ.phase if writ else None,
-            (writ.spec.get("kind") or "code") if writ else "code",
-            landed_commit(repo, spec.branch, world.name, mr.writ, mr.base) if writ else None,
-            str(writ.status.get("mergeCommit") or "") if writ else "",
-        ))
-    leftovers = tuple((a.writ, a.name) for a in store.agents(world.name)
-                      if a.writ and a.writ in writs and writs[a.writ].phase == MERGED)
-    return ForgeSnapshot(world.name, spec.branch, tip, tuple(mrs), leftovers,
-                         spec.push and _unpushed(repo, spec.branch))
+        return ForgeView(key, spec.branch, None)
+    rows = store.mrs(key, states=ACTIVE)
+    held = [(a.writ, a.name) for a in store.agents(key) if a.writ]
+    writs = {name: store.get("Writ", key, name)  # the queue's and the agents', not history
+             for name in {mr.writ for mr in rows} | {writ for writ, _ in held}}
+    mrs = tuple(_queued(store, mr, writs[mr.writ]) for mr in rows)
+    found = _landed(repo, spec.branch, tip, key, mrs, {mr.id: mr.base for mr in rows})
+    leftovers = tuple((writ, agent) for writ, agent in held
+                      if (record := writs[writ]) is not None and record.phase == MERGED)
+    return ForgeView(key, spec.branch, tip, tuple(replace(m, landed=found.get(m.id))
+                                                  for m in mrs),
+                     leftovers, spec.push and _unpushed(repo, spec.branch),
+                     tuple(g.name for g in spec.gates), spec.push, spec.max_attempts,
+                     time.time())
+
+
+def _queued(store: Store, mr: MergeRequest, writ: Record | None) -> QueuedMR:
+    step, progress = store.mr_progress(mr.id)
+    return QueuedMR(
+        mr.id, mr.writ, mr.state, mr.priority, mr.created_at,
+        writ.phase if writ else None,
+        (writ.spec.get("kind") or "code") if writ else "code",
+        None,
+        str(writ.status.get("mergeCommit") or "") if writ else "",
+        mr.attempt, step, str(progress.get("commit") or ""), str(progress.get("onto") or ""),
+        tuple(str(g["name"]) for g in progress.get("gates") or []),
+        str((progress.get("verdict") or {}).get("summary") or ""),
+        float(progress.get("until") or 0.0),
+    )
+
+
+def _landed(repo: Path, branch: str, tip: str, world: str, mrs: tuple[QueuedMR, ...],
+            bases: dict[int, str]) -> dict[int, str]:
+    """MR id -> the target commit carrying its writ's trailer, searched for the head MR
+    (unless its own landing is recorded in its row) and for MRs about to be dropped for
+    their writ's phase (a landing overrides it)."""
+    head = [m for m in triage(mrs, world)[0][:1] if m.step not in DONE_STEPS]
+    odd = [m for m in mrs if m.writ_phase not in (None, RESOLVED, MERGING, MERGED)]
+    cached = _TRAILERS.get(repo)
+    if cached is None or cached[0] != tip:
+        cached = _TRAILERS[repo] = (tip, {})
+    found: dict[int, str] = {}
+    for mr in (*head, *odd):
+        key = (mr.writ, bases[mr.id])
+        if key not in cached[1]:
+            cached[1][key] = landed_commit(repo, branch, world, mr.writ, bases[mr.id])
+        if cached[1][key]:
+            found[mr.id] = str(cached[1][key])
+    return found
 
 
 def _unpushed(repo: Path, branch: str) -> bool:
@@ -122,92 +136,134 @@ def _unpushed(repo: Path, branch: str) -> bool:
     return remote is None or worktrees.commits_beyond(repo, local, remote) > 0
 
 
-# ---- plan ------------------------------------------------------------------------
+# ---- act -------------------------------------------------------------------------
 
 
-def plan_forge(snap: ForgeSnapshot) -> list[Action]:
-    """Pure: what the forge does next in one world, in order.
+def act(sphere: Sphere, action: Action) -> bool:
+    """One step under the world's forge lock (False when another forge holds it); an
+    error is a `forge-error` event and the step is tried again on a later pass."""
+    w = action.data["world"]
+    try:
+        with flock(sphere.home.run / f"forge-{w}.lock", blocking=False) as held:
+            return held and _act(sphere, action)
+    except SolError as exc:
+        sphere.store.event("forge-error", kind="World", world=w, name=w,
+                           message=f"{action.target}: {exc.message}",
+                           retry=isinstance(exc, Retry))
+        return False
 
-    Leftover cleanups and a pending push first; then the queue, a `Merging` MR (an
-    interrupted merge) before any `Queued` one, then by priority and resolve time. An MR
-    whose writ's trailer is already on the target is recorded Merged, not merged again.
+
+def _act(sphere: Sphere, action: Action) -> bool:
+    """Under the lock: first what a killed forge left (an orphaned gate, git's locks in
+    the forge worktree), then the step, which re-reads what it acts on."""
+    d = action.data
+    w = d["world"]
+    world = sphere.store.get("World", "", w)
+    if world is None:
+        return False
+    spec = WorldSpec.from_spec(world.spec)
+    gates.kill_leftover(gate_record(sphere, w))
+    _clear_stale_locks(sphere, w)
+    if action.kind == "cleanup":
+        cleanup(sphere, w, spec, d["writ"])
+        return True
+    if action.kind == "push" and "mr" not in d:
+        if _unpushed(sphere.home.repo(w), spec.branch):
+            push(sphere, world, spec)
+        return True
+    if action.kind in ("drop", "reject"):
+        return _close(sphere.store, action)
+    mr = _mr(sphere.store, action)
+    if mr is None:
+        return False
+    merge = Merge(sphere, w, spec, mr)
+    if merge.step != d["step"]:
+        return False  # the MR moved on since this step was planned
+    match action.kind:
+        case "merge":
+            return merge.merge()
+        case "gate":
+            return merge.gate(int(d["gate"]), str(d["name"]))
+        case "land":
+            return merge.land()
+        case "push":
+            return merge.push()
+        case "record-merged":
+            return _record(sphere, spec, mr, str(d["commit"]), str(d["how"]))
+        case "send-back" | "fail":
+            return merge.conclude()
+    raise ValueError(f"not a forge action: {action.kind}")
+
+
+def _record(sphere: Sphere, spec: WorldSpec, mr: MergeRequest, commit: str, how: str) -> bool:
+    """Writ and MR Merged on `commit`, the writ's worktree and branch removed, the forge
+    worktree back at the target's tip."""
+    w = mr.world
+    messages = {
+        "landed": f"landed on {spec.branch} as {commit[:12]}",
+        "empty": f"nothing to land: {mr.branch} adds nothing {spec.branch} lacks",
+        "found": f"found on {spec.branch} as {commit[:12]}",
+    }
+    record_merged(sphere, w, mr, commit, messages[how])
+    crash_point("after-record")
+    cleanup(sphere, w, spec, mr.writ)
+    wt = sphere.home.forge_worktree(w)
+    tip = worktrees.rev(sphere.home.repo(w), f"refs/heads/{spec.branch}")
+    if (wt / ".git").is_file() and tip:
+        reset(wt, tip)
+    return True
+
+
+def record_merged(sphere: Sphere, world: str, mr: MergeRequest, commit: str,
+                  message: str) -> None:
+    """Writ Merged with its commit, MR Merged: one transaction."""
+    store = sphere.store
+    key = ("Writ", world, mr.writ)
+    with store.transaction():
+        writ = store.get(*key)
+        if writ is not None and writ.phase in (RESOLVED, MERGING):
+            entry = {"attempt": mr.attempt, "outcome": "merged", "message": message,
+                     "commit": commit}
+            store.set_status(key, phase=MERGED, reason="Merged", message=message,
+                             mergeCommit=commit, feedback=None,
+                             attempts=[*(writ.status.get("attempts") or []), entry])
+        store.update_mr(mr.id, expect_state=mr.state, state=MR_MERGED, merge_commit=commit,
+                        message=message)
+        store.event("merged", kind="Writ", world=world, name=mr.writ, message=message,
+                    mr=mr.id, commit=commit, attempt=mr.attempt)
+
+
+def cleanup(sphere: Sphere, world: str, spec: WorldSpec, writ: str) -> None:
+    """Remove a merged writ's worktree and branch, stop its session, free its outpost.
+
+    Invariant 1: only once its merge commit is on the target; the outpost is freed
+    last, so an interrupted cleanup is planned again.
     """
-    if snap.target is None:
-        return []
-    w = snap.world
-    actions = [Action(DELETE, "cleanup", target("Writ", w, writ),
-                      f"remove the worktree of {agent} and branch sol/{writ} (merged)",
-                      {"world": w, "writ": writ, "agent": agent})
-               for writ, agent in sorted(snap.leftovers)]
-    if snap.unpushed:
-        actions.append(Action(UPDATE, "push", target("World", "", w),
-                              f"push {snap.branch} to the source", {"world": w}))
-    newest: dict[str, int] = {}
-    for mr in snap.mrs:
-        newest[mr.writ] = max(newest.get(mr.writ, 0), mr.id)
-    for mr in sorted(snap.mrs, key=_order):
-        tgt = target("Writ", w, mr.writ)
-        data: dict[str, Any] = {"world": w, "writ": mr.writ, "mr": mr.id}
-        if mr.writ_phase is None:
-            actions.append(Action(NOTE, "drop", tgt, f"MR #{mr.id}: the writ is gone", data))
-        elif mr.writ_kind != "code":
-            actions.append(Action(NOTE, "reject", tgt, f"MR #{mr.id}: {mr.writ_kind} writs "
-                                  "never enter the forge", data))
-        elif newest[mr.writ] != mr.id:
-            actions.append(Action(NOTE, "drop", tgt, f"MR #{mr.id}: superseded by MR "
-                                  f"#{newest[mr.writ]}", data))
-        elif mr.landed or mr.writ_phase == MERGED:
-            commit = mr.landed or mr.writ_commit
-            actions.append(Action(UPDATE, "record-merged", tgt, f"MR #{mr.id}: already on "
-                                  f"{snap.branch} as {commit[:12]}; record it Merged",
-                                  {**data, "commit": commit}))
-        elif mr.writ_phase not in (RESOLVED, MERGING):
-            actions.append(Action(NOTE, "drop", tgt, f"MR #{mr.id}: the writ is "
-                                  f"{mr.writ_phase}", data))
-        else:
-            how = "resume the interrupted merge of" if mr.state == MR_MERGING else "merge"
-            actions.append(Action(UPDATE, "merge", tgt, f"MR #{mr.id}: {how} sol/{mr.writ} "
-                                  f"onto {snap.branch}, run the gates, land", data))
-    return actions
-
-
-# ---- reconcile -------------------------------------------------------------------
-
-
-def plan(sphere: Sphere, world: str | None = None) -> list[Action]:
-    """What `reconcile` would do now (for `sol diff`); touches nothing."""
-    return [a for rec in _worlds(sphere, world) for a in plan_forge(observe(sphere, rec))]
-
-
-def reconcile(sphere: Sphere, world: str | None = None, *,
-              max_merges: int | None = None) -> list[Action]:
-    """Process the queue of every world (or one), at most `max_merges` merges in all.
-
-    A world whose forge lock is held by another process is skipped. An error in one
-    world stops that world's pass (the MR is retried next pass); others carry on.
-    """
-    done: list[Action] = []
-    budget = max_merges
-    for rec in _worlds(sphere, world):
-        with flock(sphere.home.run / f"forge-{rec.name}.lock", blocking=False) as held:
-            if not held:
-                continue
-            gates.kill_leftover(gate_record(sphere, rec.name))
-            _clear_stale_locks(sphere, rec.name)
-            for action in plan_forge(observe(sphere, rec)):
-                if action.kind == "merge":
-                    if budget is not None and budget <= 0:
-                        break
-                    budget = None if budget is None else budget - 1
-                try:
-                    act(sphere, action)
-                except SolError as exc:
-                    sphere.store.event("forge-error", kind="World", world=rec.name,
-                                       name=rec.name, message=f"{action.target}: {exc.message}",
-                                       retry=isinstance(exc, Retry))
-                    break
-                done.append(action)
-    return done
+    store, repo = sphere.store, sphere.home.repo(world)
+    record = store.get("Writ", world, writ)
+    commit = str((record.status if record else {}).get("mergeCommit") or "")
+    tip = f"refs/heads/{spec.branch}"
+    on_target = (bool(commit) and worktrees.rev(repo, commit) is not None
+                 and worktrees.is_merged(repo, commit, tip))
+    if not on_target:
+        store.event("cleanup-refused", kind="Writ", world=world, name=writ,
+                    message=f"merge commit {commit[:12] or '?'} is not on {spec.branch}; "
+                    f"worktree and branch sol/{writ} kept")
+        return
+    agent = store.agent_for(world, writ)
+    if agent is not None:
+        try:
+            sphere.sessions.stop(session_name(world, agent.name))
+        except SolError:
+            pass  # no tmux here: there is no session to stop either
+        tether.clear(sphere.home.tether(world, agent.name))
+        worktrees.remove_worktree(repo, sphere.home.worktree(world, agent.name), force=True)
+    worktrees.delete_branch(repo, f"sol/{writ}", force=True)
+    if agent is not None:
+        store.free_agent(world, agent.name)
+    store.event("cleaned-up", kind="Writ", world=world, name=writ,
+                message=f"worktree{' of ' + agent.name if agent else ''} and branch sol/{writ} "
+                "removed; the work is on the target", agent=agent.name if agent else "")
 
 
 def _clear_stale_locks(sphere: Sphere, world: str) -> None:
@@ -223,6 +279,32 @@ def _clear_stale_locks(sphere: Sphere, world: str) -> None:
                            + " left in the forge worktree by a killed git")
 
 
+def _mr(store: Store, action: Action) -> MergeRequest | None:
+    """The action's MR if it is still active."""
+    found = store.mrs(action.data["world"], states=ACTIVE, writ=action.data["writ"])
+    return next((m for m in found if m.id == action.data["mr"]), None)
+
+
+def _close(store: Store, action: Action) -> bool:
+    """An MR that must not merge: Failed, with the reason, the writ left as it is."""
+    with store.transaction():
+        mr = _mr(store, action)
+        if mr is None:
+            return False
+        store.update_mr(mr.id, expect_state=mr.state, state=MR_FAILED,
+                        message=action.description)
+        store.event("rejected" if action.kind == "reject" else "dropped", kind="Writ",
+                    world=mr.world, name=mr.writ, message=action.description, mr=mr.id)
+    return True
+
+
+# ---- entry points ----------------------------------------------------------------
+
+
+RECONCILER = Reconciler(name="forge", scope=Scope.WORLD, owner="forge",
+                        observe=observe, plan=plan, act=act)
+
+
 def _worlds(sphere: Sphere, world: str | None) -> list[Record]:
     records = [w for w in sphere.store.list("World") if world is None or w.name == world]
     if world is not None and not records:
@@ -230,51 +312,13 @@ def _worlds(sphere: Sphere, world: str | None) -> list[Record]:
     return records
 
 
-def act(sphere: Sphere, action: Action) -> None:
-    """Run one forge action; each is idempotent and re-reads what it acts on."""
-    w = action.data["world"]
-    world = sphere.store.get("World", "", w)
-    if world is None:
-        return
-    spec = WorldSpec.from_spec(world.spec)
-    if action.kind == "cleanup":
-        cleanup(sphere, w, spec, action.data["writ"])
-    elif action.kind == "push":
-        if _unpushed(sphere.home.repo(w), spec.branch):
-            push(sphere, world, spec)
-    elif action.kind == "record-merged":
-        mr = _mr(sphere.store, action)
-        if mr is not None:
-            record_merged(sphere, w, mr, action.data["commit"],
-                          f"found on {spec.branch} as {action.data['commit'][:12]}")
-            cleanup(sphere, w, spec, mr.writ)
-            wt, tip = sphere.home.forge_worktree(w), worktrees.rev(sphere.home.repo(w),
-                                                                   f"refs/heads/{spec.branch}")
-            if (wt / ".git").is_file() and tip:
-                reset(wt, tip)
-    elif action.kind in ("drop", "reject"):
-        _close(sphere.store, action)
-    elif action.kind == "merge":
-        mr = _mr(sphere.store, action)
-        if mr is not None:
-            Merge(sphere, w, spec, mr).run()
-    else:
-        raise ValueError(f"not a forge action: {action.kind}")
-
-
-def _mr(store: Store, action: Action) -> MergeRequest | None:
-    """The action's MR if it is still active."""
-    found = store.mrs(action.data["world"], states=ACTIVE, writ=action.data["writ"])
-    return next((m for m in found if m.id == action.data["mr"]), None)
-
-
-def _close(store: Store, action: Action) -> None:
-    """An MR that must not merge: Failed, with the reason, the writ left as it is."""
-    with store.transaction():
-        mr = _mr(store, action)
-        if mr is None:
-            return
-        store.update_mr(mr.id, expect_state=mr.state, state=MR_FAILED,
-                        message=action.description)
-        store.event("rejected" if action.kind == "reject" else "dropped", kind="Writ",
-                    world=mr.world, name=mr.writ, message=action.description, mr=mr.id)
+def reconcile(sphere: Sphere, world: str | None = None) -> list[Action]:
+    """Every world's queue (or one's) worked through to its end; the steps taken."""
+    done: list[Action] = []
+    for rec in _worlds(sphere, world):
+        while True:
+            result = RECONCILER.reconcile(sphere, rec.name)
+            done += result.actions
+            if result.requeue_after != 0 or not result.actions:
+                break
+    return done

@@ -1,24 +1,35 @@
-"""One merge of the forge: merge in the forge worktree, run the gates, land or send back.
+"""The steps of one merge (`Merge`), each one forge action: merge in the forge worktree,
+run one gate, land by compare-and-set, push, send back or fail (forge.py records a
+landing Merged and cleans up after it).
 
-forge.py decides what to do with each merge request of a world's queue; this module does
-it for one MR (`Merge`) and holds what comes after a landing: recording the writ Merged,
-removing its worktree and branch, pushing the target. The crash points listed in
-forge.py's docstring are all here (`crash_point`), as are the states an MR goes through.
+forge_plan.py picks the step; a step starts from the MR's row (`step`, the last one
+finished, and `progress`, what it left: the merge commit, the tip under it, the gate
+results) and, compare-and-set on that step, writes its own outcome there with its events,
+so a forge killed between two steps resumes at the next and one killed inside a step
+does it again. The target moves only in `land`, to the commit every gate passed on.
+The crash points listed in forge.py's docstring are here (`crash_point`).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from reconciler.core import tether
+from reconciler.controllers.forge_plan import (
+    MR_FAILED,
+    MR_MERGING,
+    QUEUED,
+    SENT_BACK,
+    Step,
+    passed_gates,
+)
 from reconciler.core.conditions import escalate, with_condition
 from reconciler.core.errors import Retry, SolError
-from reconciler.core.home import session_name
-from reconciler.core.model import FAILED, MERGED, MERGING, PENDING, RESOLVED, WorldSpec, WritSpec
+from reconciler.core.model import FAILED, MERGING, PENDING, RESOLVED, WorldSpec, WritSpec
 from reconciler.core.store import MergeRequest, Record
 from reconciler.drivers import backup, gates, worktrees
 from reconciler.drivers.runtimes import session_path
@@ -27,9 +38,7 @@ from reconciler.drivers.worktrees import git_reason, run_git
 
 CRASH_ENV = "SOL_FORGE_CRASH_AT"
 CRASH_POINTS = ("before-merge", "after-merge", "mid-gate", "after-land", "after-record")
-QUEUED, MR_MERGING, MR_MERGED, SENT_BACK, MR_FAILED = (
-    "Queued", "Merging", "Merged", "SentBack", "Failed")
-MAX_REMERGES = 3  # target moves during one merge before the MR waits for the next pass
+MAX_REMERGES = 3  # target moves in a row before the MR waits one resync interval
 FEEDBACK_LINES = 200
 ATTEMPT_TAIL = 20
 GATE_ENV_DROP = ("TMUX", "TMUX_PANE", CRASH_ENV, "SOL_TETHER", "SOL_AGENT", "SOL_SESSION")
@@ -53,11 +62,12 @@ def gate_record(sphere: Sphere, world: str) -> Path:
     return sphere.home.run / f"forge-{world}.gate"
 
 
-# ---- one merge -------------------------------------------------------------------
+# ---- one merge, step by step ---------------------------------------------------------
 
 
 class Merge:
-    """Merge one MR in the forge worktree, run the gates, land or send it back."""
+    """One MR's merge, read back from its row; each public method is one step and returns
+    False when the row is no longer at the step it was planned from."""
 
     def __init__(self, sphere: Sphere, world: str, spec: WorldSpec, mr: MergeRequest) -> None:
         self.sphere, self.world, self.spec, self.mr = sphere, world, spec, mr
@@ -66,46 +76,149 @@ class Merge:
         self.wt = sphere.home.forge_worktree(world)
         self.ref = f"refs/heads/{spec.branch}"
         self.key = ("Writ", world, mr.writ)
+        step, self.progress = self.store.mr_progress(mr.id)
+        self.step = Step(step)
 
-    def run(self) -> None:
-        if not self._start():
-            return
-        crash_point("before-merge")
+    def merge(self) -> bool:
+        """Merge the branch onto the target's tip in the forge worktree; the outcome is
+        the merge commit, a conflict, nothing to land, or a missing branch."""
+        if self.step == Step.NEW:
+            if not self._start():
+                return False
+            crash_point("before-merge")
+        elif self.step != Step.MOVED or self.mr.state != MR_MERGING:
+            return False
         if worktrees.rev(self.repo, f"refs/heads/{self.mr.branch}") is None:
-            return self._fail("BranchMissing", f"branch {self.mr.branch} is missing from "
-                              f"{self.repo}; the work cannot be merged")
+            message = (f"branch {self.mr.branch} is missing from {self.repo}; the work cannot "
+                       "be merged")
+            return self._save(Step.BRANCH_MISSING, verdict={"reason": "BranchMissing",
+                                                            "summary": message})
         self._ensure_worktree()
-        for _ in range(MAX_REMERGES):
-            old = worktrees.rev(self.repo, self.ref)
-            if old is None:
-                raise SolError(f"branch {self.spec.branch} vanished from {self.repo}")
-            self._reset(old)
-            new, files, reason = self._merge(old)
-            if new is None:
-                self._reset(old)
-                return self._conflict(old, files, reason)
-            if new == old:
-                self._record(old, f"nothing to land: {self.mr.branch} adds nothing "
-                             f"{self.spec.branch} lacks")
-                return
-            crash_point("after-merge")
-            failed = self._gates(old)
-            if failed is not None:
-                self._reset(old)
-                return self._gate_failed(old, failed)
-            if self._land(new, old):
-                break
+        old = worktrees.rev(self.repo, self.ref)
+        if old is None:
+            raise SolError(f"branch {self.spec.branch} vanished from {self.repo}")
+        reset(self.wt, old)
+        new, files, reason = self._merge(old)
+        if new is None:
+            reset(self.wt, old)
+            return self._save(Step.CONFLICT, onto=old, verdict=self._conflict(old, files, reason))
+        if new == old:
+            return self._save(Step.EMPTY, commit=old, onto=old)
+        if not self._save(Step.MERGED, commit=new, onto=old, gates=[]):
+            return False
+        crash_point("after-merge")
+        return True
+
+    def gate(self, index: int, name: str) -> bool:
+        """Run gate `index` on the merge commit. Gates that start over, and any gate
+        whose worktree is not plainly at the merge commit, get a fresh checkout."""
+        commit, onto = str(self.progress.get("commit") or ""), str(self.progress.get("onto"))
+        ran = list(self.progress.get("gates") or [])
+        done = passed_gates(self.step, tuple(g["name"] for g in ran), self._gate_names())
+        if (self.step not in (Step.MERGED, Step.GATE_RUNNING, Step.GATE_PASSED) or not commit
+                or len(done) != index or index >= len(self.spec.gates)
+                or self.spec.gates[index].name != name):
+            return False
+        if len(done) < len(ran) or self.step == Step.GATE_RUNNING or not self._at(commit):
+            self._ensure_worktree()
+            reset(self.wt, commit)
+            if index:  # earlier gates' output is gone with the tree: they run again
+                return self._save(Step.MERGED, gates=[])
+        done = ran[:index]
+        gate, total = self.spec.gates[index], len(self.spec.gates)
+        with self.store.transaction():
+            if not self._save(Step.GATE_RUNNING, gates=done):
+                return False
+            self.store.set_status(self.key, message=f"gate {gate.name} running ({index + 1}/"
+                                  f"{total}) on {self.mr.branch} merged onto {onto[:12]}",
+                                  expect_phases=[MERGING])
+        env = {k: v for k, v in os.environ.items() if k not in GATE_ENV_DROP}
+        env.update(SOL_WORLD=self.world, SOL_WRIT=self.mr.writ, SOL_ATTEMPT=str(self.mr.attempt),
+                   PATH=session_path(env.get("PATH")))
+        result = gates.run_gate(
+            gate.name, gate.run, cwd=self.wt, timeout=gate.timeout, env=env,
+            log=self.sphere.home.gate_log(self.world, self.mr.writ, self.mr.attempt, gate.name),
+            record=gate_record(self.sphere, self.world), tail_lines=FEEDBACK_LINES,
+            on_start=lambda _pid: crash_point("mid-gate"))
+        if not result.passed:
+            reset(self.wt, onto)
+        with self.store.transaction():
+            self.store.event("gate-passed" if result.passed else "gate-failed", kind="Writ",
+                             world=self.world, name=self.mr.writ, message=result.summary,
+                             mr=self.mr.id, gate=gate.name, exitCode=result.exit_code,
+                             log=str(result.log))
+            ran = [*done, {"name": gate.name, "summary": result.summary}]
+            if result.passed:
+                return self._save(Step.GATE_PASSED, gates=ran)
+            return self._save(Step.GATE_FAILED, gates=ran,
+                              verdict=self._gate_failed(onto, result))
+
+    def land(self) -> bool:
+        """Move the target from the tip the merge was made on to the merge commit, once
+        every gate of the world passed on it; merge again if the target moved."""
+        commit, onto = str(self.progress.get("commit") or ""), str(self.progress.get("onto"))
+        ran = tuple(g["name"] for g in self.progress.get("gates") or [])
+        if (self.step not in (Step.MERGED, Step.GATE_RUNNING, Step.GATE_PASSED) or not commit
+                or passed_gates(self.step, ran, self._gate_names()) != self._gate_names()):
+            return False
+        if self._land(commit, onto):
+            if not self._save(Step.LANDED):
+                return False
+            crash_point("after-land")
+            return True
+        moves = int(self.progress.get("moves") or 0) + 1
+        held = moves >= MAX_REMERGES  # until the next pass: merging now would race again
+        with self.store.transaction():
             self.store.event("target-moved", kind="Writ", world=self.world, name=self.mr.writ,
                              message=f"{self.spec.branch} moved during the gates; merging "
                              "again on its new tip", mr=self.mr.id)
-        else:
+            saved = self._save(Step.MOVED, moves=0 if held else moves,
+                               until=time.time() + self.sphere.config.resync if held else 0.0)
+        if saved and held:
             raise Retry(f"{self.spec.branch} kept moving during the gates of "
                         f"{self.world}/{self.mr.writ}; retrying on the next pass")
-        crash_point("after-land")
+        return saved
+
+    def push(self) -> bool:
+        """Push the landed target to the source (a failure is the world's condition and
+        an event; the work is landed all the same)."""
+        if self.step != Step.LANDED:
+            return False
         if self.spec.push:
             push(self.sphere, self.store.get("World", "", self.world), self.spec)
-        self._record(new, f"landed on {self.spec.branch} as {new[:12]}")
-        self._reset(new)
+        return self._save(Step.PUSHED)
+
+    def conclude(self) -> bool:
+        """Send the attempt back with its feedback, or fail the writ (its attempts used
+        up, or its branch missing)."""
+        verdict = self.progress.get("verdict") or {}
+        if self.step == Step.BRANCH_MISSING:
+            return self._fail("BranchMissing", str(verdict["summary"]))
+        if self.step not in (Step.CONFLICT, Step.GATE_FAILED):
+            return False
+        return self._send_back(verdict["reason"], verdict["summary"], verdict["feedback"],
+                               verdict["entry"])
+
+    # ---- the parts of the steps ------------------------------------------------------
+
+    def _save(self, step: Step, **changes: Any) -> bool:
+        """This step done: compare-and-set on the step it started from."""
+        progress = {**self.progress, **changes}
+        if not self.store.update_mr(self.mr.id, expect_state=MR_MERGING, expect_step=self.step,
+                                    step=step, progress=progress):
+            return False
+        self.step, self.progress = step, progress
+        return True
+
+    def _gate_names(self) -> tuple[str, ...]:
+        return tuple(g.name for g in self.spec.gates)
+
+    def _at(self, commit: str) -> bool:
+        """The forge worktree exists, is ours, and has commit checked out."""
+        if not (self.wt / ".git").is_file():
+            return False
+        status, out, _ = run_git(self.wt, "rev-parse", "HEAD", check=False)
+        return status == 0 and out.strip() == commit
 
     def _start(self) -> bool:
         """MR and writ to Merging together; False if the writ is no longer mergeable."""
@@ -114,7 +227,6 @@ class Merge:
             if writ is None or writ.phase not in (RESOLVED, MERGING):
                 return False
             assert (writ.spec.get("kind") or "code") == "code", "analysis writs never merge"
-            self.title = " ".join(WritSpec.from_spec(writ.spec).title.split()) or writ.name
             if self.mr.state == QUEUED:
                 self.store.update_mr(self.mr.id, expect_state=QUEUED, state=MR_MERGING,
                                      message="merging")
@@ -143,9 +255,6 @@ class Merge:
         run_git(self.repo, "worktree", "add", "--quiet", "--detach", str(self.wt.absolute()),
                 self.ref, what=f"cannot make the forge worktree {self.wt}")
 
-    def _reset(self, sha: str) -> None:
-        reset(self.wt, sha)
-
     def _git(self, *args: str, author: tuple[str, str] | None = None) -> tuple[int, str, str]:
         name, email = "sol forge", f"forge@{self.world}.sol"
         a_name, a_email = author or (name, email)
@@ -156,8 +265,10 @@ class Merge:
                        env=env, check=False)
 
     def _message(self, tip: str) -> str:
+        writ = self.store.get(*self.key)
+        title = " ".join(WritSpec.from_spec(writ.spec).title.split()) if writ else ""
         how = "Squashed" if self.spec.strategy == "squash" else "Merged"
-        return (f"{self.title}\n\nWrit {self.world}/{self.mr.writ}, worked by agent "
+        return (f"{title or self.mr.writ}\n\nWrit {self.world}/{self.mr.writ}, worked by agent "
                 f"{self.mr.agent or '-'}, attempt {self.mr.attempt}.\n{how} from "
                 f"{self.mr.branch} at {tip[:12]} by sol forge.\n\n"
                 f"Sol-Writ: {self.world}/{self.mr.writ}\n")
@@ -187,30 +298,6 @@ class Merge:
                                f"{git_reason(err or out)}")
         return worktrees.rev(self.wt, "HEAD"), [], ""
 
-    def _gates(self, old: str) -> gates.GateResult | None:
-        """Run every gate in order; the first that fails, or None when all pass."""
-        env = {k: v for k, v in os.environ.items() if k not in GATE_ENV_DROP}
-        env.update(SOL_WORLD=self.world, SOL_WRIT=self.mr.writ, SOL_ATTEMPT=str(self.mr.attempt),
-                   PATH=session_path(env.get("PATH")))
-        total = len(self.spec.gates)
-        for number, gate in enumerate(self.spec.gates, 1):
-            self.store.set_status(self.key, message=f"gate {gate.name} running ({number}/"
-                                  f"{total}) on {self.mr.branch} merged onto {old[:12]}",
-                                  expect_phases=[MERGING])
-            result = gates.run_gate(
-                gate.name, gate.run, cwd=self.wt, timeout=gate.timeout, env=env,
-                log=self.sphere.home.gate_log(self.world, self.mr.writ, self.mr.attempt,
-                                              gate.name),
-                record=gate_record(self.sphere, self.world), tail_lines=FEEDBACK_LINES,
-                on_start=lambda _pid: crash_point("mid-gate"))
-            kind = "gate-passed" if result.passed else "gate-failed"
-            self.store.event(kind, kind="Writ", world=self.world, name=self.mr.writ,
-                             message=result.summary, mr=self.mr.id, gate=gate.name,
-                             exitCode=result.exit_code, log=str(result.log))
-            if not result.passed:
-                return result
-        return None
-
     def _land(self, new: str, old: str) -> bool:
         """Compare-and-set the target from old to new; False if it moved meanwhile."""
         status, _, err = run_git(self.repo, "update-ref", "-m",
@@ -226,12 +313,8 @@ class Merge:
             return False
         raise SolError(f"cannot move {self.spec.branch} in {self.repo}: {git_reason(err)}")
 
-    def _record(self, commit: str, message: str) -> None:
-        record_merged(self.sphere, self.world, self.mr, commit, message)
-        crash_point("after-record")
-        cleanup(self.sphere, self.world, self.spec, self.mr.writ)
-
-    def _gate_failed(self, old: str, result: gates.GateResult) -> None:
+    def _gate_failed(self, old: str, result: gates.GateResult) -> dict[str, Any]:
+        """What a send-back for a failed gate says, kept until the send-back step."""
         shown = result.tail or "(no output)"
         feedback = (
             f"The forge sent attempt {self.mr.attempt} of writ {self.world}/{self.mr.writ} "
@@ -243,9 +326,11 @@ class Merge:
         entry = {"outcome": "gate-failed", "message": result.summary, "gate": result.name,
                  "exitCode": result.exit_code, "log": str(result.log),
                  "tail": "\n".join(result.tail.splitlines()[-ATTEMPT_TAIL:])}
-        self._send_back("GateFailed", result.summary, feedback, entry)
+        return {"reason": "GateFailed", "summary": result.summary, "feedback": feedback,
+                "entry": entry}
 
-    def _conflict(self, old: str, files: list[str], reason: str) -> None:
+    def _conflict(self, old: str, files: list[str], reason: str) -> dict[str, Any]:
+        """What a send-back for a conflict says, kept until the send-back step."""
         target_branch = self.spec.branch
         where = (":\n" + "".join(f"  {f}\n" for f in files)) if files else f": {reason}\n"
         summary = (f"conflict with {target_branch} in {', '.join(files)}" if files
@@ -256,11 +341,11 @@ class Merge:
             f"{old[:12]}){where}"
             f"Merge the target branch into your branch (`git merge {target_branch}`), resolve "
             "the conflicts in those files, commit, and run `sol resolve` again.")
-        self._send_back("Conflict", summary, feedback,
-                        {"outcome": "conflict", "message": summary, "files": files})
+        return {"reason": "Conflict", "summary": summary, "feedback": feedback,
+                "entry": {"outcome": "conflict", "message": summary, "files": files}}
 
     def _send_back(self, reason: str, summary: str, feedback: str,
-                   entry: dict[str, Any]) -> None:
+                   entry: dict[str, Any]) -> bool:
         """Pending with the feedback on the same branch, or Failed after maxAttempts."""
         attempt = self.mr.attempt
         with self.store.transaction():
@@ -271,12 +356,13 @@ class Merge:
                 return self._fail(reason, f"failed after {attempt} attempt(s): {summary}; "
                                   f"branch {self.mr.branch} and its worktree kept",
                                   feedback=feedback, attempts=attempts)
+            if not self.store.update_mr(self.mr.id, expect_state=MR_MERGING, state=SENT_BACK,
+                                        message=summary):
+                return False
             self.store.set_status(self.key, phase=PENDING, reason="SentBack",
                                   message=f"attempt {attempt} sent back: {summary}",
                                   expect_phases=[MERGING], attempt=attempt + 1,
                                   feedback=feedback, attempts=attempts)
-            self.store.update_mr(self.mr.id, expect_state=MR_MERGING, state=SENT_BACK,
-                                 message=summary)
             agent = self.store.agent_for(self.world, self.mr.writ)
             if agent is not None:
                 self.store.put_agent(self.world, agent.name, writ=self.mr.writ,
@@ -284,72 +370,23 @@ class Merge:
             self.store.event("sent-back", kind="Writ", world=self.world, name=self.mr.writ,
                              message=f"attempt {attempt}: {summary}", mr=self.mr.id,
                              attempt=attempt)
+        return True
 
-    def _fail(self, reason: str, message: str, **fields: Any) -> None:
+    def _fail(self, reason: str, message: str, **fields: Any) -> bool:
         """Failed for good: the branch and worktree stay, a human is escalated to."""
         with self.store.transaction():
+            if not self.store.update_mr(self.mr.id, expect_state=MR_MERGING, state=MR_FAILED,
+                                        message=message):
+                return False
             self.store.set_status(self.key, phase=FAILED, reason=reason, message=message,
                                   expect_phases=[MERGING], **fields)
-            self.store.update_mr(self.mr.id, expect_state=MR_MERGING, state=MR_FAILED,
-                                 message=message)
             escalate(self.store, self.world, self.mr.writ, message, source="Forge")
             self.store.event("failed", kind="Writ", world=self.world, name=self.mr.writ,
                              message=message, mr=self.mr.id, attempt=self.mr.attempt)
+        return True
 
 
-# ---- landing and after -----------------------------------------------------------
-
-
-def record_merged(sphere: Sphere, world: str, mr: MergeRequest, commit: str,
-                  message: str) -> None:
-    """Writ Merged with its commit, MR Merged: one transaction."""
-    store = sphere.store
-    key = ("Writ", world, mr.writ)
-    with store.transaction():
-        writ = store.get(*key)
-        if writ is not None and writ.phase in (RESOLVED, MERGING):
-            entry = {"attempt": mr.attempt, "outcome": "merged", "message": message,
-                     "commit": commit}
-            store.set_status(key, phase=MERGED, reason="Merged", message=message,
-                             mergeCommit=commit, feedback=None,
-                             attempts=[*(writ.status.get("attempts") or []), entry])
-        store.update_mr(mr.id, expect_state=mr.state, state=MR_MERGED, merge_commit=commit,
-                        message=message)
-        store.event("merged", kind="Writ", world=world, name=mr.writ, message=message,
-                    mr=mr.id, commit=commit, attempt=mr.attempt)
-
-
-def cleanup(sphere: Sphere, world: str, spec: WorldSpec, writ: str) -> None:
-    """Remove a merged writ's worktree and branch, stop its session, free its outpost.
-
-    Invariant 1: only once its merge commit is on the target; the outpost is freed
-    last, so an interrupted cleanup is planned again.
-    """
-    store, repo = sphere.store, sphere.home.repo(world)
-    record = store.get("Writ", world, writ)
-    commit = str((record.status if record else {}).get("mergeCommit") or "")
-    tip = f"refs/heads/{spec.branch}"
-    on_target = (bool(commit) and worktrees.rev(repo, commit) is not None
-                 and worktrees.is_merged(repo, commit, tip))
-    if not on_target:
-        store.event("cleanup-refused", kind="Writ", world=world, name=writ,
-                    message=f"merge commit {commit[:12] or '?'} is not on {spec.branch}; "
-                    f"worktree and branch sol/{writ} kept")
-        return
-    agent = store.agent_for(world, writ)
-    if agent is not None:
-        try:
-            sphere.sessions.stop(session_name(world, agent.name))
-        except SolError:
-            pass  # no tmux here: there is no session to stop either
-        tether.clear(sphere.home.tether(world, agent.name))
-        worktrees.remove_worktree(repo, sphere.home.worktree(world, agent.name), force=True)
-    worktrees.delete_branch(repo, f"sol/{writ}", force=True)
-    if agent is not None:
-        store.free_agent(world, agent.name)
-    store.event("cleaned-up", kind="Writ", world=world, name=writ,
-                message=f"worktree{' of ' + agent.name if agent else ''} and branch sol/{writ} "
-                "removed; the work is on the target", agent=agent.name if agent else "")
+# ---- pushing the target ----------------------------------------------------------
 
 
 def push_reason(stderr: str) -> str:

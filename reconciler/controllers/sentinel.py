@@ -1,9 +1,9 @@
 """The sentinel: per-world health of agent sessions (DESIGN sections 6 and 8).
 
-Observe (one `list-sessions` call for the whole sphere, the store, tethers and log
-mtimes), plan with the pure `sentinel_plan.plan_sentinel`, then act; every action
-re-checks what it relies on under the world's cast lock and is recorded as an event, so
-a pass that runs twice, or beside a cast or a `sol resolve`, changes nothing twice.
+Observe one world (one `list-sessions` call, the store, tethers, log mtimes, orphan
+worktrees), plan with the pure `sentinel_plan.plan`, then act; every action re-checks
+what it relies on under the world's cast lock and is recorded as an event, so a pass
+that runs twice, or beside a cast or a `sol resolve`, changes nothing twice.
 
 - A Working writ whose session is dead or missing while its tether is there has died:
   the death is recorded once (keyed by the session id), then the session is respawned in
@@ -15,6 +15,10 @@ a pass that runs twice, or beside a cast or a `sol resolve`, changes nothing twi
   `stallAfter` after the nudge, it gets the condition `Stalled` and an escalation.
 - A session with no tether, or whose writ has ended, is stopped (envoys excepted).
 - A worktree no writ owns is removed when its work is on the target, else reported once.
+
+Degraded mode is entered and left by the `degraded` reconciler; the sentinel only reads
+it (no respawn while degraded) and records each death it sees (`degraded.record_death`).
+The envoys, kept alive and never reaped, are the other reconciler of the sentinel child.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import time
 import uuid
 from typing import Any
 
-from reconciler.controllers import envoys
+from reconciler.controllers.base import Reconciler, Scope
 from reconciler.controllers.sentinel_plan import (
     ENDED,
     RATE_LIMIT_HOLD,
@@ -36,19 +40,19 @@ from reconciler.controllers.sentinel_plan import (
     _nudge,
     _stalled,
     backoff,
-    duration,
-    plan_sentinel,
+    plan,
 )
-from reconciler.controllers.sentinel_plan import echo_grace as echo_grace
 from reconciler.core import degraded, tether
 from reconciler.core.conditions import escalate, with_condition
+from reconciler.core.durations import format_duration
 from reconciler.core.errors import SolError
 from reconciler.core.home import session_name
 from reconciler.core.locks import flock
 from reconciler.core.model import FAILED, WORKING, WorldSpec
-from reconciler.core.plan import Action
+from reconciler.core.plan import Action, sooner
 from reconciler.core.store import Record
 from reconciler.drivers import hook, worktrees
+from reconciler.drivers.envoy_names import is_envoy
 from reconciler.drivers.outposts import (
     live_counts,
     parse_session,
@@ -56,10 +60,9 @@ from reconciler.drivers.outposts import (
     start_session,
     watch_deaths,
 )
+from reconciler.drivers.sessions import last_words
 from reconciler.drivers.sphere import Sphere
 
-PENDING_RETRY = 1.0  # seconds; bounds the retry rate of an action that keeps failing
-DEAD_PANE = "Pane is dead"  # the line tmux's remain-on-exit adds: "Pane is dead (signal 9, ...)"
 NUDGE = ("sol: no output for {after}. If you are stuck, run sol escalate \"why\"; "
          "when done, run sol resolve.")
 TURN_NUDGE = ("sol: your turn ended {after} ago but the writ is not resolved. Go on with "
@@ -68,7 +71,6 @@ TURN_NUDGE = ("sol: your turn ended {after} ago but the writ is not resolved. Go
 GO_ON = ("sol: the API rate limit has reset. Go on with the assignment where you left off "
          "(sol prime prints it).")
 """Typed into a silent session. No backticks or `$`: a shell in the pane runs nothing."""
-
 
 
 # ---- observe ---------------------------------------------------------------------
@@ -103,10 +105,12 @@ def _mtime(path: os.PathLike[str]) -> float | None:
         return None
 
 
-def observe(sphere: Sphere, world: str, listing: dict[str, bool], now: float, *,
-            is_degraded: bool, orphans: bool = True) -> SentinelView:
-    """Read one world's state; `listing` is the one `sessions.list` of this pass, taken
-    before the store is read (so a session `sol resolve` stopped shows its writ resolved)."""
+def observe(sphere: Sphere, world: str) -> SentinelView:
+    """Read one world's state: its sessions first (one `list-sessions`), then the store (so
+    a session `sol resolve` stopped shows its writ resolved), tethers, logs, orphans and
+    whether the sphere is degraded."""
+    listing = sphere.sessions.list("sol-")
+    now = time.time()
     store, home = sphere.store, sphere.home
     record = store.get("World", "", world)
     spec = WorldSpec.from_spec(record.spec) if record is not None else None
@@ -131,18 +135,20 @@ def observe(sphere: Sphere, world: str, listing: dict[str, bool], now: float, *,
             _mtime(home.agent_log(world, agent)) if sessions.get(agent) else None,
             row.writ if row else None,
             _activity(sphere, world, agent) if sessions.get(agent) else None)
-    live = sum(1 for a, alive in sessions.items() if alive and not a.startswith("envoy"))
+    live = sum(1 for a, alive in sessions.items() if alive and not is_envoy(a))
     found: list[OrphanView] = []
-    if orphans and spec is not None:
+    if spec is not None:
         found = [_orphan(sphere, world, spec, p.name) for p in sorted(dirs)
                  if _unowned(sphere, world, p.name)]
-    return SentinelView(world, spec, writs, outposts, now, live, is_degraded, tuple(found))
+    return SentinelView(world, spec, writs, outposts, now, live,
+                        degraded.state(store) is not None, tuple(found),
+                        degraded.exit_at(store))
 
 
 def _unowned(sphere: Sphere, world: str, agent: str) -> bool:
     """A worktree no writ owns (envoys keep theirs without a writ: never ours)."""
     home = sphere.home
-    if agent.startswith("envoy") or not home.worktree(world, agent).exists() \
+    if is_envoy(agent) or not home.worktree(world, agent).exists() \
             or home.tether(world, agent).exists():
         return False
     row = sphere.store.agent(world, agent)
@@ -194,18 +200,6 @@ def _tail(sphere: Sphere, name: str, lines: int = 20) -> str:
     return "\n".join([line for line in text.splitlines() if line.strip()][-lines:])
 
 
-def _last_words(output: str) -> tuple[str, str]:
-    """The last line the agent printed, and how it ended (` (signal 9)`) when tmux says."""
-    last, how = "", ""
-    for line in reversed(output.splitlines()):
-        if line.startswith(DEAD_PANE):
-            how = how or f" ({line[len(DEAD_PANE):].split(',')[0].strip('( ')})"
-        elif line.strip():
-            last = line.strip()
-            break
-    return last, how
-
-
 def _record_death(sphere: Sphere, action: Action) -> bool:
     d, store = action.data, sphere.store
     name = session_name(d["world"], d["agent"])
@@ -228,7 +222,8 @@ def _record_death(sphere: Sphere, action: Action) -> bool:
                 then = "not respawned: the sphere is degraded (sol resume to resume)"
             else:
                 then = f"respawn {respawns + 1}/{spec.max_respawns} in {backoff(respawns):g}s"
-            last, how = _last_words(output)
+            last, ending = last_words(output), sphere.sessions.ending(name)
+            how = f" ({ending})" if ending else ""
             message = f"session {d['session']} of agent {d['agent']} died{how}; {then}"
             store.set_status(writ.key, reason="SessionDied", message=message,
                              expect_version=writ.version, deadSession=d["session"],
@@ -322,7 +317,8 @@ def _nudge_session(sphere: Sphere, action: Action) -> bool:
     writ = _current(sphere, action)
     if spec is None or writ is None or _nudge(writ.status, d["session"]) is not None:
         return False
-    text = (TURN_NUDGE if d.get("hooks") else NUDGE).format(after=duration(spec.stall_after))
+    silent = format_duration(int(spec.stall_after))
+    text = (TURN_NUDGE if d.get("hooks") else NUDGE).format(after=silent)
     try:
         sphere.sessions.send_text(session_name(d["world"], d["agent"]), text)
     except SolError:
@@ -334,8 +330,8 @@ def _nudge_session(sphere: Sphere, action: Action) -> bool:
             return False
         store.set_status(writ.key, nudge={"session": d["session"], "at": now})
         store.event("nudged", kind="Writ", world=d["world"], name=d["writ"],
-                    message=f"agent {d['agent']} silent for {duration(spec.stall_after)}: "
-                    "nudged", agent=d["agent"], session=d["session"])
+                    message=f"agent {d['agent']} silent for {silent}: nudged", agent=d["agent"],
+                    session=d["session"])
     return True
 
 
@@ -347,7 +343,8 @@ def _stall(sphere: Sphere, action: Action) -> bool:
         nudge = _nudge(writ.status, d["session"]) if writ else None
         if spec is None or writ is None or nudge is None or nudge.get("stalled"):
             return False
-        message = (f"agent {d['agent']} has printed nothing for {duration(spec.stall_after)} "
+        silent = format_duration(int(spec.stall_after))
+        message = (f"agent {d['agent']} has printed nothing for {silent} "
                    f"since it was nudged; see `sol logs {d['agent']}` or "
                    f"`sol attach {d['agent']}`")
         store.set_status(writ.key, nudge={**nudge, "stalled": True, "stalledAt": time.time()},
@@ -499,7 +496,7 @@ ACTS = {
 }
 
 
-def _execute(sphere: Sphere, action: Action) -> bool:
+def act(sphere: Sphere, action: Action) -> bool:
     """Run one action; a failure is an event (once per message), never the end of a pass."""
     try:
         return ACTS[action.kind](sphere, action)
@@ -518,7 +515,13 @@ def _execute(sphere: Sphere, action: Action) -> bool:
 # ---- entry points ----------------------------------------------------------------
 
 
+RECONCILER = Reconciler(name="sentinel", scope=Scope.WORLD, owner="sentinel",
+                        observe=observe, plan=plan, act=act)
+
+
 def _worlds(sphere: Sphere, world: str | None, listing: dict[str, bool]) -> list[str]:
+    """`world`, else every world recorded or with a session (a world the store does not
+    know may still have sessions to stop)."""
     if world is not None:
         return [world]
     names = {w.name for w in sphere.store.list("World")}
@@ -526,29 +529,10 @@ def _worlds(sphere: Sphere, world: str | None, listing: dict[str, bool]) -> list
     return sorted(names)
 
 
-def _check_degraded(sphere: Sphere) -> degraded.Degraded | None:
-    """Enter or leave Degraded; a broken sol.yaml must not stop supervision, only notify."""
-    try:
-        notify = sphere.config.notify
-    except SolError:
-        notify = ()
-    return degraded.check(sphere.store, notify=notify, log=sphere.home.logs / "notify.log")
-
-
 def reconcile(sphere: Sphere, world: str | None = None) -> list[Action]:
     """One sentinel pass over `world` (every world when None); the actions carried out."""
-    _check_degraded(sphere)
-    listing = sphere.sessions.list("sol-")
-    is_degraded = degraded.state(sphere.store) is not None
-    done: list[Action] = []
-    for name in _worlds(sphere, world, listing):
-        view = observe(sphere, name, listing, time.time(), is_degraded=is_degraded)
-        for action in plan_sentinel(view).actions:
-            if _execute(sphere, action):
-                done.append(action)
-    if any(a.kind == "record-death" for a in done):
-        _check_degraded(sphere)
-    return done + envoys.reconcile(sphere, world)  # envoys are kept alive, never reaped
+    keys = _worlds(sphere, world, sphere.sessions.list("sol-"))
+    return [a for key in keys for a in RECONCILER.reconcile(sphere, key).actions]
 
 
 def requeue_after(sphere: Sphere, world: str | None = None) -> float | None:
@@ -556,25 +540,8 @@ def requeue_after(sphere: Sphere, world: str | None = None) -> float | None:
     due; wait for an event or the periodic resync). The daemon calls it after each pass,
     before it sleeps: it also arms the watch on its agents' processes
     (`outposts.DeathWatch`)."""
-    now = time.time()
     listing = sphere.sessions.list("sol-")
     watch_deaths(sphere, {n: alive for n, alive in listing.items()
                           if world is None or (parse_session(n) or ('',))[0] == world})
-    is_degraded = degraded.state(sphere.store) is not None
-    deadlines = []
-    for name in _worlds(sphere, world, listing):
-        view = observe(sphere, name, listing, now, is_degraded=is_degraded, orphans=False)
-        plan = plan_sentinel(view)
-        if plan.actions:
-            return PENDING_RETRY  # left over from a pass that raced or failed: soon, not now
-        if plan.next_at is not None:
-            deadlines.append(plan.next_at)
-    exit_at = degraded.exit_at(sphere.store)
-    if exit_at is not None:
-        deadlines.append(exit_at)
-    from reconciler.controllers import envoys
-
-    envoy_after = envoys.requeue_after(sphere, world)
-    if envoy_after is not None:
-        deadlines.append(now + envoy_after)
-    return max(0.0, min(deadlines) - now) if deadlines else None
+    return sooner(*(RECONCILER.planned(sphere, key).requeue_after
+                    for key in _worlds(sphere, world, listing)))

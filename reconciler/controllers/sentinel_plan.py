@@ -1,19 +1,22 @@
 """The sentinel's planner: plain values in, actions out; no tmux, no git, no database.
 
-`sentinel.observe` builds the `SentinelView`, `plan_sentinel` decides, and the act
-functions in `sentinel` carry the actions out (DESIGN sections 6 and 8).
+`sentinel.observe` builds the `SentinelView`, `plan` decides, and the act functions in
+`sentinel` carry the actions out (DESIGN sections 6 and 8).
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+from reconciler.core.backoff import exponential
+from reconciler.core.durations import format_duration
 from reconciler.core.home import session_name
 from reconciler.core.model import CANCELLED, DONE, FAILED, MERGED, WORKING, WorldSpec
-from reconciler.core.plan import CREATE, DELETE, NOTE, UPDATE, Action
+from reconciler.core.plan import CREATE, DELETE, NOTE, UPDATE, Action, Plan
 from reconciler.core.store import Record
+from reconciler.drivers.envoy_names import is_envoy
 from reconciler.specs.changes import target
 
 BACKOFF_MAX = 60.0
@@ -22,24 +25,17 @@ RATE_LIMIT_HOLD = 60.0  # seconds a rate-limited world waits when the error name
 _RETRY_AFTER = re.compile(r"(?:retry|try again|resets?)\D{0,20}?(\d+(?:\.\d+)?)\s*s", re.I)
 ZOMBIE_GRACE = 5.0  # an agent's writ changed this recently: its session may be ending itself
 ENDED = frozenset({MERGED, CANCELLED, FAILED, DONE})
+PENDING_RETRY = 1.0  # seconds; bounds the retry rate of an action that keeps failing
 
 
 def backoff(respawns: int) -> float:
     """Seconds from a death to the next respawn, after `respawns` respawns: 1, 2, 4 ... 60."""
-    return min(BACKOFF_MAX, 2.0 ** max(0, respawns))
+    return exponential(respawns, cap=BACKOFF_MAX)
 
 
 def echo_grace(stall_after: float) -> float:
     """Output this soon after a nudge is the terminal echoing the nudge, not the agent."""
     return min(10.0, max(1.0, stall_after / 2))
-
-
-def duration(seconds: float) -> str:
-    whole = int(seconds)
-    for unit, size in (("h", 3600), ("m", 60)):
-        if whole >= size and whole % size == 0:
-            return f"{whole // size}{unit}"
-    return f"{whole}s"
 
 
 # ---- plain values the planner sees ------------------------------------------------
@@ -98,13 +94,7 @@ class SentinelView:
     live: int = 0
     degraded: bool = False
     orphans: tuple[OrphanView, ...] = ()
-
-
-@dataclass(frozen=True)
-class SentinelPlan:
-    actions: tuple[Action, ...]
-    next_at: float | None                                   # the earliest future deadline
-    held: dict[str, str] = field(default_factory=dict)      # writ -> why no respawn yet
+    degraded_exit: float | None = None  # when Degraded ends if no session dies before
 
 
 # ---- the planner ----------------------------------------------------------------
@@ -125,11 +115,6 @@ def _writ_action(op: str, kind: str, writ: Record, text: str, **data: Any) -> Ac
     return Action(op, kind, target("Writ", writ.world, writ.name), text,
                   {"world": writ.world, "writ": writ.name, "agent": agent, "session": session,
                    **data})
-
-
-def _condition(status: dict[str, Any], type: str) -> bool:
-    return any(c.get("type") == type and c.get("status") == "True"
-               for c in status.get("conditions") or [])
 
 
 def rate_limit_until(a: ActivityView) -> float:
@@ -179,13 +164,13 @@ def _plan_activity(writ: Record, a: ActivityView, spec: WorldSpec, now: float
         since = max(since, float(nudge.get("at") or 0.0))
         if now >= since + after:
             return _writ_action(UPDATE, "stall", writ,
-                                f"turn ended again without `sol resolve` {duration(after)} "
-                                "after a nudge: Stalled"), None
+                                "turn ended again without `sol resolve` "
+                                f"{format_duration(int(after))} after a nudge: Stalled"), None
         return None, since + after
     if now - since >= after:
         return _writ_action(UPDATE, "nudge", writ,
-                            f"turn ended {duration(now - since)} ago without `sol resolve`: "
-                            "nudge the agent", hooks=True), None
+                            f"turn ended {format_duration(int(now - since))} ago without "
+                            "`sol resolve`: nudge the agent", hooks=True), None
     return None, since + after
 
 
@@ -209,7 +194,8 @@ def _plan_stall(writ: Record, o: OutpostView, spec: WorldSpec, now: float
             return None, None
         if now >= at + after:
             return _writ_action(UPDATE, "stall", writ,
-                                f"still silent {duration(after)} after a nudge: Stalled"), None
+                                f"still silent {format_duration(int(after))} after a nudge: "
+                                "Stalled"), None
         return None, at + after
     if _stalled(writ.status):
         return _writ_action(UPDATE, "unstall", writ, "new session: Stalled cleared"), None
@@ -217,14 +203,23 @@ def _plan_stall(writ: Record, o: OutpostView, spec: WorldSpec, now: float
     activity = max(last, started)
     if now - activity >= after:
         return _writ_action(UPDATE, "nudge", writ,
-                            f"no output for {duration(now - activity)}: nudge the agent"), None
+                            f"no output for {format_duration(int(now - activity))}: "
+                            "nudge the agent"), None
     return None, activity + after
 
 
-def plan_sentinel(view: SentinelView) -> SentinelPlan:
-    """Pure: deaths, respawns, failures, nudges, stalls, zombies and orphans of one world."""
+def plan(view: SentinelView) -> Plan:
+    """Pure: deaths, respawns, failures, nudges, stalls, zombies and orphans of one world.
+
+    `requeue_after` is the earliest future deadline (a backoff, a stall, a zombie's grace,
+    the end of Degraded, which the `degraded` reconciler writes: past it, look again
+    soon), or PENDING_RETRY when actions are planned: acted, they change the deadlines;
+    raced or failed, they are tried again soon, not at once. `waiting` tells why a dead
+    writ is not respawned yet."""
     actions: list[Action] = []
     wakes: list[float] = []
+    if view.degraded and view.degraded_exit is not None:
+        wakes.append(max(view.degraded_exit, view.now + PENDING_RETRY))
     held: dict[str, str] = {}
     now, spec, live = view.now, view.spec, view.live
     for writ in sorted(view.writs.values(), key=lambda w: w.name) if spec else ():
@@ -243,21 +238,27 @@ def plan_sentinel(view: SentinelView) -> SentinelPlan:
             wakes += [wake] if wake else []
             continue
         respawns = int(writ.status.get("respawns") or 0)
+        where = target("Writ", writ.world, writ.name)
         if writ.status.get("deadSession") != session:
+            then = (f"respawn limit {spec.max_respawns} reached: Failed, work kept"
+                    if respawns >= spec.max_respawns else
+                    "not respawned: the sphere is degraded" if view.degraded else
+                    f"respawn {agent} ({respawns + 1}/{spec.max_respawns}) in "
+                    f"{backoff(respawns):g}s in the same worktree")
             actions.append(_writ_action(UPDATE, "record-death", writ,
-                                        f"session {session} of {agent} died",
+                                        f"session {session} of {agent} died; {then}",
                                         respawns=respawns))
         elif respawns >= spec.max_respawns:
             actions.append(_writ_action(UPDATE, "fail", writ,
                                         f"died after {respawns} respawn(s): Failed, work kept",
                                         respawns=respawns))
         elif view.degraded:
-            held[writ.name] = "sphere degraded: respawning stopped"
+            held[where] = "sphere degraded: respawning stopped"
         elif now < (due := float(writ.status.get("lastDeath") or 0.0) + backoff(respawns)):
-            held[writ.name] = f"backoff: respawn in {due - now:.1f}s"
+            held[where] = f"backoff: respawn in {due - now:.1f}s"
             wakes.append(due)
         elif spec.max_active and live >= spec.max_active:
-            held[writ.name] = f"capacity {live}/{spec.max_active}"
+            held[where] = f"capacity {live}/{spec.max_active}"
         else:
             live += 1
             actions.append(_writ_action(CREATE, "respawn", writ,
@@ -287,12 +288,14 @@ def plan_sentinel(view: SentinelView) -> SentinelPlan:
                                   "worktree without a writ holds work not on the target: keep",
                                   data))
     future = [w for w in wakes if w > now]
-    return SentinelPlan(tuple(actions), min(future) if future else None, held)
+    if actions:
+        return Plan(tuple(actions), PENDING_RETRY, held)
+    return Plan((), min(future) - now if future else None, held)
 
 
 def _zombie(view: SentinelView, o: OutpostView) -> str | None:
     """Why this outpost's session should not exist, or None."""
-    if o.session is None or o.agent.startswith("envoy"):
+    if o.session is None or is_envoy(o.agent):
         return None
     if not o.tether_file:
         return "no tether"

@@ -1,125 +1,194 @@
-"""The world reconciler: keeps `worlds/<w>/repo` a clone of the world's source.
+"""The world reconciler: keeps `worlds/<w>/repo` a clone of the world's source, fetched
+every `fetchInterval`, and each world's status true to it.
 
-observe (is the clone there; fetch when due), plan (pure: clone what is missing),
-act (clone; any failure puts that world in `Error` with git's message while the other
-worlds carry on).
+observe reads (is the clone there, its branch's head, when the world was last fetched:
+meta `fetched:<w>`); plan (pure) clones what is missing, fetches what is due and marks
+Ready a world whose status no longer shows its head (a landing moved the branch); act
+clones or fetches and records the outcome (Ready at the head found, or `Error` with
+git's message, while the other worlds carry on). See docs/decisions/0002.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from reconciler.controllers.base import Reconciler, Scope
 from reconciler.core.errors import SolError
 from reconciler.core.locks import flock
 from reconciler.core.model import ERROR, READY, WorldSpec
-from reconciler.core.plan import CREATE, Action
+from reconciler.core.plan import CREATE, UPDATE, Action, Plan
 from reconciler.core.store import Record
 from reconciler.drivers import backup, worktrees
 from reconciler.drivers.sphere import Sphere
 from reconciler.specs.changes import target
 
+FETCH_FLOOR = 1.0
+"""Seconds a pass waits at least before it looks again for a fetch, so `fetchInterval: 0`
+fetches on every pass rather than in a busy loop."""
+
 
 @dataclass(frozen=True)
-class WorldObservation:
-    name: str
+class WorldView:
+    """One applied world and its clone as observed."""
+
+    record: Record
     cloned: bool
+    head: str | None       # the world's branch in the clone; None: missing or no clone
+    fetched_at: float      # the last clone or fetch (success or failure); 0: never
 
 
-def plan_worlds(worlds: Iterable[Record], observed: dict[str, WorldObservation]) -> list[Action]:
-    """Pure: a clone for every applied, non-orphaned world whose clone is missing."""
-    actions = []
-    for world in sorted(worlds, key=lambda w: w.name):
-        if world.orphaned:
-            continue
-        obs = observed.get(world.name)
-        if obs is None or not obs.cloned:
-            source = world.spec.get("source", "")
-            actions.append(Action(
-                CREATE, "clone", target("World", "", world.name),
-                f"clone {source} (branch {world.spec.get('branch', 'main')})",
-                {"world": world.name},
-            ))
-    return actions
+@dataclass(frozen=True)
+class WorldsView:
+    """Every applied world at `now`, and how often their sources are fetched."""
+
+    worlds: tuple[WorldView, ...]
+    now: float
+    fetch_interval: float
 
 
-def observe(sphere: Sphere, worlds: Iterable[Record], *, refresh: bool = True) -> dict[
-        str, WorldObservation]:
-    """Look at each clone; with `refresh`, fetch those due and record the outcome."""
-    result = {}
-    for world in worlds:
-        repo = sphere.home.repo(world.name)
+def fetched_key(world: str) -> str:
+    """The meta key holding when the world was last cloned or fetched."""
+    return f"fetched:{world}"
+
+
+def observe(sphere: Sphere, key: str = "") -> WorldsView:
+    """Read each world's clone and last fetch; `key` is "" (every world)."""
+    views = []
+    for record in sphere.store.list("World"):
+        repo = sphere.home.repo(record.name)
         cloned = worktrees.is_clone(repo)
-        result[world.name] = WorldObservation(world.name, cloned)
-        if cloned and refresh and not world.orphaned:
-            _refresh(sphere, world)
-    return result
+        views.append(WorldView(record, cloned, _head(repo, record) if cloned else None,
+                               float(sphere.store.get_meta(fetched_key(record.name)) or 0)))
+    return WorldsView(tuple(views), time.time(), sphere.config.fetch_interval)
 
 
-def _refresh(sphere: Sphere, world: Record) -> None:
-    """Fetch when the interval has passed; keep the status true either way."""
-    spec = WorldSpec.from_spec(world.spec)
-    meta_key = f"fetched:{world.name}"
-    last = float(sphere.store.get_meta(meta_key) or 0)
-    repo = sphere.home.repo(world.name)
-    # A changed spec (say, another branch) is fetched for at once, not after the interval.
-    due = (time.time() - last >= sphere.config.fetch_interval
-           or world.observed_generation != world.generation
-           or worktrees.rev(repo, f"refs/heads/{spec.branch}") is None)
+def _head(repo: Path, record: Record) -> str | None:
     try:
-        if due:
-            head = worktrees.fetch(repo, spec.branch)
-            sphere.store.set_meta(meta_key, str(time.time()))
+        return worktrees.rev(repo, f"refs/heads/{WorldSpec.from_spec(record.spec).branch}")
+    except SolError:
+        return None  # unreadable: a fetch finds out why and says so
+
+
+def fetch_due(world: WorldView, now: float, interval: float) -> bool:
+    """The interval has passed, or the spec changed since the status was written (say,
+    another branch: fetched at once), or the branch is missing from the clone and no
+    error says why yet."""
+    r = world.record
+    return (now - world.fetched_at >= interval or r.observed_generation != r.generation
+            or (world.head is None and r.phase != ERROR))
+
+
+def ready_message(branch: str, head: str) -> str:
+    return f"{branch} at {head[:12]}"
+
+
+def plan(view: WorldsView) -> Plan:
+    """Pure: per applied, non-orphaned world, a clone when it is missing, else a fetch
+    when due, else a Ready status when the status does not show the branch's head (an
+    `Error` stays until the next fetch tries again). Look again when the next fetch is
+    due; a clone that failed is tried again on the next pass."""
+    actions: list[Action] = []
+    next_fetch: list[float] = []
+    for world in sorted(view.worlds, key=lambda w: w.record.name):
+        r = world.record
+        if r.orphaned:
+            continue
+        spec = WorldSpec.from_spec(r.spec)
+        where = target("World", "", r.name)
+        if not world.cloned:
+            actions.append(Action(CREATE, "clone", where,
+                                  f"clone {spec.source} (branch {spec.branch})",
+                                  {"world": r.name}))
+        elif fetch_due(world, view.now, view.fetch_interval):
+            actions.append(Action(UPDATE, "fetch", where,
+                                  f"fetch {spec.branch} from {spec.source}", {"world": r.name}))
+            next_fetch.append(view.now + view.fetch_interval)
         else:
-            head = worktrees.rev(repo, f"refs/heads/{spec.branch}")
-            if head is None:
-                raise SolError(f"branch {spec.branch} is missing from the clone of {spec.source}")
-    except SolError as exc:
-        _set_error(sphere, world, exc.message)
-        return
-    _set_ready(sphere, world, head)
+            next_fetch.append(world.fetched_at + view.fetch_interval)
+            head = world.head or ""
+            wanted = (READY, "Cloned", ready_message(spec.branch, head), r.generation, head)
+            if r.phase != ERROR and wanted != (r.phase, r.reason, r.message,
+                                               r.observed_generation, r.status.get("head")):
+                actions.append(Action(UPDATE, "ready", where,
+                                      f"status Ready: {ready_message(spec.branch, head)}",
+                                      {"world": r.name, "head": head, "version": r.version}))
+    requeue = max(FETCH_FLOOR, min(next_fetch) - view.now) if next_fetch else None
+    return Plan(tuple(actions), requeue)
 
 
-def _set_ready(sphere: Sphere, world: Record, head: str) -> None:
-    spec = WorldSpec.from_spec(world.spec)
-    sphere.store.set_status(
-        world.key, phase=READY, reason="Cloned",
-        message=f"{spec.branch} at {head[:12]}", observed_generation=world.generation,
-        head=head,
-    )
-
-
-def _set_error(sphere: Sphere, world: Record, message: str) -> None:
-    before = sphere.store.get(*world.key)
-    sphere.store.set_status(world.key, phase=ERROR, reason="GitError", message=message,
-                            observed_generation=world.generation)
-    if before is None or before.phase != ERROR or before.message != message:
-        sphere.store.event("error", kind="World", world=world.name, name=world.name,
-                           message=message)
-
-
-def act(sphere: Sphere, action: Action) -> None:
-    """Run one world action; idempotent (a clone that exists is left alone)."""
+def act(sphere: Sphere, action: Action) -> bool:
+    """One world action; False when the world is gone, orphaned, already cloned, or its
+    status moved since it was observed."""
     name = action.data["world"]
     world = sphere.store.get("World", "", name)
-    if world is None or action.kind != "clone":
-        return
+    if world is None or world.orphaned:
+        return False
+    if action.kind == "clone":
+        return _clone(sphere, world, action.description)
+    if action.kind == "fetch":
+        _fetch(sphere, world)
+        return True
+    if action.kind == "ready":
+        return _set_ready(sphere, world, action.data["head"],
+                          expect_version=action.data["version"])
+    return False
+
+
+def _clone(sphere: Sphere, world: Record, description: str) -> bool:
+    """Clone the source; restore agents' work from the backup into a clone made again."""
     spec = WorldSpec.from_spec(world.spec)
-    repo = sphere.home.repo(name)
-    with flock(sphere.home.run / f"world-{name}.lock"):
+    repo = sphere.home.repo(world.name)
+    with flock(sphere.home.run / f"world-{world.name}.lock"):
         if worktrees.is_clone(repo):
-            return
+            return False
         try:
             worktrees.clone(spec.source, repo, spec.branch)
         except SolError as exc:
             _set_error(sphere, world, exc.message)
-            return
-    sphere.store.set_meta(f"fetched:{name}", str(time.time()))
-    sphere.store.event("cloned", kind="World", world=name, name=name, message=action.description)
-    _restore(sphere, name, repo, spec.branch)
+            return True
+    sphere.store.set_meta(fetched_key(world.name), str(time.time()))
+    sphere.store.event("cloned", kind="World", world=world.name, name=world.name,
+                       message=description)
+    _restore(sphere, world.name, repo, spec.branch)
     _set_ready(sphere, world, worktrees.rev(repo, f"refs/heads/{spec.branch}") or "")
+    return True
+
+
+def _fetch(sphere: Sphere, world: Record) -> None:
+    """Fetch and record the outcome; a failure, too, waits for the next interval (the
+    error is in the status meanwhile), so a source that is down is not hammered."""
+    spec = WorldSpec.from_spec(world.spec)
+    try:
+        head, error = worktrees.fetch(sphere.home.repo(world.name), spec.branch), None
+    except SolError as exc:
+        head, error = "", exc.message
+    sphere.store.set_meta(fetched_key(world.name), str(time.time()))
+    if error is None:
+        _set_ready(sphere, world, head)
+    else:
+        _set_error(sphere, world, error)
+
+
+def _set_ready(sphere: Sphere, world: Record, head: str, *,
+               expect_version: int | None = None) -> bool:
+    spec = WorldSpec.from_spec(world.spec)
+    return sphere.store.set_status(
+        world.key, phase=READY, reason="Cloned", message=ready_message(spec.branch, head),
+        observed_generation=world.generation, head=head, expect_version=expect_version,
+    ) is not None
+
+
+def _set_error(sphere: Sphere, world: Record, message: str) -> None:
+    """The error in the status; an event only when it is news (not on every retry)."""
+    with sphere.store.transaction():
+        before = sphere.store.get(*world.key)
+        sphere.store.set_status(world.key, phase=ERROR, reason="GitError", message=message,
+                                observed_generation=world.generation)
+        if before is None or before.phase != ERROR or before.message != message:
+            sphere.store.event("error", kind="World", world=world.name, name=world.name,
+                               message=message)
 
 
 def _restore(sphere: Sphere, world: str, repo: Path, branch: str) -> None:
@@ -144,12 +213,10 @@ def _restore(sphere: Sphere, world: str, repo: Path, branch: str) -> None:
                     f"worktrees re-attached: {', '.join(reattached) or 'none'}")
 
 
-def reconcile(sphere: Sphere, *, dry_run: bool = False) -> list[Action]:
-    """One pass over every applied world."""
-    worlds = sphere.store.list("World")
-    observed = observe(sphere, worlds, refresh=not dry_run)
-    actions = plan_worlds(worlds, observed)
-    if not dry_run:
-        for action in actions:
-            act(sphere, action)
-    return actions
+RECONCILER = Reconciler(name="worlds", scope=Scope.SPHERE, owner="consul",
+                        observe=observe, plan=plan, act=act)
+
+
+def reconcile(sphere: Sphere) -> list[Action]:
+    """One pass over every applied world (until the registry calls RECONCILER)."""
+    return list(RECONCILER.reconcile(sphere).actions)

@@ -18,6 +18,7 @@ def with_condition(status: dict[str, Any], type: str, state: bool, reason: str,
             if cond.get("status") != value:
                 cond["lastTransitionTime"] = time.time()
             cond.update(status=value, reason=reason, message=message)
+            cond.pop("source", None)  # its owner's now, no longer derived from the phase
             return conditions
     conditions.append({"type": type, "status": value, "reason": reason, "message": message,
                        "lastTransitionTime": time.time()})

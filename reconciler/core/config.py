@@ -1,6 +1,6 @@
 """The sphere config (`$SOL_HOME/sol.yaml`): optional knobs with sensible defaults.
 
-The `notify` list is documented in reconciler/notify.py, which delivers it.
+The `notify` list is documented in reconciler/controllers/notify.py, which delivers it.
 """
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ from urllib.parse import urlsplit
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
+from reconciler.core.durations import parse_seconds
 from reconciler.core.errors import SolError
 from reconciler.core.home import Home
-from reconciler.core.model import parse_duration
+from reconciler.core.schemas import validate_config
 
 DEFAULT_EVENTS = frozenset({"degraded", "failed", "escalated", "merged"})
 """What a plain-string `notify` entry is sent: the events a person must act on or hear."""
-PLAIN_EVENTS = DEFAULT_EVENTS - {"degraded"}
 """A plain-string entry hears `degraded` from the sentinel itself, at once (degraded.py),
 so the outbox sends it the rest only: never the same news twice."""
 ALL = "*"
@@ -65,7 +65,6 @@ class Config:
     fetch_interval: float = 60.0      # seconds between fetches of a world's source
     resync: float = 30.0              # periodic full pass of the daemon
     stale_after: float | None = None  # overrides every world's sentinel.staleAfter
-    notify: tuple[str, ...] = ()      # the plain-string notify commands (degraded.py)
     notify_targets: tuple[NotifyTarget, ...] = ()  # every notify entry (notify.py)
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -88,26 +87,20 @@ def load_config(home: Home) -> Config:
         if value is None:
             return default
         try:
-            return _seconds(value)
+            return parse_seconds(value)
         except ValueError as exc:
             raise SolError(f"{home.config}: {key}: {exc}") from exc
 
     targets = parse_notify(raw.get("notify"), str(home.config))
+    validate_config(raw, home.config)
     return Config(
         fetch_interval=duration("fetchInterval", "SOL_FETCH_INTERVAL", 60.0),
         resync=duration("resync", "SOL_RESYNC", 30.0),
         stale_after=(duration("staleAfter", "SOL_STALE_AFTER", 0.0)
                      if (os.environ.get("SOL_STALE_AFTER") or "staleAfter" in raw) else None),
-        notify=tuple(str(n) for n in _entries(raw.get("notify")) if isinstance(n, str)),
         notify_targets=targets,
         extra=raw,
     )
-
-
-def _seconds(value: Any) -> float:
-    """A duration (`30s`, `10m`) or a plain number of seconds."""
-    text = str(value)
-    return float(text) if text.replace(".", "", 1).isdigit() else parse_duration(text)
 
 
 def _entries(value: Any) -> list[Any]:
@@ -133,7 +126,7 @@ def parse_notify(value: Any, where: str) -> tuple[NotifyTarget, ...]:
 
 def _target(entry: Any, name: str) -> NotifyTarget:
     if isinstance(entry, str):
-        return NotifyTarget("command", _command(entry, name), PLAIN_EVENTS, COMMAND_TIMEOUT)
+        return NotifyTarget("command", _command(entry, name), DEFAULT_EVENTS, COMMAND_TIMEOUT)
     if not isinstance(entry, dict):
         raise SolError(f"{name} ({entry!r}) must be a command string or a mapping with "
                        "`command` or `webhook`")
@@ -190,7 +183,7 @@ def _timeout(value: Any, default: float, name: str) -> float:
     if value is None:
         return default
     try:
-        seconds = _seconds(value)
+        seconds = parse_seconds(value)
     except ValueError as exc:
         raise SolError(f"{name}: timeout: {exc}") from exc
     if not 0 < seconds <= MAX_TIMEOUT:

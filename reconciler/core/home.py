@@ -45,6 +45,10 @@ class Home:
     def run(self) -> Path:
         return self.root / "run"
 
+    def wake_file(self, child: str) -> Path:
+        """The one file that wakes a daemon child (`consul`, `sentinel-<world>`, ...)."""
+        return self.run / f"{child}.wake"
+
     @property
     def config(self) -> Path:
         return self.root / "sol.yaml"

@@ -8,10 +8,11 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from reconciler.core.durations import DURATION_RE, parse_duration  # noqa: F401 - re-exported
+
 API_VERSION = "sol/v1"
 KINDS = ("World", "Writ", "Caravan", "Envoy")
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-DURATION_RE = re.compile(r"^([0-9]+)(s|m|h)$")
 
 # Writ phases (DESIGN section 5).
 PENDING, WORKING, RESOLVED, MERGING, MERGED = "Pending", "Working", "Resolved", "Merging", "Merged"
@@ -22,14 +23,6 @@ ALL_WRIT_PHASES = (PENDING, WORKING, RESOLVED, MERGING, MERGED, DONE, FAILED, CA
 READY, ERROR = "Ready", "Error"
 # Envoy phases (Pending and Error as above).
 RUNNING, SUSPENDED = "Running", "Suspended"
-
-
-def parse_duration(text: str) -> float:
-    """`30s`, `10m`, `2h` to seconds; ValueError otherwise."""
-    match = DURATION_RE.match(str(text))
-    if not match:
-        raise ValueError(f"bad duration {text!r}: use a number and s, m or h, like 30s or 10m")
-    return int(match.group(1)) * {"s": 1, "m": 60, "h": 3600}[match.group(2)]
 
 
 def generation(spec: dict[str, Any]) -> str:
@@ -178,7 +171,6 @@ class EnvoySpec:
     runtime: Runtime | None = None
     suspend: bool = False
     specs: bool = False              # work on the specs repository, not the world's
-    specs_repo: str | None = None    # that repository's path (required with specs)
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> EnvoySpec:
@@ -187,7 +179,6 @@ class EnvoySpec:
             runtime=Runtime.from_spec(spec["runtime"]) if spec.get("runtime") else None,
             suspend=bool(spec.get("suspend", False)),
             specs=bool(spec.get("specs", False)),
-            specs_repo=spec.get("specsRepo"),
         )
 
 

@@ -13,7 +13,7 @@ from typing import Any
 from reconciler.core.model import API_VERSION, Manifest, Origin
 
 
-@dataclass
+@dataclass(frozen=True)
 class Record:
     """One applied object with its status."""
 
@@ -71,7 +71,7 @@ def _origin(text: str) -> Origin:
     return Origin(text, 0, 0)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Agent:
     world: str
     name: str
@@ -83,7 +83,7 @@ class Agent:
     updated_at: float
 
 
-@dataclass
+@dataclass(frozen=True)
 class MergeRequest:
     id: int
     world: str
@@ -100,7 +100,7 @@ class MergeRequest:
     updated_at: float
 
 
-@dataclass
+@dataclass(frozen=True)
 class Event:
     id: int
     ts: float
@@ -118,7 +118,7 @@ class Event:
         }
 
 
-@dataclass
+@dataclass(frozen=True)
 class OutboxRow:
     """One notification: an event for one target, and how its delivery is going."""
 

@@ -22,6 +22,7 @@ from reconciler.core.errors import SolError
 from reconciler.core.home import Home, private
 from reconciler.core.model import Manifest
 from reconciler.core.records import Agent, Event, MergeRequest, OutboxRow, Record
+from reconciler.core.status import standard_conditions
 
 MIGRATIONS: list[str] = [
     """
@@ -68,6 +69,10 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX outbox_due ON outbox (state, due_at);
     INSERT INTO meta (key, value) SELECT 'notify-cursor', COALESCE(MAX(id), 0) FROM events;
+    """,
+    """
+    ALTER TABLE mrs ADD COLUMN step TEXT NOT NULL DEFAULT '';
+    ALTER TABLE mrs ADD COLUMN progress TEXT NOT NULL DEFAULT '{}';
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -239,6 +244,20 @@ class Store:
     def close(self) -> None:
         self.db.close()
 
+    def scratch(self) -> Store:
+        """An in-memory copy of this store, for planning on what is not recorded yet;
+        writes to it never reach `sol.db`."""
+        copy = Store.__new__(Store)
+        copy.path, copy._depth = self.path, 0
+        copy.db = sqlite3.connect(":memory:", isolation_level=None)
+        try:
+            self.db.backup(copy.db)
+        except sqlite3.Error as exc:
+            copy.db.close()
+            raise self._error(exc) from exc
+        copy.db.row_factory = sqlite3.Row
+        return copy
+
     def _migrate(self, db: sqlite3.Connection) -> None:
         current = db.execute("PRAGMA user_version").fetchone()[0]
         if current > SCHEMA_VERSION:
@@ -380,6 +399,10 @@ class Store:
                 "observed_generation": current.observed_generation
                 if observed_generation is KEEP else observed_generation,
             }
+            extra["conditions"] = standard_conditions(
+                extra.get("conditions") or (), phase=values["phase"], reason=values["reason"],
+                message=values["message"], observed_generation=values["observed_generation"],
+                now=time.time())
             unchanged = all(getattr(current, k) == v for k, v in values.items()) and (
                 extra == current.status
             )
@@ -479,14 +502,6 @@ class Store:
                   r["message"], json.loads(r["data"])),
         ) for r in self._all(sql, args)]
 
-    def outbox_claim(self, now: float, limit: int) -> list[OutboxRow]:
-        """Mark the due pending rows `sending` (before anything is delivered) and return
-        them: after a crash, only rows in `sending` can have been delivered already."""
-        with self.transaction():
-            rows = self.outbox(["pending"], due_before=now, limit=limit)
-            self.outbox_set([r.id for r in rows], "sending", expect="pending")
-        return rows
-
     def outbox_set(self, ids: Iterable[int], state: str, *, expect: str | None = None,
                    due_at: float | None = None, error: str | None = None,
                    attempted: bool = False) -> int:
@@ -583,19 +598,33 @@ class Store:
             sql += f" AND state IN ({','.join('?' * len(wanted))})"
             args += wanted
         rows = self._all(sql + " ORDER BY priority, created_at, id", args)
-        return [MergeRequest(**dict(r)) for r in rows]
+        return [MergeRequest(**{k: r[k] for k in MergeRequest.__dataclass_fields__})
+                for r in rows]
+
+    def mr_progress(self, mr_id: int) -> tuple[str, dict[str, Any]]:
+        """The last step the forge finished for this MR and what it left for the next
+        (its merge commit, the tip under it, the gate results so far): kept here, not in
+        the forge, so a killed forge resumes at the step. ("", {}) before the first."""
+        row = self._one("SELECT step, progress FROM mrs WHERE id=?", (mr_id,))
+        return (row["step"], json.loads(row["progress"])) if row else ("", {})
 
     def update_mr(
-        self, mr_id: int, *, expect_state: str | None = None, **fields: Any
+        self, mr_id: int, *, expect_state: str | None = None, expect_step: str | None = None,
+        **fields: Any
     ) -> bool:
-        """Compare-and-set on the MR's state; True if the row changed."""
-        allowed = {"state", "merge_commit", "message", "base", "attempt", "agent"}
+        """Compare-and-set on the MR's state (and step); True if the row changed."""
+        allowed = {"state", "merge_commit", "message", "base", "attempt", "agent", "step",
+                   "progress"}
         assert set(fields) <= allowed, fields
+        if "progress" in fields:
+            fields["progress"] = json.dumps(fields["progress"], sort_keys=True)
         sets = ", ".join(f"{k}=?" for k in fields)
         sql = f"UPDATE mrs SET {sets}, updated_at=? WHERE id=?"
         args: list[Any] = [*fields.values(), time.time(), mr_id]
         if expect_state is not None:
             sql, args = sql + " AND state=?", [*args, expect_state]
+        if expect_step is not None:
+            sql, args = sql + " AND step=?", [*args, expect_step]
         with self.transaction():
             return self._run(sql, args).rowcount == 1
 

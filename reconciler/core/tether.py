@@ -12,10 +12,12 @@ import json
 import os
 import tempfile
 import time
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from reconciler.core import schemas
+from reconciler.core.durations import format_duration
 from reconciler.core.errors import SolError
 
 VERSION = 1
@@ -49,43 +51,30 @@ class Tether:
 
     @classmethod
     def from_dict(cls, data: object) -> Tether:
-        """Build from parsed JSON; unknown keys are ignored, bad or missing ones refused."""
+        """Build from parsed JSON checked against schemas/tether.json; unknown keys are
+        ignored, bad or missing ones refused with a SolError saying which."""
         return cls(**_checked(data))
 
 
-_TYPES: dict[str, tuple[type, ...]] = {
-    "world": (str,), "writ": (str,), "agent": (str,), "title": (str,),
-    "description": (str,), "kind": (str,), "branch": (str,), "base": (str,),
-    "attempt": (int,), "generation": (str,), "session": (str,), "runtime": (dict,),
-    "gates": (list,), "feedback": (str, type(None)), "created_at": (int, float),
-    "updated_at": (int, float), "version": (int,),
-}
+KNOWN = frozenset(f.name for f in fields(Tether))
+_VALID: dict[Path, str] = {}
+"""Per tether file, the last text that passed the schema: a tether is read per agent per
+pass and rarely changes, and jsonschema costs several times the read itself."""
 
 
 def _checked(data: object) -> dict[str, Any]:
-    """The known keys of data, type-checked; SolError says what is wrong."""
+    """The known keys of data, after the format version and the schema; SolError says
+    what is wrong. The version comes first: a newer format may not fit this schema."""
     if not isinstance(data, dict):
         raise SolError("the tether is not a JSON object")
     version = data.get("version", VERSION)
     if isinstance(version, int) and version > VERSION:
         raise SolError(f"the tether has format version {version}, newer than this sol "
                        f"understands ({VERSION}); upgrade sol")
-    known = {f.name for f in fields(Tether)}
-    required = {f.name for f in fields(Tether)
-                if f.default is MISSING and f.default_factory is MISSING}
-    missing = sorted(k for k in required if k not in data)
-    if missing:
-        raise SolError(f"the tether lacks {', '.join(missing)}")
-    values = {k: v for k, v in data.items() if k in known}
-    for key, value in values.items():
-        ok = isinstance(value, _TYPES[key]) and not (
-            isinstance(value, bool) and bool not in _TYPES[key])
-        if not ok:
-            raise SolError(f"the tether's {key} has the wrong type ({type(value).__name__})")
-    for gate in values.get("gates", []):
-        if not isinstance(gate, dict) or not {"name", "run"} <= gate.keys():
-            raise SolError("the tether's gates must each have a name and a run command")
-    return values
+    found = schemas.findings("tether", data)
+    if found:
+        raise SolError(found[0].said("the tether", "the tether's "))
+    return {k: v for k, v in data.items() if k in KNOWN}
 
 
 def write(path: Path, tether: Tether) -> None:
@@ -134,10 +123,14 @@ def read(path: Path) -> Tether:
     except json.JSONDecodeError as exc:
         raise SolError(f"the tether at {path} is corrupt (line {exc.lineno}: {exc.msg}); "
                        f"{RECOVER}") from exc
+    if _VALID.get(path) == text:  # unchanged since it last passed: skip the schema
+        return Tether(**{k: v for k, v in data.items() if k in KNOWN})
     try:
-        return Tether.from_dict(data)
+        tether = Tether.from_dict(data)
     except SolError as exc:
         raise SolError(f"the tether at {path} is unusable: {exc.message}; {RECOVER}") from exc
+    _VALID[path] = text
+    return tether
 
 
 def clear(path: Path) -> None:
@@ -158,11 +151,7 @@ def _duration(seconds: object) -> str:
         return seconds
     if not isinstance(seconds, int | float) or isinstance(seconds, bool):
         return "the default"
-    whole = int(seconds)
-    for unit, size in (("h", 3600), ("m", 60)):
-        if whole and whole % size == 0:
-            return f"{whole // size}{unit}"
-    return f"{whole}s"
+    return format_duration(int(seconds))
 
 
 def render(t: Tether, *, worktree: Path | None = None) -> str:

@@ -67,7 +67,7 @@ class ChildSpec:
         """The one file that wakes this child (one inotify watch per child): the prefect
         touches it to pass on run/wake and run/tmux-events, the forge's when a merge
         request is queued, the consul's when a forge or sentinel changed something."""
-        return home.run / f"{self.name}.wake"
+        return home.wake_file(self.name)
 
     @property
     def hears_tmux(self) -> bool:
@@ -79,33 +79,27 @@ Runner = Callable[[Sphere], tuple[list[Action], float | None]]
 
 
 def runner(spec: ChildSpec) -> Runner:
-    """One pass of a reconciler; imported here, so a module that is missing or broken
-    fails only its own child."""
-    if spec.kind == "consul":
-        from reconciler.controllers import engine
+    """One pass of this child: every reconciler the registry gives its owner, for its
+    world. The registry is imported here, in the child, so a reconciler module that is
+    broken fails the children, never the prefect that restarts them."""
+    from reconciler.controllers import registry
+    from reconciler.drivers import outposts
 
-        return lambda sphere: (engine.reconcile_once(sphere, forge=False), None)
-    if spec.kind == "sentinel":
-        from reconciler.controllers import sentinel  # type: ignore[attr-defined]
+    if spec.kind not in registry.OWNERS:
+        raise SolError(f"unknown reconciler owner {spec.kind!r}: use one of "
+                       f"{', '.join(registry.OWNERS)}")
 
-        def sentinel_pass(sphere: Sphere) -> tuple[list[Action], float | None]:
-            actions = sentinel.reconcile(sphere, spec.world)
-            return actions, sentinel.requeue_after(sphere, spec.world)
+    def one_pass(sphere: Sphere) -> tuple[list[Action], float | None]:
+        result = registry.run_owner(sphere, spec.kind, spec.world)
+        if spec.hears_tmux and spec.world:
+            # before it sleeps, a sentinel watches its agents' processes: a death wakes it
+            # at once even where tmux drops its pane-died hook (outposts.DeathWatch)
+            mine = {name: alive for name, alive in sphere.sessions.list("sol-").items()
+                    if (outposts.parse_session(name) or ("",))[0] == spec.world}
+            outposts.watch_deaths(sphere, mine)
+        return list(result.actions), result.requeue_after
 
-        return sentinel_pass
-    if spec.kind == "forge":
-        from reconciler.controllers import forge
-
-        return lambda sphere: (forge.reconcile(sphere, spec.world), None)
-    if spec.kind == "notifier":
-        from reconciler.controllers import notify
-
-        def notifier_pass(sphere: Sphere) -> tuple[list[Action], float | None]:
-            notify.pass_once(sphere)  # it logs its deliveries; they are not plan actions
-            return [], notify.requeue_after(sphere)
-
-        return notifier_pass
-    raise SolError(f"unknown reconciler {spec.kind!r}: use consul, notifier, sentinel or forge")
+    return one_pass
 
 
 def run_child(kind: str, world: str = "") -> int:

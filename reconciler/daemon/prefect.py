@@ -1,10 +1,13 @@
 """The prefect: runs every reconciler as a supervised OS process and keeps them running.
 
     prefect (one per SOL_HOME: run/prefect.lock, flock, so it can never go stale)
-      |- consul              worlds + dispatch (engine.reconcile_once)
-      |- notifier            notify commands and webhooks of sol.yaml (notify.pass_once)
-      |- sentinel-<world>    one per world, when reconciler/sentinel.py is installed
-      `- forge-<world>       one per world
+      |- consul              worlds, degraded mode, dispatch
+      |- sentinel-<world>    one per world: envoys and agent sessions
+      |- forge-<world>       one per world: the merge queue
+      `- notifier            notify commands and webhooks of sol.yaml
+
+The children and what each runs come from controllers/registry.py (each reconciler's
+owner); a child's pass is `registry.run_owner`.
 
 Each child is `python -m reconciler.daemon.prefect child KIND [WORLD]` (its side is child.py;
 pid files, liveness and stopping are procs.py), so a crash of one never stops the
@@ -43,11 +46,13 @@ from loguru import logger
 from watchdog.observers.api import BaseObserver
 
 from reconciler.core import degraded
+from reconciler.core.backoff import exponential
 from reconciler.core.errors import SolError
 from reconciler.core.home import Home
 from reconciler.core.locks import flock
 from reconciler.core.plan import Action
-from reconciler.daemon.child import ChildSpec, heartbeat_interval, run_child, runner
+from reconciler.core.report import ReportOnce
+from reconciler.daemon.child import ChildSpec, heartbeat_interval, run_child
 from reconciler.daemon.procs import STOP_GRACE, kill_group, read_pid, setup_logging
 from reconciler.daemon.watch import FileWaker, SpecSync, Wakeup, touch, watch_names
 from reconciler.drivers.sphere import Sphere
@@ -67,7 +72,7 @@ def next_backoff(previous: float, ran_for: float) -> float:
     """The delay before restarting a child that exited after running `ran_for` seconds."""
     if not previous or ran_for >= HEALTHY_AFTER:
         return BACKOFF_START
-    return min(previous * 2, BACKOFF_MAX)
+    return exponential(1, start=previous, cap=BACKOFF_MAX)
 
 
 @dataclass
@@ -108,7 +113,7 @@ class Prefect:
         self._db_dirty: float | None = None
         self._queued: dict[str, int] = {}
         self._event_tip = 0
-        self._degraded: str | None = None
+        self._degraded: ReportOnce[str] = ReportOnce()
         self._checked = time.time()
 
     def run(self) -> int:
@@ -237,25 +242,24 @@ class Prefect:
     def _log_degraded(self) -> None:
         state = degraded.state(self.sphere.store)
         reason = state.reason if state else None
-        if reason != self._degraded:
+        if self._degraded.news(reason):
             if reason:
                 logger.warning("sphere degraded: {reason}", reason=reason, event="degraded")
             else:
                 logger.info("sphere left degraded mode", event="recovered")
-        self._degraded = reason
 
     # ---- children ----------------------------------------------------------------------
 
     def _wanted(self) -> list[ChildSpec]:
-        specs = [ChildSpec("consul"), ChildSpec("notifier")]
+        """The registry's children for the worlds there are now."""
+        from reconciler.controllers import registry
+
         try:
             worlds = [w.name for w in self.sphere.store.list("World")]
         except Exception as exc:  # keep what runs; look again next tick
             logger.warning("cannot list worlds: {err}", err=str(exc))
             return [c.spec for c in self.children.values()]
-        for kind in ("sentinel", "forge"):
-            specs += [ChildSpec(kind, world) for world in worlds]
-        return specs
+        return [ChildSpec(owner, world) for owner, world in registry.children(worlds)]
 
     def _sync_children(self) -> None:
         wanted = {spec.name: spec for spec in self._wanted()}
@@ -385,15 +389,10 @@ def running(home: Home) -> dict[str, Any] | None:
 
 
 def run_once(sphere: Sphere) -> list[Action]:
-    """`sol reconcile --once`: the consul, every world's sentinel and forge, and the consul
-    again if they changed anything (a merge unblocks writs, a failure frees capacity)."""
-    consul = runner(ChildSpec("consul"))
-    actions = consul(sphere)[0]
-    others: list[Action] = []
-    for world in [w.name for w in sphere.store.list("World")]:
-        for kind in ("sentinel", "forge"):
-            others += runner(ChildSpec(kind, world))(sphere)[0]
-    return actions + others + (consul(sphere)[0] if others else [])
+    """`sol reconcile --once`: every reconciler of the registry once, in pass order."""
+    from reconciler.controllers import registry
+
+    return registry.reconcile_once(sphere)
 
 
 ALREADY_RUNNING = 3

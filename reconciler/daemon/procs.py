@@ -1,9 +1,9 @@
 """The OS side of sol's own processes: pid files, liveness, logs, stopping, dying together.
 
-Shared by the prefect (which supervises), its children (which are supervised), the CLI
-(`sol up`/`sol down`) and worktrees (whose half clones name the pid that made them), so
-each of these questions has one answer: is this pid running, is it one of ours, how is
-it stopped.
+Shared by the prefect (which supervises), its children (which are supervised) and the
+CLI (`sol up`/`sol down`), so each of these questions has one answer: is this pid
+running, is it one of ours, how is it stopped. Process facts come from psutil, not from
+reading /proc by hand.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 from loguru import logger
 
 from reconciler.core.home import Home
@@ -38,20 +39,6 @@ def setup_logging(path: Path, *, console: bool = False) -> None:
         logger.add(sys.stderr, level="INFO", format="{time:HH:mm:ss} {message}")
 
 
-def pid_alive(pid: int) -> bool:
-    """Running (a zombie no one has reaped yet counts as gone)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
 def read_pid(path: Path) -> int | None:
     try:
         text = path.read_text().strip()
@@ -63,14 +50,12 @@ def read_pid(path: Path) -> int | None:
 def is_ours(pid: int, home: Home) -> bool:
     """The pid runs `reconciler.daemon.prefect` in this SOL_HOME (guards against pid reuse): the
     daemon and its children all run with SOL_HOME as their working directory."""
-    if not Path("/proc/self").exists():
-        return pid_alive(pid)  # no /proc here: trust the pid file
     try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        cwd = os.readlink(f"/proc/{pid}/cwd")
-    except OSError:
+        process = psutil.Process(pid)
+        argv, cwd = process.cmdline(), process.cwd()
+    except psutil.Error:  # gone, a zombie, or another user's
         return False
-    return b"reconciler.daemon.prefect" in argv and Path(cwd) == home.root.resolve()
+    return "reconciler.daemon.prefect" in argv and Path(cwd) == home.root.resolve()
 
 
 def kill_group(proc: subprocess.Popen[bytes]) -> None:

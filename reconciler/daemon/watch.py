@@ -9,7 +9,7 @@ missed or duplicated wake is harmless and the periodic resync is the safety net.
 thread the prefect watches.
 
 Watch mode (`SpecSync`): a save under the specs PATH is debounced, loaded with
-`manifests.load` and, if valid, recorded with `engine.record` (never pruned). An invalid,
+`manifests.load` and, if valid, recorded with `specs.record.record` (never pruned). An invalid,
 empty, missing or unreadable specs location is reported (event `specs-invalid`, store
 meta `specs_invalid` = the first problem) and nothing is recorded, so the last valid
 desired state keeps running. A git source (`git+REPO@REF#DIR`) is not watched but polled
@@ -32,8 +32,10 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
 
+from reconciler.core.backoff import exponential
 from reconciler.core.errors import SolError
 from reconciler.core.plan import Action
+from reconciler.core.report import ReportOnce
 from reconciler.daemon.health import record_pass
 from reconciler.drivers.sphere import Sphere
 
@@ -252,7 +254,8 @@ class Loop:
                     record_pass(passes, ok=True, failures=0)
                 except Exception as exc:  # logged; the next pass retries
                     failures += 1
-                    actions, requeue = [], min(self.resync, FAILED_PASS_MAX, 2.0 ** failures)
+                    cap = min(self.resync, FAILED_PASS_MAX)
+                    actions, requeue = [], exponential(failures, cap=cap)
                     record_pass(passes, ok=False, failures=failures,
                                 error=getattr(exc, "message", None) or repr(exc))
                     self.failed()
@@ -325,7 +328,7 @@ class SpecSync:
         self._first: float | None = None
         self._last: float | None = None
         self._next_resync = 0.0
-        self._reported: tuple[str, ...] = ()
+        self._reported: ReportOnce[tuple[str, ...]] = ReportOnce()
         self._observer = Observer()
         self._watches: dict[tuple[Path, int, bool], ObservedWatch] = {}
         self._handler = _Callback(self._wanted, lambda event: self._changed())
@@ -425,8 +428,8 @@ class SpecSync:
 
     def reload(self, trigger: str = "start") -> SpecReport:
         """Load every manifest; record them if valid (no prune), else report and keep."""
-        from reconciler.controllers import engine
         from reconciler.specs.manifests import load
+        from reconciler.specs.record import record
 
         if self.git is not None:
             actions, problems = self.git.poll(trigger)
@@ -443,13 +446,13 @@ class SpecSync:
         if not report.ok:
             self._report_invalid(report)
             return report
-        report.actions = engine.record(self.sphere, result.manifests)
+        report.actions = record(self.sphere, result.manifests)
         if store.get_meta(INVALID_META) is not None:
             with store.transaction():  # a reader sees both or neither
                 store.set_meta(INVALID_META, None)
                 store.event("specs-valid", kind="Sphere", message=f"specs valid again: "
                             f"{len(result.manifests)} document(s) loaded")
-        self._reported = ()
+        self._reported.clear()
         logger.info("specs loaded ({trigger}): {n} document(s), {c} change(s) in {ms} ms",
                     trigger=trigger, n=len(result.manifests), c=len(report.actions),
                     ms=int((time.monotonic() - started) * 1000), event="specs-loaded")
@@ -463,9 +466,8 @@ class SpecSync:
         logger.warning("specs not applied ({trigger}): {first}", trigger=report.trigger,
                        first=report.problems[0], event="specs-invalid",
                        problems=report.problems)
-        if tuple(report.problems) == self._reported:
+        if not self._reported.news(tuple(report.problems)):
             return
-        self._reported = tuple(report.problems)
         first = report.problems[0]
         more = len(report.problems) - 1
         store = self.sphere.store

@@ -16,7 +16,8 @@ import shlex
 from pathlib import Path
 
 from reconciler.core.errors import SolError
-from reconciler.drivers.worktrees import rev, run_git
+from reconciler.drivers import git
+from reconciler.drivers.worktrees import rev
 
 HOOK = """#!/bin/sh
 # Installed by sol: every commit of an agent or envoy branch is also kept in the
@@ -40,7 +41,7 @@ def ensure(repo: Path) -> Path:
     backup = path_of(repo)
     if not (backup / "HEAD").exists():
         backup.mkdir(parents=True, exist_ok=True)
-        run_git(backup, "init", "--quiet", "--bare", what=f"cannot create backup {backup}")
+        git.run(backup, "init", "--quiet", "--bare", what=f"cannot create backup {backup}")
     hook = repo / "hooks" / "post-commit"
     text = HOOK.format(backup=shlex.quote(str(backup.absolute())))
     try:
@@ -58,7 +59,7 @@ def save(repo: Path, branch: str) -> None:
     """Keep `branch` of the clone in the backup (after a landing); best effort."""
     backup = path_of(repo)
     if (backup / "HEAD").exists():
-        run_git(repo, "push", "-q", "--no-verify", "--force", str(backup.absolute()),
+        git.run(repo, "push", "-q", "--no-verify", "--force", str(backup.absolute()),
                 f"refs/heads/{branch}:refs/heads/{branch}", check=False)
 
 
@@ -68,26 +69,23 @@ def restore(repo: Path, target: str) -> list[str]:
     backup = path_of(repo)
     if not (backup / "HEAD").exists():
         return []
-    _, out, _ = run_git(backup, "for-each-ref", "--format=%(refname)",
-                        "refs/heads/sol/", "refs/heads/envoy/", check=False)
+    listed = git.run(backup, "for-each-ref", "--format=%(refname)", "refs/heads/sol/",
+                     "refs/heads/envoy/", check=False)
     restored = []
-    for ref in out.split():
-        if rev(repo, ref) is None:
-            status, _, _ = run_git(repo, "fetch", "-q", str(backup.absolute()), f"{ref}:{ref}",
-                                   check=False)
-            if status == 0:
-                restored.append(ref.removeprefix("refs/heads/"))
+    for ref in listed.out.split():
+        if rev(repo, ref) is None and git.run(repo, "fetch", "-q", str(backup.absolute()),
+                                              f"{ref}:{ref}", check=False).ok:
+            restored.append(ref.removeprefix("refs/heads/"))
     kept = rev(backup, f"refs/heads/{target}")
     mine = rev(repo, f"refs/heads/{target}")
     if kept and kept != mine:
-        run_git(repo, "fetch", "-q", str(backup.absolute()), f"refs/heads/{target}:refs/sol/kept",
+        git.run(repo, "fetch", "-q", str(backup.absolute()), f"refs/heads/{target}:refs/sol/kept",
                 check=False)
-        ahead, _, _ = run_git(repo, "merge-base", "--is-ancestor", mine or kept, kept,
-                              check=False)
-        if ahead == 0 and rev(repo, "refs/sol/kept"):
-            run_git(repo, "update-ref", f"refs/heads/{target}", kept, check=False)
+        ahead = git.run(repo, "merge-base", "--is-ancestor", mine or kept, kept, check=False)
+        if ahead.ok and rev(repo, "refs/sol/kept"):
+            git.run(repo, "update-ref", f"refs/heads/{target}", kept, check=False)
             restored.append(target)
-        run_git(repo, "update-ref", "-d", "refs/sol/kept", check=False)
+        git.run(repo, "update-ref", "-d", "refs/sol/kept", check=False)
     return restored
 
 
@@ -105,15 +103,14 @@ def reattach(repo: Path, worktree: Path, branch: str) -> bool:
     if rev(repo, f"refs/heads/{branch}") is None:
         return False
     temp = worktree.parent / f".{worktree.name}-reattach"
-    run_git(repo, "worktree", "prune", check=False)
-    status, _, _ = run_git(repo, "worktree", "add", "--quiet", "--no-checkout",
-                           str(temp.absolute()), branch, check=False)
-    if status != 0:
+    git.run(repo, "worktree", "prune", check=False)
+    if not git.run(repo, "worktree", "add", "--quiet", "--no-checkout", str(temp.absolute()),
+                   branch, check=False).ok:
         return False
     new = (temp / ".git").read_text().strip().removeprefix("gitdir: ")
     pointer.write_text(f"gitdir: {new}\n")
     Path(new, "gitdir").write_text(f"{pointer.absolute()}\n")
     (temp / ".git").unlink()
     temp.rmdir()
-    run_git(worktree, "reset", "--quiet", what=f"cannot refresh the index of {worktree}")
+    git.run(worktree, "reset", "--quiet", what=f"cannot refresh the index of {worktree}")
     return True

@@ -10,8 +10,7 @@ itself exits are ended the same way.
 While a gate runs, its group id and a random token (also in the gate's environment as
 `SOL_GATE_TOKEN`) are written to a record file; if the process running the gate dies
 (a crashed or killed forge), `kill_leftover` ends that orphaned group on the next start,
-and checks the token first so a reused process id is never signalled (this needs
-/proc; elsewhere an orphaned gate is left to finish on its own).
+and checks the token first (psutil) so a reused process id is never signalled.
 """
 
 from __future__ import annotations
@@ -26,22 +25,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+
+from reconciler.core.durations import format_duration
 from reconciler.core.errors import SolError
 
 KILL_GRACE = 5.0  # seconds between SIGTERM and SIGKILL
 TAIL_BYTES = 256 * 1024  # how far back from the end of a log tails are read
-PROC = Path("/proc")
-
-
-def format_duration(seconds: float) -> str:
-    """600 -> 10m, 7200 -> 2h, 90 -> 90s: the manifest's notation where it fits."""
-    if seconds != int(seconds):
-        return f"{seconds:g}s"
-    whole = int(seconds)
-    for unit, size in (("h", 3600), ("m", 60)):
-        if whole and whole % size == 0:
-            return f"{whole // size}{unit}"
-    return f"{whole}s"
 
 
 @dataclass(frozen=True)
@@ -204,32 +194,21 @@ def _signal(pgid: int, sig: signal.Signals) -> None:
 
 def _members(pgid: int) -> list[int]:
     """Live (non-zombie) processes of group pgid in session pgid (the gate's session)."""
-    if not PROC.is_dir():
-        try:
-            os.killpg(pgid, 0)
-        except (ProcessLookupError, PermissionError):
-            return []
-        return [pgid]
     found = []
-    for entry in PROC.iterdir():
-        if not entry.name.isdigit():
+    for proc in psutil.process_iter(["status"]):
+        if proc.info["status"] == psutil.STATUS_ZOMBIE:
             continue
         try:
-            stat = (entry / "stat").read_text()
+            if os.getpgid(proc.pid) == pgid and os.getsid(proc.pid) == pgid:
+                found.append(proc.pid)
         except OSError:
             continue
-        fields = stat[stat.rfind(")") + 2:].split()
-        if len(fields) > 3 and fields[0] != "Z" and fields[2:4] == [str(pgid)] * 2:
-            found.append(int(entry.name))
     return found
 
 
 def _has_token(pid: int, token: str) -> bool:
-    """True when the process was started with our SOL_GATE_TOKEN (or /proc is absent)."""
-    if not PROC.is_dir():
-        return False
+    """True when the process was started with our SOL_GATE_TOKEN."""
     try:
-        environ = (PROC / str(pid) / "environ").read_bytes()
-    except OSError:
+        return psutil.Process(pid).environ().get("SOL_GATE_TOKEN") == token
+    except psutil.Error:
         return False
-    return f"SOL_GATE_TOKEN={token}".encode() in environ.split(b"\0")

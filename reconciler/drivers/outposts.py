@@ -21,6 +21,8 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Protocol
 
+import psutil
+
 from reconciler.core import tether
 from reconciler.core.errors import Retry, SolError
 from reconciler.core.home import session_name
@@ -28,6 +30,7 @@ from reconciler.core.locks import flock
 from reconciler.core.model import PENDING, WORKING, Runtime, WorldSpec, WritSpec
 from reconciler.core.store import Record
 from reconciler.drivers import backup, runtimes, worktrees
+from reconciler.drivers.envoy_names import is_envoy
 from reconciler.drivers.sphere import Sphere
 
 POOL = (
@@ -66,7 +69,7 @@ def count_live(sessions: dict[str, bool]) -> dict[str, int]:
     counts: dict[str, int] = {}
     for name, alive in sessions.items():
         parsed = parse_session(name)
-        if alive and parsed and not parsed[1].startswith("envoy"):
+        if alive and parsed and not is_envoy(parsed[1]):
             counts[parsed[0]] = counts.get(parsed[0], 0) + 1
     return counts
 
@@ -251,10 +254,8 @@ def cast_writs(sphere: Sphere, world_name: str, writ_names: list[str]) -> list[S
 
 def _wake_sentinel(sphere: Sphere, world: str) -> None:
     """A new session: the world's sentinel (if a daemon runs one) starts watching it."""
-    from reconciler.daemon.child import ChildSpec
-
     with suppress(OSError):
-        ChildSpec("sentinel", world).wake_file(sphere.home).touch()
+        sphere.home.wake_file(f"sentinel-{world}").touch()
 
 
 def _cast_locked(sphere: Sphere, world: Record, wspec: WorldSpec, writ_name: str,
@@ -459,15 +460,15 @@ class SessionsLike(Protocol):
 def _parent(pid: int) -> int | None:
     """The parent of an agent's pane process: the tmux server."""
     try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
+        return psutil.Process(pid).ppid()
+    except psutil.Error:
         return None
 
 
 def _is_tmux(pid: int) -> bool:
     try:
-        return Path(f"/proc/{pid}/comm").read_text().startswith("tmux")
-    except OSError:
+        return psutil.Process(pid).name().startswith("tmux")
+    except psutil.Error:
         return False
 
 

@@ -31,6 +31,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -52,8 +53,13 @@ PASTE_SETTLE = 0.3
 """Seconds between a paste and its Enter: a TUI that reads a paste in several reads
 would otherwise take the Enter as part of the paste."""
 
-_STATE = "#{pid}\t#{pane_dead}\t#{pane_dead_time}\t#{pane_pid}"
-"""One pane's state in one format: server pid, dead, when tmux saw the exit, pane pid."""
+_STATE = ("#{pid}\t#{pane_dead}\t#{pane_dead_time}\t#{pane_pid}\t#{pane_dead_status}"
+          "\t#{pane_dead_signal}")
+"""One pane's state in one format: server pid, dead, when tmux saw the exit, pane pid,
+and how the process ended (exit status, or the signal that killed it)."""
+
+DEAD_NOTICE = "Pane is dead"
+"""The line remain-on-exit adds below a dead pane's output: `Pane is dead (signal 9, ...)`."""
 
 _RESTART_BACKOFF = (0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.8)
 """Waits before retrying a start that met the server on its way out (see start)."""
@@ -62,6 +68,26 @@ _NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _LEAKY = ("TMUX", "TMUX_PANE")
 _ENV_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class Ending:
+    """How a session's process ended, as tmux recorded it: `status 1` or `signal 9`."""
+
+    status: int | None = None
+    signal: int | None = None
+
+    def __str__(self) -> str:
+        return f"signal {self.signal}" if self.signal is not None else f"status {self.status}"
+
+
+def last_words(output: str) -> str:
+    """The last non-blank line a session's program printed, from captured pane text:
+    tmux's own dead-pane notice below it is not the program's."""
+    for line in reversed(output.splitlines()):
+        if line.strip() and not line.startswith(DEAD_NOTICE):
+            return line.strip()
+    return ""
 
 
 class SessionBackend(Protocol):
@@ -90,6 +116,11 @@ class SessionBackend(Protocol):
 
     def recent_output(self, name: str, lines: int = 50) -> str:
         """The last lines the session printed, also after its process exited."""
+        ...
+
+    def ending(self, name: str) -> Ending | None:
+        """How the session's process ended; None while it runs, when there is no session,
+        or when the exit is not recorded (yet)."""
         ...
 
     def send_text(self, name: str, text: str) -> None:
@@ -220,18 +251,20 @@ class TmuxSessions(SessionBackend):
             "check tmux with `sol doctor`"
         )
 
-    def _pane(self, name: str) -> tuple[bool, int] | None:
-        """(dead, pid) of the session's pane in one call, None if there is no session."""
+    def _pane(self, name: str) -> tuple[bool, int, Ending | None] | None:
+        """(dead, pid, ending) of the session's pane in one call, None if there is no
+        session."""
         result = self._run("list-panes", "-t", _target(name), "-F", _STATE)
         if result.returncode != 0:
             if _absent(" ".join(result.stderr)):
                 return None
             raise self._failed(f"inspect session {name}", result)
         fields = (result.stdout[0] if result.stdout else "").split("\t")
-        return self._state(fields) if len(fields) >= 4 else None
+        return self._state(fields) if len(fields) >= 6 else None
 
-    def _state(self, fields: list[str]) -> tuple[bool, int]:
-        """(dead, pane pid) from a _STATE line, reaping a death tmux has not processed.
+    def _state(self, fields: list[str]) -> tuple[bool, int, Ending | None]:
+        """(dead, pane pid, ending) from a _STATE line, reaping a death tmux has not
+        processed.
 
         tmux builds linked with libutempter (Debian, Ubuntu) can miss a pane's SIGCHLD
         (tmux/tmux#311, #4559): the pane reads as dead (its pty closed) but tmux never
@@ -239,11 +272,13 @@ class TmuxSessions(SessionBackend):
         without a dead time is that case (or one tmux is about to handle); a SIGCHLD to
         the server makes it reap and fire the hook. It costs a signal, no process.
         """
-        server_pid, dead, dead_time, pane_pid = fields[:4]
+        server_pid, dead, dead_time, pane_pid, status, signum = fields[:6]
         if dead == "1" and not dead_time and server_pid.isdigit():
             with suppress(OSError):
                 os.kill(int(server_pid), signal.SIGCHLD)
-        return dead == "1", int(pane_pid) if pane_pid.isdigit() else 0
+        ending = (Ending(signal=int(signum)) if signum.isdigit() else
+                  Ending(status=int(status)) if status.isdigit() else None)
+        return dead == "1", int(pane_pid) if pane_pid.isdigit() else 0, ending
 
     def start(self, name: str, argv: list[str], *, cwd: Path, env: dict[str, str],
               log: Path, absent: bool = False) -> None:
@@ -349,9 +384,9 @@ class TmuxSessions(SessionBackend):
             raise self._failed("list sessions", result)
         sessions: dict[str, bool] = {}
         for line in result.stdout:
-            fields = line.split("\t", 4)
-            if len(fields) == 5 and fields[4].startswith(prefix):
-                sessions[fields[4]] = not self._state(fields)[0]
+            fields = line.split("\t", 6)
+            if len(fields) == 7 and fields[6].startswith(prefix):
+                sessions[fields[6]] = not self._state(fields)[0]
         return sessions
 
     def recent_output(self, name: str, lines: int = 50) -> str:
@@ -368,6 +403,13 @@ class TmuxSessions(SessionBackend):
         while text and not text[-1]:
             text.pop()
         return "\n".join(text[-lines:])
+
+    def ending(self, name: str) -> Ending | None:
+        """From tmux's own record of the exit (#{pane_dead_status}, #{pane_dead_signal}),
+        not from the notice it prints into the pane."""
+        _check_name(name)
+        pane = self._pane(name)
+        return pane[2] if pane is not None and pane[0] else None
 
     def send_text(self, name: str, text: str) -> None:
         """Paste text into the session, then press Enter.

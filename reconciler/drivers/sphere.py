@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy as _copy
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -46,6 +49,17 @@ class Sphere:
             return  # still broken: keep the old one, the next failure tries again
         self.store.close()
         self.store = fresh
+
+    @contextmanager
+    def scratch(self) -> Iterator[Sphere]:
+        """This sphere over an in-memory copy of its store: `sol diff` records the
+        manifests there and plans every reconciler on it, writing nothing."""
+        copy = _copy.copy(self)
+        copy.store = self.store.scratch()
+        try:
+            yield copy
+        finally:
+            copy.store.close()
 
     def close(self) -> None:
         self.store.close()

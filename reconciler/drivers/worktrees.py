@@ -6,9 +6,8 @@ fetch refspec is `+refs/heads/*:refs/remotes/origin/*`, so a fetch only ever mov
 forge lands work that may not be pushed yet. Outpost and forge worktrees are linked
 worktrees of that clone.
 
-Every git process runs with `GIT_TERMINAL_PROMPT=0` (an unreachable https source fails
-instead of waiting for a password nobody will type), stdin closed, a C locale, and a
-bounded timeout. Every failure becomes one `SolError` sentence carrying git's own reason.
+Every git process runs through `drivers/git.py` (no prompt, stdin closed, a C locale,
+a bounded timeout; one `SolError` shape carrying git's own reason).
 """
 
 from __future__ import annotations
@@ -18,57 +17,28 @@ import shutil
 import uuid
 from pathlib import Path
 
-import git
-from git.refs.symbolic import SymbolicReference
-
 from reconciler.core.errors import SolError
-from reconciler.daemon.procs import pid_alive
+from reconciler.drivers import git
+from reconciler.drivers.git import git_reason as git_reason  # landing.py imports it here
+from reconciler.drivers.git import read_ref
+from reconciler.drivers.processes import pid_alive
 
 REFSPEC = "+refs/heads/*:refs/remotes/origin/*"
 CLONE_TIMEOUT = 1800.0  # seconds; a large first clone over a slow link
-FETCH_TIMEOUT = 600.0
-LOCAL_TIMEOUT = 120.0  # anything that does not touch the network
-ENV = {
-    "GIT_TERMINAL_PROMPT": "0",
-    # Abort a transfer that stalls below 1 KB/s for a minute instead of hanging.
-    "GIT_HTTP_LOW_SPEED_LIMIT": os.environ.get("GIT_HTTP_LOW_SPEED_LIMIT", "1000"),
-    "GIT_HTTP_LOW_SPEED_TIME": os.environ.get("GIT_HTTP_LOW_SPEED_TIME", "60"),
-}
+FETCH_TIMEOUT = 600.0  # a fetch or a push of a world's source
 PARTIAL = ".partial-"  # marks a clone in progress beside its destination
 
 
-def git_reason(stderr: str) -> str:
-    """Git's own explanation: the last fatal/error line, else the last line."""
-    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
-    for line in reversed(lines):
-        for prefix in ("fatal: ", "error: "):
-            if line.startswith(prefix):
-                return line[len(prefix):]
-    return lines[-1] if lines else "git failed without a message"
-
-
-def run_git(cwd: Path, *args: str, timeout: float = LOCAL_TIMEOUT, what: str = "",
+def run_git(cwd: Path, *args: str, timeout: float = git.TIMEOUT, what: str = "",
             env: dict[str, str] | None = None, check: bool = True) -> tuple[int, str, str]:
-    """Run `git ARGS` in cwd; returns (status, stdout, stderr); raises SolError if check."""
-    if not cwd.is_dir():
-        raise SolError(f"{what or 'git ' + args[0] + ' failed'}: {cwd} does not exist")
-    runner = git.Git(str(cwd))
-    # Never discover a repository above cwd (SOL_HOME may sit inside the user's own).
-    ceiling = {"GIT_CEILING_DIRECTORIES": str(cwd.resolve().parent)}
-    try:
-        status, out, err = runner.execute(
-            ["git", *args], with_extended_output=True, with_exceptions=False,
-            kill_after_timeout=timeout, env={**ENV, **ceiling, **(env or {})},
-        )
-    except git.GitCommandNotFound as exc:
-        raise SolError("git is not installed or not on PATH; install git and retry") from exc
-    if check and status != 0:
-        raise SolError(f"{what or 'git ' + args[0] + ' failed'}: {git_reason(err)}")
-    return status, out, err
+    """`git.run` as (status, stdout, stderr), for landing.py and recovery.py until they
+    call `git.run` themselves; then this goes."""
+    done = git.run(cwd, *args, timeout=timeout, what=what, env=env, check=check)
+    return done.status, done.out, done.err
 
 
-def _out(cwd: Path, *args: str, what: str = "", timeout: float = LOCAL_TIMEOUT) -> str:
-    return run_git(cwd, *args, what=what, timeout=timeout)[1].strip()
+def _out(cwd: Path, *args: str, what: str = "", timeout: float = git.TIMEOUT) -> str:
+    return git.run(cwd, *args, what=what, timeout=timeout).out.strip()
 
 
 def _local_source(source: str) -> str:
@@ -82,23 +52,7 @@ def _local_source(source: str) -> str:
 
 def is_clone(repo: Path) -> bool:
     """True when repo exists and is itself a git repository (parents are not searched)."""
-    try:
-        git.Repo(str(repo), search_parent_directories=False)
-    except (git.InvalidGitRepositoryError, git.NoSuchPathError):
-        return False
-    return True
-
-
-def read_ref(repo: Path, ref: str) -> str | None:
-    """A full ref (`refs/heads/main`) read from the ref files in-process, without a git
-    process (the cast fast path); None when it cannot be read that way."""
-    if not ref.startswith("refs/heads/"):
-        return None
-    try:
-        sha = SymbolicReference.dereference_recursive(git.Repo(str(repo)), ref)
-    except (ValueError, OSError, git.exc.GitError):
-        return None
-    return sha if isinstance(sha, str) and len(sha) == 40 else None
+    return git.git_dir(repo) is not None
 
 
 def rev(repo: Path, ref: str) -> str | None:
@@ -106,11 +60,11 @@ def rev(repo: Path, ref: str) -> str | None:
     fast = read_ref(repo, ref)
     if fast is not None:
         return fast
-    status, out, err = run_git(repo, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}",
-                               check=False)
-    if status not in (0, 1):
-        raise SolError(f"cannot read {ref} in {repo}: {git_reason(err)}")
-    return out.strip() if status == 0 else None
+    done = git.run(repo, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}", check=False,
+                   what=f"cannot read {ref} in {repo}")
+    if done.status not in (0, 1):
+        raise done.error(f"cannot read {ref} in {repo}")
+    return done.out.strip() if done.ok else None
 
 
 def branch_exists(repo: Path, branch: str) -> bool:
@@ -145,28 +99,27 @@ def clone(source: str, dest: Path, branch: str) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_partials(dest)
     temp = dest.parent / f".{dest.name}{PARTIAL}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    what = f"cannot clone {source} into {dest}"
     try:
-        status, _, err = run_git(dest.parent, "clone", "--quiet", "--bare", "--single-branch",
-                                 "--branch", branch, "--", source, str(temp),
-                                 timeout=CLONE_TIMEOUT, check=False)
-        if status != 0:
-            reason = git_reason(err)
-            if "not found in upstream" in reason:
+        done = git.run(dest.parent, "clone", "--quiet", "--bare", "--single-branch",
+                       "--branch", branch, "--", source, str(temp), timeout=CLONE_TIMEOUT,
+                       check=False, what=what)
+        if not done.ok:
+            if "not found in upstream" in done.reason:
                 raise SolError(f"branch {branch} not found in {source}; "
                                "set spec.branch to an existing branch")
-            raise SolError(f"cannot clone {source} into {dest}: {reason}; "
-                           "check spec.source and that it is reachable")
-        run_git(temp, "config", "remote.origin.fetch", REFSPEC, what=f"cannot configure {temp}")
-        run_git(temp, "config", "core.logAllRefUpdates", "true", what=f"cannot configure {temp}")
-        run_git(temp, "fetch", "--quiet", "origin", timeout=FETCH_TIMEOUT,
+            raise done.error(what, "check spec.source and that it is reachable")
+        git.run(temp, "config", "remote.origin.fetch", REFSPEC, what=f"cannot configure {temp}")
+        git.run(temp, "config", "core.logAllRefUpdates", "true", what=f"cannot configure {temp}")
+        git.run(temp, "fetch", "--quiet", "origin", timeout=FETCH_TIMEOUT,
                 what=f"cannot fetch {source} into {dest}")
         if rev(temp, f"refs/remotes/origin/{branch}") is None:
             raise SolError(f"branch {branch} not found in {source}; "
                            "set spec.branch to an existing branch")
         if not branch_exists(temp, branch):
-            run_git(temp, "update-ref", f"refs/heads/{branch}", f"refs/remotes/origin/{branch}",
+            git.run(temp, "update-ref", f"refs/heads/{branch}", f"refs/remotes/origin/{branch}",
                     what=f"cannot create branch {branch} in {dest}")
-        run_git(temp, "symbolic-ref", "HEAD", f"refs/heads/{branch}",
+        git.run(temp, "symbolic-ref", "HEAD", f"refs/heads/{branch}",
                 what=f"cannot point HEAD of {dest} at {branch}")
         try:
             os.rename(temp, dest)
@@ -185,7 +138,7 @@ def fetch(repo: Path, branch: str) -> str:
     concurrent landing by the forge is never overwritten). When they diverged, local
     holds landed work not yet pushed and is left alone.
     """
-    run_git(repo, "fetch", "--quiet", "--prune", "origin", timeout=FETCH_TIMEOUT,
+    git.run(repo, "fetch", "--quiet", "--prune", "origin", timeout=FETCH_TIMEOUT,
             what=f"cannot fetch origin into {repo}")
     remote = rev(repo, f"refs/remotes/origin/{branch}")
     local = rev(repo, f"refs/heads/{branch}")
@@ -195,9 +148,9 @@ def fetch(repo: Path, branch: str) -> str:
                            "set spec.branch to an existing branch")
         return local
     if local is None:
-        run_git(repo, "update-ref", f"refs/heads/{branch}", remote, "", check=False)
+        git.run(repo, "update-ref", f"refs/heads/{branch}", remote, "", check=False)
     elif local != remote and _is_ancestor(repo, local, remote):
-        run_git(repo, "update-ref", f"refs/heads/{branch}", remote, local, check=False)
+        git.run(repo, "update-ref", f"refs/heads/{branch}", remote, local, check=False)
     now = rev(repo, f"refs/heads/{branch}")
     if now is None:
         raise SolError(f"branch {branch} vanished from {repo} during a fetch; apply again")
@@ -205,12 +158,12 @@ def fetch(repo: Path, branch: str) -> str:
 
 
 def _is_ancestor(repo: Path, ancestor: str, descendant: str) -> bool:
-    status, _, err = run_git(repo, "merge-base", "--is-ancestor", ancestor, descendant,
-                             check=False)
-    if status not in (0, 1):
-        raise SolError(f"cannot compare {ancestor} with {descendant} in {repo}: "
-                       f"{git_reason(err)}")
-    return status == 0
+    what = f"cannot compare {ancestor} with {descendant} in {repo}"
+    done = git.run(repo, "merge-base", "--is-ancestor", ancestor, descendant, check=False,
+                   what=what)
+    if done.status not in (0, 1):
+        raise done.error(what)
+    return done.ok
 
 
 def _worktrees(repo: Path) -> dict[Path, str | None]:
@@ -241,11 +194,10 @@ def add_worktree(repo: Path, path: Path, branch: str, base: str) -> str:
             raise SolError(f"cannot make a worktree for {branch}: base {base} is not in "
                            f"{repo}; fetch the world and retry")
         path.parent.mkdir(parents=True, exist_ok=True)
-        status, _, _ = run_git(repo, "worktree", "add", "--quiet", "--no-track", "-b", branch,
-                               str(path.absolute()), base_sha, check=False)
-        if status == 0:
+        if git.run(repo, "worktree", "add", "--quiet", "--no-track", "-b", branch,
+                   str(path.absolute()), base_sha, check=False).ok:
             return base_sha
-    run_git(repo, "worktree", "prune", what=f"cannot prune worktrees of {repo}")
+    git.run(repo, "worktree", "prune", what=f"cannot prune worktrees of {repo}")
     target = path.resolve()
     registered = _worktrees(repo)
     if target in registered:
@@ -265,19 +217,22 @@ def add_worktree(repo: Path, path: Path, branch: str, base: str) -> str:
     else:
         args = ["worktree", "add", "--quiet", "--no-track", "-b", branch, str(path.absolute()),
                 base]
-    status, _, err = run_git(repo, *args, check=False)
-    if status != 0 and _worktrees(repo).get(target) != branch:
-        raise SolError(f"cannot make a worktree at {path} on {branch}: {git_reason(err)}")
+    what = f"cannot make a worktree at {path} on {branch}"
+    done = git.run(repo, *args, check=False, what=what)
+    if not done.ok and _worktrees(repo).get(target) != branch:
+        raise done.error(what)
     return merge_base(repo, branch, base)
 
 
 def merge_base(repo: Path, branch: str, base: str) -> str:
     """The commit branch forked from base; SolError when they share no history."""
-    status, out, err = run_git(repo, "merge-base", branch, base, check=False)
-    if status != 0 or not out.strip():
-        reason = git_reason(err) if err.strip() else "they share no history"
-        raise SolError(f"cannot find where {branch} forked from {base} in {repo}: {reason}")
-    return out.strip()
+    what = f"cannot find where {branch} forked from {base} in {repo}"
+    done = git.run(repo, "merge-base", branch, base, check=False, what=what)
+    if done.ok and done.out.strip():
+        return done.out.strip()
+    if done.err.strip():
+        raise done.error(what)
+    raise git.failure(what, "they share no history", repo, done.command)
 
 
 def remove_worktree(repo: Path, path: Path, *, force: bool = False) -> None:
@@ -286,11 +241,11 @@ def remove_worktree(repo: Path, path: Path, *, force: bool = False) -> None:
     Without force, git refuses when the worktree has uncommitted or untracked files,
     so no work is lost by accident.
     """
-    run_git(repo, "worktree", "prune", what=f"cannot prune worktrees of {repo}")
+    git.run(repo, "worktree", "prune", what=f"cannot prune worktrees of {repo}")
     if path.resolve() not in _worktrees(repo):
         return
     args = ["worktree", "remove", *(["--force"] if force else []), str(path.absolute())]
-    run_git(repo, *args, what=f"cannot remove worktree {path}")
+    git.run(repo, *args, what=f"cannot remove worktree {path}")
 
 
 def delete_branch(repo: Path, branch: str, *, force: bool = False) -> None:
@@ -298,7 +253,7 @@ def delete_branch(repo: Path, branch: str, *, force: bool = False) -> None:
     branch not merged into the clone's HEAD (the target branch)."""
     if not branch_exists(repo, branch):
         return
-    run_git(repo, "branch", "-D" if force else "-d", branch,
+    git.run(repo, "branch", "-D" if force else "-d", branch,
             what=f"cannot delete branch {branch} in {repo}")
 
 
@@ -332,15 +287,16 @@ def commit_all(worktree: Path, message: str, *, author_name: str,
     with no git identity. Hooks and signing are skipped: sol's gates judge the work, and
     a commit that only saves an agent's work must not be blocked by a local hook or key.
     """
-    run_git(worktree, "add", "-A", what=f"cannot stage the changes in {worktree}")
-    status, _, err = run_git(worktree, "diff", "--cached", "--quiet", check=False)
-    if status == 0:
+    git.run(worktree, "add", "-A", what=f"cannot stage the changes in {worktree}")
+    what = f"cannot read the staged changes in {worktree}"
+    staged = git.run(worktree, "diff", "--cached", "--quiet", check=False, what=what)
+    if staged.ok:
         return None
-    if status != 1:
-        raise SolError(f"cannot read the staged changes in {worktree}: {git_reason(err)}")
+    if staged.status != 1:
+        raise staged.error(what)
     identity = {"GIT_AUTHOR_NAME": author_name, "GIT_AUTHOR_EMAIL": author_email,
                 "GIT_COMMITTER_NAME": author_name, "GIT_COMMITTER_EMAIL": author_email}
-    run_git(worktree, "-c", f"user.name={author_name}", "-c", f"user.email={author_email}",
+    git.run(worktree, "-c", f"user.name={author_name}", "-c", f"user.email={author_email}",
             "-c", "commit.gpgsign=false", "commit", "--quiet", "--no-verify", "-m", message,
             env=identity, what=f"cannot commit in {worktree}")
     return _out(worktree, "rev-parse", "HEAD")

@@ -17,6 +17,11 @@ from reconciler.core.store import Record, Store
 
 KIND_ORDER = {"World": 0, "Writ": 1, "Caravan": 2, "Envoy": 3}
 
+REVISION_META = "source_revision"
+"""The commit the desired state was last recorded from (`sol status` shows it)."""
+SOURCE_META = "source"
+"""The git source (`git+REPO@REF#DIR`) that commit was read from."""
+
 
 def target(kind: str, world: str, name: str) -> str:
     """How an object is named in plans and events: `writ/shop/add-x`, `world/shop`."""

@@ -35,7 +35,8 @@ from ruamel.yaml.reader import ReaderError
 
 from reconciler.core.errors import ManifestError, SolError
 from reconciler.core.home import data_path
-from reconciler.core.model import API_VERSION, KINDS, NAME_RE, Manifest, Origin
+from reconciler.core.model import API_VERSION, KINDS, NAME_RE, Manifest
+from reconciler.specs.documents import Document, Problem, show_value
 from reconciler.specs.references import cross_problems, suggest
 
 try:
@@ -67,19 +68,6 @@ an operator's terminal, so no manifest string may hold one."""
 FILE_TYPES = {stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device",
               stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket",
               stat.S_IFDIR: "a directory"}
-
-
-class Problem(NamedTuple):
-    """One finding; line 0 is about a whole path (it does not exist, cannot be read)."""
-
-    file: str
-    line: int
-    col: int
-    message: str
-
-    def __str__(self) -> str:
-        where = f"{self.file}:{self.line}:{self.col}" if self.line else self.file
-        return f"{where}: {self.message}"
 
 
 @dataclass
@@ -335,69 +323,6 @@ def _syntax_problem(file: str, text: str, exc: YAMLError) -> Problem:
     return Problem(file, 1, 1, f"YAML syntax error: {exc}")
 
 
-class Document:
-    """One document: its node tree (for positions), plain data, and what it claims to be."""
-
-    def __init__(self, file: str, node: Any) -> None:
-        self.file, self.node, self.bad = file, node, False
-        self.data: Any = None
-        self.raw_name: Any = None
-        self.kind = self.name = self.world = ""
-        self.named = False
-
-    def setup(self, data: Any) -> None:
-        self.data = data
-        top = data if isinstance(data, dict) else {}
-        meta = top.get("metadata") if isinstance(top.get("metadata"), dict) else {}
-        self.kind = top.get("kind") if top.get("kind") in KINDS else ""
-        self.raw_name = meta.get("name")
-        self.name = self.raw_name if isinstance(self.raw_name, str) else ""
-        world = meta.get("world") if self.kind != "World" else ""
-        self.world = world if isinstance(world, str) else ""
-        # Only well-named objects take part in cross-references: a bad name is reported once.
-        self.named = bool(self.kind and NAME_RE.match(self.name)) and (
-            self.kind == "World" or bool(NAME_RE.match(self.world)))
-
-    @property
-    def label(self) -> str:
-        raw = self.raw_name
-        name = self.name or (_show(raw) if isinstance(raw, int | float) else "(unnamed)")
-        return f"{self.kind} {self.world}/{name}" if self.world else f"{self.kind} {name}"
-
-    @property
-    def origin(self) -> Origin:
-        mark = self.node.start_mark
-        return Origin(self.file, mark.line + 1, mark.column + 1)
-
-    def at(self, path: Sequence[Any], key: bool = False) -> tuple[int, int]:
-        """Line and column of the value at `path` (or of its key); the nearest ancestor's
-        when the path is not in the tree."""
-        node, key_node = self.node, None
-        for step in path:
-            nxt = None
-            if node.id == "mapping":
-                nxt, key_node = next(((v, k) for k, v in node.value
-                                      if k.id == "scalar" and k.value == step), (None, None))
-            elif node.id == "sequence" and isinstance(step, int) and step < len(node.value):
-                nxt, key_node = node.value[step], None
-            if nxt is None:
-                break
-            node = nxt
-        mark = (key_node if key and key_node is not None else node).start_mark
-        return mark.line + 1, mark.column + 1
-
-    def problem(self, path: Sequence[Any], message: str, key: bool = False,
-                prefix: bool = True) -> Problem:
-        """A problem of this document at `path`, named `Kind world/name: path: message`."""
-        self.bad = True
-        line, col = self.at(path, key)
-        where = "".join(f"[{s}]" if isinstance(s, int) else f".{s}" for s in path).lstrip(".")
-        if not prefix:  # about the document as a whole: nothing to name it by
-            return Problem(self.file, line, col, message)
-        return Problem(self.file, line, col, f"{self.label}: {where}: {message}" if where
-                       else f"{self.label}: {message}")
-
-
 class _Converter:
     """Node tree to plain dict/list/str/int/float/bool/None, refusing what is ambiguous."""
 
@@ -524,7 +449,7 @@ def _document_problems(doc: Document) -> list[Problem]:
     if "kind" not in data:
         return [doc.problem([], f"missing required field 'kind': {USE_KINDS}", prefix=False)]
     if kind not in KINDS:
-        return [doc.problem(["kind"], f"unknown kind {_show(kind)}{suggest(kind, KINDS)}: "
+        return [doc.problem(["kind"], f"unknown kind {show_value(kind)}{suggest(kind, KINDS)}: "
                             f"{USE_KINDS}", prefix=False)]
     found: dict[tuple[int, int, str], Problem] = {}
     for error in _validator(kind).iter_errors(data):
@@ -554,7 +479,7 @@ def _schema_problems(doc: Document, error: ValidationError) -> Iterator[Problem]
 
 def _message(error: ValidationError) -> str:
     rule, inst, value, sub = error.validator, error.instance, error.validator_value, error.schema
-    shown = _show(inst)
+    shown = show_value(inst)
     if rule == "type":
         if isinstance(inst, int | float) and re.match(sub.get("pattern", "^$"), shown):
             what = "a boolean" if isinstance(inst, bool) else "a number"
@@ -577,10 +502,3 @@ def _message(error: ValidationError) -> str:
     if rule in ("minItems", "minLength") and value == 1:
         return "must not be empty"
     return error.message
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, bool) or value is None:
-        return json.dumps(value)
-    return "a mapping" if isinstance(value, dict) else "a list" if isinstance(
-        value, list) else repr(value)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from reconciler.core.model import split_ref
 
 if TYPE_CHECKING:
-    from reconciler.specs.manifests import Document, Problem
+    from reconciler.specs.documents import Document, Problem
 
 Key = tuple[str, str]  # (world, name) of a writ
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import subprocess
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
@@ -28,23 +27,20 @@ from reconciler.core.errors import SolError
 from reconciler.core.home import Home
 from reconciler.core.locks import flock
 from reconciler.core.plan import Action
+from reconciler.core.report import ReportOnce
+from reconciler.drivers import git
 from reconciler.drivers.sphere import Sphere
-from reconciler.drivers.worktrees import git_reason
+from reconciler.specs import record as recording
 from reconciler.specs.manifests import LoadResult, load_texts
 
 PREFIX = "git+"
 SHORT = 7
 SYNTAX = "write git+REPO@REF#DIR, like git+.@main#specs"
 POLL = 15.0  # seconds between two looks at the ref (env SOL_SOURCE_POLL)
-LOCAL_TIMEOUT = 120.0
-FETCH_TIMEOUT = 120.0
 URL_RE = re.compile(r"^[a-z][a-z0-9+.-]*://", re.IGNORECASE)
 SCP_RE = re.compile(r"^[^/@:]+@[^/:]+:")  # user@host:path
 COLLAPSED_RE = re.compile(r"^([a-z][a-z0-9+.-]*):/(?!/)", re.IGNORECASE)
 BAD_REF = re.compile(r"[\s~^:?*\[\\]|\.\.|@\{|^-|^/|/$|\.lock$|\.$")
-ISOLATE = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_DIRECTORY",
-           "GIT_ALTERNATE_OBJECT_DIRECTORIES", "GIT_NAMESPACE", "GIT_COMMON_DIR")
-"""Variables a git hook or a wrapper may have set; they would point git elsewhere."""
 INVALID_META = "specs_invalid"
 
 
@@ -119,21 +115,12 @@ def find(value: str | Path) -> GitSource | None:
 # ---- git ----------------------------------------------------------------------------
 
 
-def _git(*args: str, input: bytes | None = None, timeout: float = LOCAL_TIMEOUT
-         ) -> subprocess.CompletedProcess[bytes]:
-    """git with no prompt, a C locale and no inherited repository; never raises for a
-    non-zero exit (the caller words it)."""
-    env = {k: v for k, v in os.environ.items() if k not in ISOLATE}
-    env.update(GIT_TERMINAL_PROMPT="0", LC_ALL="C")  # ext:: stays off (git default)
-    try:
-        return subprocess.run(["git", "--literal-pathspecs", *args], input=input,
-                              capture_output=True, env=env, timeout=timeout,
-                              stdin=None if input is not None else subprocess.DEVNULL)
-    except FileNotFoundError as exc:
-        raise SolError("git is not installed or not on PATH; install git and retry") from exc
-    except subprocess.TimeoutExpired as exc:
-        raise SolError(f"git {args[2] if len(args) > 2 else ''} did not finish within "
-                       f"{timeout:g}s; check the source and retry") from exc
+def _git(where: Path, source: GitSource, *args: str, what: str,
+         input: bytes | None = None) -> git.Done:
+    """git in where (ext:: stays off, the git default); a local repository is the user's
+    own path, so git may find it above where. Never raises for a non-zero exit."""
+    return git.run(where, "--literal-pathspecs", *args, what=what, input=input, check=False,
+                   discover=not source.remote)
 
 
 def cache_dir(source: GitSource, home: Home) -> Path:
@@ -153,33 +140,33 @@ def git_dir(source: GitSource, home: Home, *, fetch: bool = True) -> Path:
     with flock(home.run / f"source-{cache.name}.lock"):
         if not (cache / "HEAD").exists():
             cache.mkdir(parents=True, exist_ok=True)
-            done = _git("init", "--quiet", "--bare", str(cache))
-            if done.returncode:
-                raise SolError(f"git source {source}: cannot create its cache {cache}: "
-                               f"{git_reason(done.stderr.decode(errors='replace'))}")
+            what = f"git source {source}: cannot create its cache {cache}"
+            done = _git(cache, source, "init", "--quiet", "--bare", what=what)
+            if not done.ok:
+                raise done.error(what)
             fetch = True
         if fetch:
-            done = _git("-C", str(cache), "fetch", "--quiet", "--prune", "--force",
+            what = f"git source {source}: cannot fetch {source.repo}"
+            done = _git(cache, source, "fetch", "--quiet", "--prune", "--force",
                         "--update-head-ok", "--no-tags", "--end-of-options", source.repo,
-                        "+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*",
-                        timeout=FETCH_TIMEOUT)
-            if done.returncode:
-                raise SolError(f"git source {source}: cannot fetch {source.repo}: "
-                               f"{git_reason(done.stderr.decode(errors='replace'))}")
+                        "+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*", what=what)
+            if not done.ok:
+                raise done.error(what)
     return cache
 
 
 def resolve(source: GitSource, home: Home, *, fetch: bool = True) -> str:
     """The commit REF names now (fetching a URL first)."""
     where = git_dir(source, home, fetch=fetch)
-    done = _git("-C", str(where), "rev-parse", "--verify", "--quiet", "--end-of-options",
-                f"{source.ref}^{{commit}}")
-    if done.returncode == 0:
-        return done.stdout.decode().strip()
-    check = _git("-C", str(where), "rev-parse", "--git-dir")
-    if check.returncode:
-        raise SolError(f"git source {source}: {source.repo} is not a git repository "
-                       f"({git_reason(check.stderr.decode(errors='replace'))})")
+    what = f"git source {source}: cannot read ref {source.ref}"
+    done = _git(where, source, "rev-parse", "--verify", "--quiet", "--end-of-options",
+                f"{source.ref}^{{commit}}", what=what)
+    if done.ok:
+        return done.out.strip()
+    what = f"git source {source}: {source.repo} is not a git repository"
+    check = _git(where, source, "rev-parse", "--git-dir", what=what)
+    if not check.ok:
+        raise check.error(what, "pass the path or URL of a git repository")
     raise SolError(f"git source {source}: ref {source.ref} not found in {source.repo}; "
                    "commit or push it, or name another ref")
 
@@ -188,8 +175,9 @@ def is_ancestor(source: GitSource, home: Home, older: str, newer: str) -> bool |
     """Whether `older` is an ancestor of `newer`; None when git cannot tell (one of them
     is unknown, say after a history rewrite and a gc)."""
     where = git_dir(source, home, fetch=False)
-    done = _git("-C", str(where), "merge-base", "--is-ancestor", older, newer)
-    return {0: True, 1: False}.get(done.returncode)
+    done = _git(where, source, "merge-base", "--is-ancestor", older, newer,
+                what=f"git source {source}: cannot compare {older[:SHORT]} with {newer[:SHORT]}")
+    return {0: True, 1: False}.get(done.status)
 
 
 def _wanted(path: str, directory: str) -> bool:
@@ -204,13 +192,13 @@ def _wanted(path: str, directory: str) -> bool:
 def read(source: GitSource, commit: str, home: Home) -> LoadResult:
     """Every manifest under DIR as committed in `commit`, validated as one set."""
     where = git_dir(source, home, fetch=False)
-    args = ["-C", str(where), "ls-tree", "-r", "-z", "--full-tree", commit]
-    listing = _git(*args, *(["--", source.dir] if source.dir else []))
-    if listing.returncode:
-        raise SolError(f"git source {source}: cannot list {commit[:SHORT]}: "
-                       f"{git_reason(listing.stderr.decode(errors='replace'))}")
+    what = f"git source {source}: cannot list {commit[:SHORT]}"
+    listing = _git(where, source, "ls-tree", "-r", "-z", "--full-tree", commit,
+                   *(["--", source.dir] if source.dir else []), what=what)
+    if not listing.ok:
+        raise listing.error(what)
     blobs: list[tuple[str, str]] = []
-    for item in listing.stdout.split(b"\0"):
+    for item in listing.data.split(b"\0"):
         head, _, raw = item.partition(b"\t")
         fields = head.split()
         path = raw.decode("utf-8", "surrogateescape")
@@ -218,7 +206,8 @@ def read(source: GitSource, commit: str, home: Home) -> LoadResult:
                 and _wanted(path, source.dir):
             blobs.append((path, fields[2].decode()))
     texts, problems = [], []
-    for (path, _), data in zip(blobs, _cat(where, [sha for _, sha in blobs]), strict=True):
+    for (path, _), data in zip(blobs, _cat(where, source, [sha for _, sha in blobs]),
+                               strict=True):
         shown = f"{path}@{commit[:SHORT]}"
         try:
             texts.append((shown, data.decode("utf-8-sig")))
@@ -231,15 +220,16 @@ def read(source: GitSource, commit: str, home: Home) -> LoadResult:
     return result
 
 
-def _cat(where: Path, shas: list[str]) -> list[bytes]:
+def _cat(where: Path, source: GitSource, shas: list[str]) -> list[bytes]:
     """Blob contents in one `git cat-file --batch` call."""
     if not shas:
         return []
-    done = _git("-C", str(where), "cat-file", "--batch", input="".join(
-        f"{sha}\n" for sha in shas).encode())
-    if done.returncode:
-        raise SolError(f"cannot read {where}: {git_reason(done.stderr.decode(errors='replace'))}")
-    out, pos, blobs = done.stdout, 0, []
+    what = f"git source {source}: cannot read {where}"
+    done = _git(where, source, "cat-file", "--batch", what=what,
+                input="".join(f"{sha}\n" for sha in shas).encode())
+    if not done.ok:
+        raise done.error(what)
+    out, pos, blobs = done.data, 0, []
     for _ in shas:
         end = out.index(b"\n", pos)
         size = int(out[pos:end].split()[2])
@@ -287,27 +277,25 @@ class GitSync:
         self._next_poll = 0.0
         self._next_resync = 0.0
         self._bad: str | None = None  # a commit already refused as invalid
-        self._reported: tuple[str, ...] = ()
+        self._reported: ReportOnce[tuple[str, ...]] = ReportOnce()
 
     def due(self, now: float | None = None) -> float:
         return max(0.0, self._next_poll - (time.monotonic() if now is None else now))
 
     def poll(self, trigger: str = "poll") -> tuple[list[Action], list[str]]:
         """One look at the ref: (actions recorded, problems refused)."""
-        from reconciler.controllers import engine
-
         now = time.monotonic()
         self._next_poll = now + self.interval
         home, store = self.sphere.home, self.sphere.store
         try:
             commit = resolve(self.source, home)
-            last = engine.applied_revision(store, str(self.source))
+            last = recording.applied_revision(store, str(self.source))
             fresh = trigger == "start" or now >= self._next_resync
             if commit == last and not fresh:
                 self._valid_again(commit)
                 return [], []
             if commit == self._bad and not fresh:
-                return [], list(self._reported)
+                return [], list(self._reported.last or ())
             if last and commit != last and is_ancestor(self.source, home, commit, last):
                 return [], self._refuse(trigger, commit, [
                     f"ref {self.source.ref} moved backwards from {last[:SHORT]} to "
@@ -321,7 +309,7 @@ class GitSync:
         if problems:
             self._bad = commit
             return [], self._refuse(trigger, commit, problems)
-        actions = engine.record(self.sphere, result.manifests, revision=commit,
+        actions = recording.record(self.sphere, result.manifests, revision=commit,
                                 source=str(self.source))
         self._bad, self._next_resync = None, now + self.resync
         self._valid_again(commit)
@@ -332,16 +320,13 @@ class GitSync:
 
     def _refuse(self, trigger: str, commit: str | None, problems: list[str]) -> list[str]:
         """Report once per distinct refusal (a poll of the same bad commit is silent)."""
-        from reconciler.controllers import engine
-
-        if tuple(problems) == self._reported:
+        if not self._reported.news(tuple(problems)):
             return problems
-        self._reported = tuple(problems)
         logger.warning("specs not applied ({trigger}): {first}", trigger=trigger,
                        first=problems[0], event="specs-invalid", problems=problems,
                        revision=commit)
         store = self.sphere.store
-        last = engine.applied_revision(store, str(self.source))
+        last = recording.applied_revision(store, str(self.source))
         first = (f"commit {commit[:SHORT]}: " if commit else "") + problems[0]
         more = len(problems) - 1
         keeps = (f"; revision {last[:SHORT]} keeps running" if last
@@ -354,7 +339,7 @@ class GitSync:
         return problems
 
     def _valid_again(self, commit: str) -> None:
-        self._reported = ()
+        self._reported.clear()
         store = self.sphere.store
         if store.get_meta(INVALID_META) is not None:
             with store.transaction():

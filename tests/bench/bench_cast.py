@@ -19,10 +19,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from conftest import make_repo  # noqa: E402
 from helpers import world_yaml, writ_yaml, write_specs  # noqa: E402
 
-from reconciler.controllers import engine  # noqa: E402
+from reconciler.controllers import registry  # noqa: E402
 from reconciler.core.home import Home  # noqa: E402
 from reconciler.drivers.sphere import Sphere  # noqa: E402
 from reconciler.specs.manifests import validate  # noqa: E402
+from reconciler.specs.record import record  # noqa: E402
 
 
 def run(*argv: str, cwd: Path | None = None) -> None:
@@ -53,12 +54,12 @@ def sol_cast(tmp: Path, source: Path, n: int) -> float:
     specs = write_specs(tmp / "specs", world, *[writ_yaml(f"w{i}", "bench") for i in range(n)])
     sphere = Sphere(home)
     # clone first so only casting is timed
-    engine.record(sphere, [m for m in validate([specs]) if m.kind == "World"])
-    engine.reconcile_once(sphere, forge=False)
+    record(sphere, [m for m in validate([specs]) if m.kind == "World"])
+    registry.run_owner(sphere, "consul")  # the consul child's pass: worlds, dispatch
     manifests = validate([specs])
-    engine.record(sphere, manifests)
+    record(sphere, manifests)
     start = time.perf_counter()
-    engine.reconcile_once(sphere, forge=False)
+    registry.run_owner(sphere, "consul")  # the consul child's pass: worlds, dispatch
     elapsed = time.perf_counter() - start
     cast = len(sphere.store.events(types=["cast"]))
     assert cast == n, f"only {cast} of {n} writs were cast"

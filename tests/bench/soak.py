@@ -51,7 +51,8 @@ from test_durability import (  # noqa: E402
 from reconciler.core import degraded  # noqa: E402
 from reconciler.core.home import Home  # noqa: E402
 from reconciler.core.store import Store  # noqa: E402
-from reconciler.daemon.procs import is_ours, pid_alive, read_pid  # noqa: E402
+from reconciler.daemon.procs import is_ours, read_pid  # noqa: E402
+from reconciler.drivers.processes import pid_alive  # noqa: E402
 
 TERMINAL = {"Merged", "Failed", "Cancelled", "Done"}
 CHILDREN = ("consul", "notifier", f"sentinel-{W}", f"forge-{W}")

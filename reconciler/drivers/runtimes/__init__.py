@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
-import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from reconciler.core.errors import SolError
 from reconciler.core.model import Runtime, WorldSpec, WritSpec
-from reconciler.drivers import hook
+from reconciler.drivers import git, hook
 from reconciler.drivers.runtimes import claude
 from reconciler.drivers.runtimes.personas import persona
 
@@ -142,11 +141,10 @@ def _env(tether: Tether, home: Home, agent: str, tether_path: Path) -> dict[str,
 def tracked(worktree: Path, name: str) -> bool:
     """Whether the project itself tracks `name`; sol must not overwrite such a file."""
     try:
-        out = subprocess.run(["git", "ls-files", "--", name], cwd=worktree,
-                             capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
+        done = git.run(worktree, "--literal-pathspecs", "ls-files", "--", name, check=False)
+    except SolError:
         return False
-    return out.returncode == 0 and bool(out.stdout.strip())
+    return done.ok and bool(done.out.strip())
 
 
 def persona_files(runtime: Runtime, worktree: Path, text: str

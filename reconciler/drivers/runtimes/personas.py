@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any
 
+from reconciler.core.durations import format_duration
+
 if TYPE_CHECKING:
     from reconciler.core.tether import Tether
 
@@ -17,11 +19,7 @@ if TYPE_CHECKING:
 def _duration(value: Any) -> str:
     """A gate timeout as people write it (`10m`), whatever form the tether keeps."""
     if isinstance(value, int | float) and not isinstance(value, bool):
-        seconds = int(value)
-        for unit, size in (("h", 3600), ("m", 60)):
-            if seconds and seconds % size == 0:
-                return f"{seconds // size}{unit}"
-        return f"{seconds}s"
+        return format_duration(int(value))
     return str(value)
 
 

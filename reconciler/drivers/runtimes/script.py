@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import IO
 
 from reconciler.core.errors import SolError
+from reconciler.drivers import git
 
 LANGUAGES = frozenset({"sh", "bash"})
 TAIL_LINES = 20
@@ -109,22 +110,27 @@ def run_block(block: Block, total: int) -> tuple[int, list[str]]:
     return code, list(tail)
 
 
-def _git(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["git", *args], capture_output=True, text=True)
+def _git(*args: str) -> git.Done:
+    """git in the worktree (the session's cwd), as the session's identity."""
+    return git.run(Path.cwd(), *args, what=f"git {git.command_name(args)} failed", check=False)
 
 
 def commit(title: str) -> str | None:
-    """Commit everything that changed with `title` as subject; git's complaint if it fails."""
-    added = _git("add", "-A")
-    if added.returncode != 0:
-        return f"git add failed: {(added.stderr or added.stdout).strip()}"
-    if _git("diff", "--cached", "--quiet").returncode == 0:
-        _say("nothing changed: nothing to commit")
-        return None
-    done = _git("commit", "-q", "-m", title)
-    if done.returncode != 0:
-        return f"git commit failed: {(done.stderr or done.stdout).strip()}"
-    _say(f"committed: {_git('rev-parse', '--short', 'HEAD').stdout.strip()} {title}")
+    """Commit everything that changed with `title` as subject; git's whole complaint (a
+    hook's output included) if it fails, for the person the writ escalates to."""
+    try:
+        added = _git("add", "-A")
+        if not added.ok:
+            return f"git add failed: {(added.err or added.out).strip()}"
+        if _git("diff", "--cached", "--quiet").ok:
+            _say("nothing changed: nothing to commit")
+            return None
+        done = _git("commit", "-q", "-m", title)
+        if not done.ok:
+            return f"git commit failed: {(done.err or done.out).strip()}"
+        _say(f"committed: {_git('rev-parse', '--short', 'HEAD').out.strip()} {title}")
+    except SolError as exc:  # git missing, or it hung past its timeout
+        return exc.message
     return None
 
 

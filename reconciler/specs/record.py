@@ -1,61 +1,26 @@
-"""One reconcile pass: record the manifests, then run each reconciler's observe/plan/act."""
+"""Recording the desired state in the store: serialised, stamped with its source.
+
+`sol apply`, the spec watcher and the git source poller all record through `record`, so
+two applies never interleave their plans and every recording says where it came from.
+"""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from reconciler.controllers import consul, worlds
 from reconciler.core.locks import flock
 from reconciler.core.model import Manifest, WorldSpec
 from reconciler.core.plan import Action, summary
-from reconciler.core.store import Record, Store
+from reconciler.core.store import Store
 from reconciler.drivers import outposts, worktrees
 from reconciler.drivers.sphere import Sphere
-from reconciler.specs.changes import execute_spec_action, plan_specs
-
-REVISION_META = "source_revision"
-"""The commit the desired state was last recorded from (`sol status` shows it)."""
-SOURCE_META = "source"
-"""The git source (`git+REPO@REF#DIR`) that commit was read from."""
-
-
-def overlay(records: Sequence[Record], manifests: Sequence[Manifest]) -> list[Record]:
-    """The store's records as they would be once `manifests` are recorded (for diff)."""
-    wanted = {m.key for m in manifests}
-    by_key = {r.key: (r if not wanted or r.key in wanted else
-                      Record(**{**r.__dict__, "orphaned": True})) for r in records}
-    now = time.time()
-    for m in manifests:
-        old = by_key.get(m.key)
-        if old is None:
-            by_key[m.key] = Record(m.kind, m.world, m.name, m.spec, m.generation, str(m.origin),
-                                   False, "Pending", "", "", "", {}, 0, now, now)
-        else:
-            by_key[m.key] = Record(**{**old.__dict__, "spec": m.spec,
-                                      "generation": m.generation, "orphaned": False})
-    return list(by_key.values())
-
-
-def plan_all(sphere: Sphere, manifests: Sequence[Manifest] | None, *, prune: bool = False
-             ) -> list[Action]:
-    """What `sol diff` shows: the spec changes, then what the reconcilers would do."""
-    records = sphere.store.list()
-    actions = plan_specs(manifests, records, prune=prune) if manifests else []
-    desired = overlay(records, manifests or [])
-    world_records = [r for r in desired if r.kind == "World"]
-    observed = worlds.observe(sphere, world_records, refresh=False)
-    actions += worlds.plan_worlds(world_records, observed)
-    snap = consul.Snapshot(
-        worlds={r.name: r for r in world_records},
-        writs={(r.world, r.name): r for r in desired if r.kind == "Writ"},
-        caravans=tuple(r for r in desired if r.kind == "Caravan"),
-        live=outposts.occupied(outposts.live_counts(sphere),
-                               [r for r in desired if r.kind == "Writ"]),
-    )
-    actions += consul.cast_actions(consul.plan_dispatch(snap))
-    return actions
+from reconciler.specs.changes import (
+    REVISION_META,
+    SOURCE_META,
+    execute_spec_action,
+    plan_specs,
+)
 
 
 def record(sphere: Sphere, manifests: Sequence[Manifest], *, prune: bool = False,
@@ -145,32 +110,3 @@ def state_changes(before: dict[str, dict[str, Any]], now: dict[str, dict[str, An
                 changes.append(f"{key} changed {name} {show(old.get(name))} -> "
                                f"{show(new.get(name))}")
     return changes
-
-
-def reconcile_once(sphere: Sphere, *, forge: bool = True) -> list[Action]:
-    """Every reconciler that exists, once, in dependency order."""
-    from reconciler.controllers import envoys
-
-    actions = worlds.reconcile(sphere)
-    actions += envoys.reconcile(sphere)
-    actions += consul.reconcile(sphere)
-    if forge:
-        from reconciler.controllers import forge as forge_reconciler
-
-        actions += forge_reconciler.reconcile(sphere)
-        actions += consul.reconcile(sphere)  # writs sent back or unblocked by a merge
-    return actions
-
-
-def apply(sphere: Sphere, manifests: Sequence[Manifest], *, prune: bool = False,
-          revision: str | None = None, source: str | None = None,
-          check: Callable[[], None] | None = None) -> list[Action]:
-    """`sol apply`: record, then one pass (dispatch included, the forge left to the loop)."""
-    actions = record(sphere, manifests, prune=prune, revision=revision, source=source,
-                     check=check)
-    for action in actions:
-        if action.kind == "cancel":
-            outposts.release(sphere, action.data["world"], action.data["name"],
-                             reason="cancelled: removed from the manifests")
-    actions += reconcile_once(sphere, forge=False)
-    return actions
