@@ -32,7 +32,7 @@ from reconciler.core.model import (
 )
 from reconciler.specs import manifests
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 BAD = ROOT / "tests" / "manifests_bad"
 CASES = sorted(p.name for p in BAD.iterdir() if p.name != "README.md")
 EXPECT = re.compile(r"# expect: (\d+):(\d+): (.*)")

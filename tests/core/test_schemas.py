@@ -15,7 +15,7 @@ from reconciler.core import schemas
 from reconciler.core.errors import SolError
 from reconciler.core.plan import Action, summary
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def readme_config() -> Any:

@@ -17,7 +17,7 @@ from reconciler.core.store import Store
 from tests.helpers import world_yaml, writ_yaml, write_specs
 
 Sol = Callable[..., CompletedProcess[str]]
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 BAD = ROOT / "tests" / "manifests_bad"
 POSITION = re.compile(r"^(?P<file>[^:\n]+):(?P<line>\d+):(?P<col>\d+): \S")
 SUSPENDED = "suspend: true\n"  # nothing is cast: writs stay Pending, no tmux session

@@ -28,7 +28,7 @@ from reconciler.specs import manifests
 from reconciler.specs.record import record as record_specs
 
 W = "shop"
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def envoy_yaml(name: str, persona: str = "planner", runtime: Any = None, **spec: Any) -> str:
