@@ -202,10 +202,10 @@ def stale_writs(snap: Snapshot, has_tether: Mapping[WritKey, bool], now: float,
     `stale_after` overrides every world's `spec.sentinel.staleAfter` when given."""
     found = []
     for key, w in snap.writs.items():
-        limit = _stale_limit(snap, w, stale_after)
-        if w.phase != WORKING or has_tether.get(key) or limit is None:
+        if w.phase != WORKING or has_tether.get(key):
             continue
-        if now - w.updated_at > limit:
+        limit = _stale_limit(snap, w, stale_after)
+        if limit is not None and now - w.updated_at > limit:
             found.append(w)
     return found
 
@@ -309,8 +309,10 @@ def next_look(view: View) -> float | None:
             delays.append(held - view.now)
     alive = has_tether(view)
     for key, writ in view.writs.items():
+        if writ.phase != WORKING or alive.get(key):
+            continue
         limit = _stale_limit(view, writ, view.stale_after)
-        if writ.phase == WORKING and not alive.get(key) and limit is not None:
+        if limit is not None:
             delays.append(max(0.0, writ.updated_at + limit - view.now))
     return sooner(*delays)
 

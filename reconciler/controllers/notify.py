@@ -59,12 +59,9 @@ import subprocess
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from http.client import HTTPException
 from typing import Any
 
 from loguru import logger
@@ -351,7 +348,10 @@ def requeue_after(sphere: Sphere) -> float | None:
 def deliver(target: NotifyTarget, row: OutboxRow, *, cwd: str | None = None) -> str | None:
     """Deliver one row to its target; None on success, else the error in a few words."""
     if target.kind == "webhook":
-        return _post(target, row)
+        from reconciler.drivers import webhooks  # http: imported by a delivery only
+
+        return webhooks.post(target.address, _event_json(row).encode(), timeout=target.timeout,
+                             name=target.key, event=row.event.type, delivery=row.id)
     return _run(target, row, cwd)
 
 
@@ -390,33 +390,3 @@ def _run(target: NotifyTarget, row: OutboxRow, cwd: str | None) -> str | None:
         out.seek(0)
         tail = out.read().decode(errors="replace").strip()[-OUTPUT_TAIL:]
         return f"exit code {code}" + (f": {tail}" if tail else "")
-
-
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    """A webhook that redirects has moved: say so rather than POST somewhere else."""
-
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None
-
-
-_OPENER = urllib.request.build_opener(_NoRedirect)
-
-
-def _post(target: NotifyTarget, row: OutboxRow) -> str | None:
-    request = urllib.request.Request(
-        target.address, data=_event_json(row).encode(), method="POST",
-        headers={"Content-Type": "application/json", "User-Agent": "sol-notify",
-                 "X-Sol-Event": row.event.type, "X-Sol-Delivery": str(row.id)})
-    try:
-        with _OPENER.open(request, timeout=target.timeout) as response:
-            status = response.status
-            response.read(65536)
-    except urllib.error.HTTPError as exc:
-        return f"HTTP {exc.code} {exc.reason}"
-    except urllib.error.URLError as exc:
-        return f"cannot reach {target.key}: {exc.reason}"
-    except TimeoutError:
-        return f"no answer within {target.timeout:g}s"
-    except (OSError, HTTPException) as exc:
-        return f"{type(exc).__name__}: {exc}"
-    return None if 200 <= status < 300 else f"HTTP {status}"

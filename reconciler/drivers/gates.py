@@ -25,8 +25,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
-
 from reconciler.core.durations import format_duration
 from reconciler.core.errors import SolError
 
@@ -194,6 +192,8 @@ def _signal(pgid: int, sig: signal.Signals) -> None:
 
 def _members(pgid: int) -> list[int]:
     """Live (non-zombie) processes of group pgid in session pgid (the gate's session)."""
+    import psutil  # on first use: only a forge that finds a leftover gate asks
+
     found = []
     for proc in psutil.process_iter(["status"]):
         if proc.info["status"] == psutil.STATUS_ZOMBIE:
@@ -208,6 +208,8 @@ def _members(pgid: int) -> list[int]:
 
 def _has_token(pid: int, token: str) -> bool:
     """True when the process was started with our SOL_GATE_TOKEN."""
+    import psutil
+
     try:
         return psutil.Process(pid).environ().get("SOL_GATE_TOKEN") == token
     except psutil.Error:

@@ -21,8 +21,6 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Protocol
 
-import psutil
-
 from reconciler.core import tether
 from reconciler.core.errors import Retry, SolError
 from reconciler.core.home import session_name
@@ -459,6 +457,8 @@ class SessionsLike(Protocol):
 
 def _parent(pid: int) -> int | None:
     """The parent of an agent's pane process: the tmux server."""
+    import psutil  # on first use: most commands never ask about a process
+
     try:
         return psutil.Process(pid).ppid()
     except psutil.Error:
@@ -466,6 +466,8 @@ def _parent(pid: int) -> int | None:
 
 
 def _is_tmux(pid: int) -> bool:
+    import psutil  # on first use: most commands never ask about a process
+
     try:
         return psutil.Process(pid).name().startswith("tmux")
     except psutil.Error:

@@ -33,11 +33,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-import libtmux
-from libtmux import exc as tmux_exc
-from libtmux.common import tmux_cmd
+if TYPE_CHECKING:  # libtmux is imported when a session is first driven, not by every
+    from libtmux.common import tmux_cmd  # `sol` command that merely names one
 
 from reconciler.core.errors import SolError
 from reconciler.core.home import private
@@ -229,14 +228,18 @@ class TmuxSessions(SessionBackend):
         self.hook_file = hook_file
         self.launch_dir = launch_dir or Path(tempfile.gettempdir()) / (
             f"sol-launch-{os.getuid()}-{socket_name}")
+        import libtmux
+
         self._server = libtmux.Server(socket_name=socket_name)
 
     def _run(self, *args: str) -> tmux_cmd:
         """One tmux invocation on our server (args may chain commands with ';')."""
+        from libtmux.exc import TmuxCommandNotFound
+
         try:
             with _clean_tmux_env():
                 return self._server.cmd(*args)
-        except tmux_exc.TmuxCommandNotFound as exc:
+        except TmuxCommandNotFound as exc:
             raise SolError(
                 "tmux is not installed or not on PATH; install tmux 3.2 or newer "
                 "and check with `sol doctor`"

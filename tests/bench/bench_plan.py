@@ -146,7 +146,7 @@ def cli_diff(home: Home, specs: Path) -> None:
                              "-o", "json"], capture_output=True, text=True, env=env)
     assert result.returncode == 2, result.stderr
     kinds = {a["kind"] for a in json.loads(result.stdout)["actions"]}
-    assert kinds <= {"clone", "cast", "wait"}, kinds  # no spec change: nothing to record
+    assert kinds <= {"clone", "cast", "wait", "caravan"}, kinds  # no spec change recorded
 
 
 def profile(root: Path, writs: int) -> str:
