@@ -24,10 +24,7 @@ from reconciler.core import degraded
 from reconciler.core.errors import SolError
 from reconciler.core.home import Home
 from reconciler.core.plan import summary
-from reconciler.daemon import prefect
-from reconciler.daemon.prefect import ALREADY_RUNNING, already_running, child_env, running
 from reconciler.daemon.procs import STOP_GRACE, is_ours, read_pid, wait_unlocked
-from reconciler.daemon.watch import touch
 from reconciler.drivers.processes import pid_alive
 from reconciler.specs.sources import PREFIX, find, is_git, poll_interval
 
@@ -36,6 +33,8 @@ def start_detached(home: Home, paths: Sequence[Path | str], timeout: float = 30.
                    ) -> dict[str, Any]:
     """Start the prefect in its own session, stdio to logs/prefect.out; return its ready
     info (pid, paths, log) once it reports ready."""
+    from reconciler.daemon.prefect import ALREADY_RUNNING, already_running, child_env, running
+
     home.init()
     if running(home) is None:  # never the ready file of a prefect that just won a race
         with contextlib.suppress(OSError):
@@ -83,6 +82,8 @@ def stop(home: Home, timeout: float = STOP_GRACE + 5) -> int | None:
     SIGTERM first (it stops its children itself); after `timeout`, SIGKILL it and every
     reconciler whose pid file is still there. Done when its lock is free.
     """
+    from reconciler.daemon.prefect import running
+
     lock = home.run / "prefect.lock"
     info = running(home)
     if info is None:
@@ -147,6 +148,8 @@ def _same(watched: list[str], wanted: Sequence[Path | str]) -> bool:
 
 def _wait_ready(home: Home, timeout: float = 30.0) -> dict[str, Any]:
     """The running prefect's ready info, once it has written it."""
+    from reconciler.daemon.prefect import running
+
     deadline = time.monotonic() + timeout
     while True:
         info = running(home) or {}
@@ -167,6 +170,8 @@ def up(paths: tuple[str, ...]) -> None:
 
     Already running: says so (pid, log) and exits 0, or 1 if it watches other paths.
     """
+    from reconciler.daemon.prefect import running
+
     home = Home.from_env()
     home.init()
     wanted = watch_paths(paths)
@@ -217,6 +222,9 @@ def down() -> None:
 @click.option("--once", is_flag=True, help="One pass of every reconciler, then exit.")
 def reconcile(paths: tuple[str, ...], once: bool) -> None:
     """Run the reconcile loop in the foreground (Ctrl-C stops it)."""
+    from reconciler.daemon import prefect
+    from reconciler.daemon.prefect import already_running, running
+
     if once:
         sp = sphere()
         if paths:
@@ -240,6 +248,8 @@ def reconcile(paths: tuple[str, ...], once: bool) -> None:
 @click.command()
 def resume() -> None:
     """Leave Degraded mode now: the sentinels respawn dead agent sessions again."""
+    from reconciler.daemon.watch import touch
+
     sp = sphere()
     state = degraded.state(sp.store)
     if not degraded.resume(sp.store) or state is None:

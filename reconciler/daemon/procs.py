@@ -18,7 +18,6 @@ import sys
 import time
 from pathlib import Path
 
-import psutil
 from loguru import logger
 
 from reconciler.core.home import Home
@@ -50,6 +49,8 @@ def read_pid(path: Path) -> int | None:
 def is_ours(pid: int, home: Home) -> bool:
     """The pid runs `reconciler.daemon.prefect` in this SOL_HOME (guards against pid reuse): the
     daemon and its children all run with SOL_HOME as their working directory."""
+    import psutil  # on first use: most commands never look at a pid
+
     try:
         process = psutil.Process(pid)
         argv, cwd = process.cmdline(), process.cwd()
