@@ -85,11 +85,14 @@ def test_imports_only_point_down_the_layers() -> None:
 
 
 PARTS = {"forge": "forge", "landing": "forge", "consul": "consul", "recovery": "consul"}
-"""Modules that are parts of one reconciler (its plan or its steps beside it)."""
+"""Modules that are parts of one reconciler (besides its `_plan`, `_act` and `_observe`
+modules): the forge's steps, the consul's recovery."""
 
 
 def owner(module: str) -> str:
-    leaf = module.rpartition(".")[2].removesuffix("_plan")
+    leaf = module.rpartition(".")[2]
+    for part in ("_plan", "_act", "_observe"):
+        leaf = leaf.removesuffix(part)
     return PARTS.get(leaf, leaf)
 
 

@@ -23,7 +23,7 @@ from conftest import ROOT, git, poll
 from helpers import writ_status, write_specs
 from test_prefect import daemon_commands
 
-from reconciler.controllers.sentinel import GO_ON
+from reconciler.controllers.sentinel_act import GO_ON
 from reconciler.core.home import Home
 from reconciler.core.store import Store
 from reconciler.drivers.runtimes.claude import KICKOFF, RESUMED
