@@ -276,3 +276,18 @@ def test_a_background_process_does_not_hold_the_agent(agent: Agent) -> None:
     assert done.returncode == 0, done.stderr
     assert agent.calls() == [["resolve"]]
     assert git(agent.worktree, "log", "-1", "--format=%s") == "Make the change"
+
+
+def test_a_blocks_text_never_reaches_a_command_line(tmp_path: Path) -> None:
+    """`ps` shows every argv to every local user: the block runs from a 0600 file, which
+    is gone afterwards."""
+    from reconciler.drivers.runtimes.script import run_block
+
+    [block] = blocks("```sh\n# MARKER-secret-words\nps -o args= -p $$\n"
+                     "stat -c %a \"$0\"\n```\n")
+    code, tail = run_block(block, 1)
+    assert code == 0
+    argv, mode = tail[-2], tail[-1]
+    assert "MARKER" not in argv and argv.startswith("bash -e ")
+    assert mode == "600"
+    assert not Path(argv.split()[-1]).exists()

@@ -15,6 +15,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 from collections import deque
 from dataclasses import dataclass
@@ -97,14 +98,22 @@ def run_block(block: Block, total: int) -> tuple[int, list[str]]:
     """Run one block with `bash -e`, streaming its output; its exit code and output tail."""
     _say(f"--- block {block.number}/{total} ({block.language}) ---")
     tail: deque[str] = deque(maxlen=TAIL_LINES)
-    proc = subprocess.Popen(
-        ["bash", "-e", "-c", block.code], stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )
-    assert proc.stdout is not None
-    reader = threading.Thread(target=_pump, args=(proc.stdout, tail), daemon=True)
-    reader.start()
-    code = proc.wait()
+    # The block is text from a manifest: it goes to bash in a 0600 file, never on argv
+    # (where `ps` shows it to every local user); stdin stays closed for its commands.
+    fd, script = tempfile.mkstemp(prefix="sol-block-", suffix=".sh")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(block.code)
+        proc = subprocess.Popen(
+            ["bash", "-e", script], stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )
+        assert proc.stdout is not None
+        reader = threading.Thread(target=_pump, args=(proc.stdout, tail), daemon=True)
+        reader.start()
+        code = proc.wait()
+    finally:
+        os.unlink(script)
     # A process the block left in the background may hold the pipe open: do not wait on it.
     reader.join(timeout=DRAIN_SECONDS)
     return code, list(tail)
