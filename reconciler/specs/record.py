@@ -38,9 +38,10 @@ def record(sphere: Sphere, manifests: Sequence[Manifest], *, prune: bool = False
             check()
         actions = plan_specs(manifests, sphere.store.list(), prune=prune)
         desired = {m.key: m for m in manifests}
-        for action in actions:
-            execute_spec_action(sphere.store, action, desired)
-        _stamp(sphere.store, manifests, actions, revision, source)
+        with sphere.store.transaction():  # a reader sees the objects with their revision
+            for action in actions:
+                execute_spec_action(sphere.store, action, desired)
+            _stamp(sphere.store, manifests, actions, revision, source)
     return actions
 
 
