@@ -84,3 +84,12 @@ def meta(home: Home, key: str) -> str | None:
         return s.get_meta(key)
     finally:
         s.close()
+
+
+def failure(result: subprocess.CompletedProcess[str]) -> str:
+    """The one line a user's mistake prints: exit 1, no traceback, one sentence on stderr."""
+    assert "Traceback" not in result.stderr
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]

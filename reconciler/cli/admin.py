@@ -19,7 +19,11 @@ from reconciler.drivers import git
 
 @click.command()
 def init() -> None:
-    """Create SOL_HOME."""
+    """Create SOL_HOME.
+
+    \b
+    sol init                         # SOL_HOME (default ~/sol, or $SOL_HOME)
+    """
     home = Home.from_env()
     home.init()
     from reconciler.core.store import Store
@@ -103,7 +107,11 @@ def _store_checks(home: Home) -> list[tuple[str, bool, str]]:
 
 @click.command()
 def doctor() -> None:
-    """Check git, tmux, SQLite, SOL_HOME, the store and the runtimes the applied worlds use."""
+    """Check git, tmux, SQLite, SOL_HOME, the store and the runtimes the applied worlds use.
+
+    \b
+    sol doctor                       # exit 1 when a check fails
+    """
     home = Home.from_env()
     rows = [("git", *_check_git()), ("tmux", *_check_tmux()), ("sqlite", *_check_wal()),
             ("SOL_HOME", *_check_home(home))]

@@ -7,23 +7,27 @@ import json
 import os
 import re
 import sys
+import time
 from dataclasses import dataclass
 from io import StringIO
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
 from rich.text import Text
-from ruamel.yaml import YAML
-from ruamel.yaml.scalarstring import LiteralScalarString
 
 from reconciler.core.errors import ManifestError, SolError
 from reconciler.core.home import Home
 from reconciler.core.model import Manifest
+from reconciler.core.records import Record
+from reconciler.core.store import Store
 from reconciler.drivers.sphere import Sphere
-from reconciler.specs.manifests import LoadResult
-from reconciler.specs.sources import GitSource, is_git, parse
+
+if TYPE_CHECKING:  # the specs code (jsonschema, ruamel) loads only in commands that read specs
+    from reconciler.specs.manifests import LoadResult
+    from reconciler.specs.references import Known
+    from reconciler.specs.sources import GitSource
 
 DEFAULT_SPECS = "specs"
 CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
@@ -43,10 +47,10 @@ def say(text: str) -> None:
     click.echo(inert(text))
 
 
-def cell(value: Any) -> Text:
+def cell(value: Any, style: str = "") -> Text:
     """A table cell: plain text, not rich markup (a `[/x]` in a title must not crash the
-    table), control characters made visible."""
-    return Text(inert(str(value)))
+    table), control characters made visible; `style` (a phase's colour) is sol's own."""
+    return Text(inert(str(value)), style=style)
 
 
 def specs_option() -> Any:
@@ -61,6 +65,8 @@ def specs_option() -> Any:
 def spec_paths(paths: tuple[str, ...]) -> list[str]:
     if paths:
         return list(paths)
+    from reconciler.specs.sources import is_git
+
     default = os.environ.get("SOL_SPECS") or DEFAULT_SPECS
     if not is_git(default) and not Path(default).exists():
         raise SolError(
@@ -72,6 +78,8 @@ def spec_paths(paths: tuple[str, ...]) -> list[str]:
 
 def git_source(where: list[str]) -> GitSource | None:
     """The git source among the -f values (made absolute), None if there is none."""
+    from reconciler.specs.sources import is_git, parse
+
     sources = [parse(w) for w in where if is_git(w)]
     if not sources:
         return None
@@ -107,17 +115,42 @@ def content_hash(manifests: list[Manifest]) -> str:
     return f"content:{digest[:16]}"
 
 
+def applied_records() -> list[Record] | None:
+    """Every object recorded in SOL_HOME's store; None when there is no store yet (reading
+    manifests never creates one)."""
+    from reconciler.core.store import Store
+
+    home = Home.from_env()
+    if not home.db.is_file():
+        return None
+    store = Store(home.db)
+    try:
+        return store.list()
+    finally:
+        store.close()
+
+
+def known_objects(records: list[Record] | None = None) -> Known | None:
+    """The worlds and writs already applied, which manifests may refer to without defining
+    them; None without a store."""
+    from reconciler.specs.references import known_from
+
+    records = applied_records() if records is None else records
+    return None if records is None else known_from(records)
+
+
 def read_specs(paths: tuple[str, ...], *, commit: str | None = None
                ) -> tuple[Specs, LoadResult]:
     """Read and validate, raising nothing for bad manifests: a git source at REF now,
-    or at `commit`; files and directories as they are on disk."""
+    or at `commit`; files and directories as they are on disk, where references may also
+    name the worlds and writs already applied (a file of writs for an applied world)."""
     from reconciler.specs.manifests import load
     from reconciler.specs.sources import load as load_git
 
     where = spec_paths(paths)
     git = git_source(where)
     if git is None:
-        result = load(where)
+        result = load(where, known=known_objects())
         return Specs(result.manifests, where, None, content_hash(result.manifests)), result
     commit, result = load_git(git, Home.from_env(), commit=commit)
     return Specs(result.manifests, where, git, commit), result
@@ -152,11 +185,15 @@ def _literal(value: Any) -> Any:
     if isinstance(value, list):
         return [_literal(v) for v in value]
     if isinstance(value, str) and "\n" in value and not CONTROL.search(value):
+        from ruamel.yaml.scalarstring import LiteralScalarString
+
         return LiteralScalarString(value)  # a block cannot escape: control chars stay quoted
     return value
 
 
 def dump_yaml(data: Any) -> str:
+    from ruamel.yaml import YAML
+
     yaml = YAML()
     yaml.default_flow_style = False
     yaml.width = 100
@@ -175,11 +212,55 @@ def emit(data: Any, output: str) -> None:
         raise SolError(f"unknown output format {output!r}: use table, json or yaml")
 
 
-def output_option(default: str = "table") -> Any:
-    """-o FORMAT; `default` is the human format (table for listings, text for plans)."""
-    return click.option("-o", "--output", type=click.Choice([default, "json", "yaml"]),
+def output_option(default: str = "table", more: tuple[str, ...] = ()) -> Any:
+    """-o FORMAT; `default` is the human format (table for listings, text for plans),
+    `more` the other human ones a command has (wide, name)."""
+    return click.option("-o", "--output", type=click.Choice([default, *more, "json", "yaml"]),
                         default=default, show_default=True, help="Output format.")
 
 
 def is_tty() -> bool:
     return sys.stdout.isatty()
+
+
+def colour() -> bool:
+    """Phases in colour: on a terminal, unless NO_COLOR is set (no-color.org); never
+    piped, whatever rich would guess."""
+    return is_tty() and not os.environ.get("NO_COLOR")
+
+
+def terminal_width() -> int | None:
+    """The width to cut table messages to on a terminal; None when piped (a row stays
+    whole on one line for grep)."""
+    return console().width if is_tty() else None
+
+
+class Changes:
+    """Whether sol.db may have changed since the last call, from two stat calls: every
+    commit grows or rewrites the WAL (or, at a checkpoint, the database file), so an idle
+    `sol get -w` or `sol wait` reads no rows. A re-read every RESYNC seconds anyway is the
+    safety net for two commits a stat cannot tell apart."""
+
+    RESYNC = 10.0
+
+    def __init__(self, store: Store) -> None:
+        self.files = (store.path, store.wal)
+        self.seen: tuple[tuple[int, int], ...] | None = None
+        self.read_at = 0.0
+
+    @staticmethod
+    def _stamp(path: Path) -> tuple[int, int]:
+        try:
+            st = path.stat()
+        except OSError:
+            return (0, 0)
+        return (st.st_mtime_ns, st.st_size)
+
+    def __call__(self) -> bool:
+        """True the first time and whenever the files changed: read the store now."""
+        stamp = tuple(self._stamp(p) for p in self.files)
+        now = time.monotonic()
+        if stamp == self.seen and now - self.read_at < self.RESYNC:
+            return False
+        self.seen, self.read_at = stamp, now
+        return True

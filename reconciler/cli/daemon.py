@@ -1,4 +1,4 @@
-"""Commands about the daemon: up, down, reconcile, resume.
+"""Commands about the daemon: up, down, reconcile (`sol resume` is in operate.py).
 
 `sol up` is idempotent: when the prefect already runs it says so (pid, log) and exits 0,
 or 1 if that prefect watches other paths than the ones asked for (stop it first).
@@ -20,7 +20,6 @@ from typing import Any
 import click
 
 from reconciler.cli.common import git_source, load_specs, specs_option, sphere
-from reconciler.core import degraded
 from reconciler.core.errors import SolError
 from reconciler.core.home import Home
 from reconciler.core.plan import summary
@@ -169,6 +168,10 @@ def up(paths: tuple[str, ...]) -> None:
     """Start the prefect daemon: it runs the reconcilers and applies PATH as it changes.
 
     Already running: says so (pid, log) and exits 0, or 1 if it watches other paths.
+
+    \b
+    sol up -f specs                   # watch ./specs
+    sol up -f git+https://example.org/org/plans.git@main#specs
     """
     from reconciler.daemon.prefect import running
 
@@ -208,7 +211,11 @@ def up(paths: tuple[str, ...]) -> None:
 
 @click.command()
 def down() -> None:
-    """Stop the prefect and its reconcilers; agent sessions keep running."""
+    """Stop the prefect and its reconcilers; agent sessions keep running.
+
+    \b
+    sol down                         # agents keep working
+    """
     home = Home.from_env()
     pid = stop(home)
     if pid is None:
@@ -221,7 +228,11 @@ def down() -> None:
 @specs_option()
 @click.option("--once", is_flag=True, help="One pass of every reconciler, then exit.")
 def reconcile(paths: tuple[str, ...], once: bool) -> None:
-    """Run the reconcile loop in the foreground (Ctrl-C stops it)."""
+    """Run the reconcile loop in the foreground (Ctrl-C stops it).
+
+    \b
+    sol reconcile --once -f specs    # one pass, then exit
+    """
     from reconciler.daemon import prefect
     from reconciler.daemon.prefect import already_running, running
 
@@ -245,18 +256,4 @@ def reconcile(paths: tuple[str, ...], once: bool) -> None:
     prefect.Prefect(home, watch_paths(paths), foreground=True).run()
 
 
-@click.command()
-def resume() -> None:
-    """Leave Degraded mode now: the sentinels respawn dead agent sessions again."""
-    from reconciler.daemon.watch import touch
-
-    sp = sphere()
-    state = degraded.state(sp.store)
-    if not degraded.resume(sp.store) or state is None:
-        click.echo("Not degraded: nothing to resume.")
-        return
-    touch(sp.home.run / "wake")
-    click.echo(f"Resumed: left Degraded mode ({state.reason}).")
-
-
-COMMANDS = [up, down, reconcile, resume]
+COMMANDS = [up, down, reconcile]

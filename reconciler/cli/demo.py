@@ -10,7 +10,11 @@ import click
 @click.command()
 @click.option("--timeout", default=170.0, show_default=True, help="Give up after seconds.")
 def demo(timeout: float) -> None:
-    """Run the bundled example end to end on the scripted runtime."""
+    """Run the bundled example end to end on the scripted runtime.
+
+    \b
+    sol demo
+    """
     from reconciler.cli.demo_run import run
 
     sys.exit(run(lambda line: click.echo(line), timeout=timeout))

@@ -11,7 +11,10 @@ from collections import Counter
 from typing import Any
 
 from reconciler.cli.common import inert
+from reconciler.core.records import readable_times
 from reconciler.core.store import Record
+from reconciler.core.suspension import FORGE, WORLD, WRIT, Suspension, suspension
+from reconciler.core.times import rfc3339
 from reconciler.drivers.sphere import Sphere
 
 PHASE_ORDER = ["Pending", "Working", "Resolved", "Merging", "Merged", "Done", "Failed",
@@ -40,15 +43,19 @@ def render_describe(sphere: Sphere, record: Record, obj: dict[str, Any]) -> str:
         "Spec:",
         _yaml(record.spec),
     ]
-    extra = {k: v for k, v in record.status.items() if k not in ("conditions", "attempts")}
+    extra = {k: v for k, v in readable_times(record.status).items()
+             if k not in ("conditions", "attempts", "retries")}
     if extra:
         lines += ["Status:", _yaml(extra)]
     conditions = record.status.get("conditions") or []
     if conditions:
         lines.append("Conditions:")
         for cond in conditions:
+            since = cond.get("lastTransitionTime")
             lines.append(f"  {cond.get('type')}={cond.get('status')}  {cond.get('reason', '')}:"
-                         f" {cond.get('message', '')}")
+                         f" {cond.get('message', '')}"
+                         + (f"  (since {rfc3339(since)})"
+                            if isinstance(since, int | float) and since else ""))
     attempts = record.status.get("attempts") or []
     if attempts:
         lines.append("Attempts:")
@@ -59,12 +66,37 @@ def render_describe(sphere: Sphere, record: Record, obj: dict[str, Any]) -> str:
                 lines.append(f"      log: {a['log']}")
             for tail in (a.get("tail") or "").splitlines()[-10:]:
                 lines.append(f"      | {tail}")
+    lines += _retries_and_suspensions(record)
     lines.append("Events:")
     for e in obj.get("events", []):
         lines.append(f"  {e['time']}  {e['type']:<12} {e['message']}")
     if not obj.get("events"):
         lines.append("  (none)")
     return inert("\n".join(lines))
+
+
+def _suspensions(record: Record) -> list[Suspension]:
+    """What is suspended on this object (a world and its forge, or a writ), and why."""
+    kinds = {"World": (WORLD, FORGE), "Writ": (WRIT,)}.get(record.kind, ())
+    return [found for what in kinds if (found := suspension(what, record)) is not None]
+
+
+def _retries_and_suspensions(record: Record) -> list[str]:
+    """Each re-drive (a spec change, `sol retry`) with when and why, and what holds the
+    object suspended until it is resumed."""
+    lines = []
+    retries = record.status.get("retries") or []
+    if retries:
+        lines.append("Retries:")
+        for r in retries:
+            lines.append(f"  {r.get('at', '-')}  by {r.get('by', '-')}: was {r.get('from')} "
+                         f"({r.get('reason') or '-'}) after {r.get('attempts', '-')} "
+                         f"attempt(s): {r.get('message') or '-'}")
+    found = _suspensions(record)
+    if found:
+        lines.append("Suspended:")
+        lines += [f"  {s.notice}" for s in found]
+    return lines
 
 
 def render_status(sphere: Sphere, only: str | None = None) -> str:
@@ -88,8 +120,8 @@ def status_report(sphere: Sphere, only: str | None = None) -> tuple[str, bool]:
         lines.append(f"specs invalid: {notice}")
     degraded = degraded_state(store)
     if degraded:
-        lines.append(f"DEGRADED since {time.strftime('%H:%M:%S', time.localtime(degraded.since))}"
-                     f": {degraded.reason} (agents are not respawned; `sol resume` to leave)")
+        lines.append(f"DEGRADED since {rfc3339(degraded.since)}: {degraded.reason} (agents "
+                     "are not respawned; `sol resume` to leave)")
     revision = store.get_meta("source_revision")
     if revision:
         source = store.get_meta("source")
@@ -102,6 +134,7 @@ def status_report(sphere: Sphere, only: str | None = None) -> tuple[str, bool]:
         counts = Counter(w.phase for w in writs)
         summary = ", ".join(f"{counts[p]} {p}" for p in PHASE_ORDER if counts.get(p))
         lines.append(f"World {world.name}: {world.phase}  {world.message}")
+        lines += [f"  {s.notice}" for s in _suspensions(world)]
         lines.append(f"  writs: {summary or 'none'}")
         for writ in writs:
             if writ.phase in ("Merged", "Done", "Cancelled"):
@@ -113,6 +146,7 @@ def status_report(sphere: Sphere, only: str | None = None) -> tuple[str, bool]:
                 if cond.get("status") == "True" and cond.get("type") in ("Escalated",
                                                                           "Stalled"):
                     lines.append(f"      {cond['type'].upper()}: {cond.get('message', '')}")
+            lines += [f"      SUSPENDED: {s.notice}" for s in _suspensions(writ)]
         for caravan in store.list("Caravan", world.name):
             lines.append(f"  caravan {caravan.name}: {caravan.phase}  {caravan.message}")
         waiting = queue(store, world.name)

@@ -20,6 +20,7 @@ from typing import Any
 
 import click
 
+from reconciler.cli import plans
 from reconciler.cli.common import (
     Specs,
     emit,
@@ -33,10 +34,11 @@ from reconciler.cli.common import (
 from reconciler.controllers import registry
 from reconciler.core.errors import ManifestError, SolError
 from reconciler.core.model import API_VERSION
-from reconciler.core.plan import Action, render_text, summary
-from reconciler.core.schemas import validate_plan
+from reconciler.core.plan import Action, summary
+from reconciler.core.schemas import manifest_schema, validate_plan
 from reconciler.drivers.sphere import Sphere
 from reconciler.specs import record
+from reconciler.specs.changes import is_partial
 from reconciler.specs.manifests import KIND_FILES, schema
 
 PLAN_KIND = "Plan"
@@ -45,7 +47,11 @@ PLAN_KIND = "Plan"
 @click.command()
 @click.argument("paths", nargs=-1)
 def validate(paths: tuple[str, ...]) -> None:
-    """Validate manifests (paths, or a git source git+REPO@REF#DIR); exit 0 valid, 1 invalid."""
+    """Validate manifests (paths, or a git source git+REPO@REF#DIR); exit 0 valid, 1 invalid.
+
+    \b
+    sol validate specs               # every problem, as FILE:LINE:COL: message
+    """
     specs, result = read_specs(paths)
     at = f" at commit {specs.revision[:7]}" if specs.git else ""
     if result.problems:
@@ -62,14 +68,23 @@ def validate(paths: tuple[str, ...]) -> None:
 @click.command("schema")
 @click.argument("kind", required=False)
 def schema_cmd(kind: str | None) -> None:
-    """Print the JSON Schema of KIND (World, Writ, Caravan), or of all kinds."""
+    """Print the JSON Schema of KIND (World, Writ, Caravan, Envoy), or one for every kind.
+
+    Without KIND the schema dispatches on each document's kind and needs nothing else:
+    save it once (`sol schema > .sol-schema.json`) and point an editor at it with
+    `# yaml-language-server: $schema=./.sol-schema.json` (see docs/editors.md).
+
+    \b
+    sol schema > .sol-schema.json     # one schema for every kind
+    sol schema writ
+    """
     if kind:
         canonical = {k.lower(): k for k in KIND_FILES}.get(kind.lower())
         if canonical is None:
             raise SolError(f"unknown kind {kind!r}: use one of {', '.join(KIND_FILES)}")
         click.echo(json.dumps(schema(canonical), indent=2))
     else:
-        click.echo(json.dumps({k: schema(k) for k in KIND_FILES}, indent=2))
+        click.echo(json.dumps(manifest_schema(), indent=2))
 
 
 def _revision_line(specs: Specs, applied: str | None) -> str:
@@ -91,18 +106,23 @@ def diff(paths: tuple[str, ...], prune: bool, save: str | None, output: str) -> 
 
     Against a git source (-f git+REPO@REF#DIR) it is the plan of the commit REF names
     now: what the daemon will do when it next polls.
+
+    \b
+    sol diff -f specs                # exit 2 when there are changes
+    sol diff -f specs --save plan.json
     """
     specs = load_specs(paths)
     sp = sphere()
     observed = record.observed_state(sp) if save else {}
-    actions = registry.plan_all(sp, specs.manifests, prune=prune)
+    actions = _plan(sp, specs, prune)
     applied = record.applied_revision(sp.store, specs.source) if specs.git else None
     if output == "text":
         if specs.commit:
             click.echo(_revision_line(specs, applied))
-        say(render_text(actions))
+        say(plans.render(actions))
     else:
         emit({"changes": bool(actions), "summary": summary(actions),
+              "objects": plans.object_counts(actions), "partial": is_partial(specs.manifests),
               "source": specs.source, "revision": specs.revision, "appliedRevision": applied,
               "actions": [a.to_dict() for a in actions]}, output)
     if save:
@@ -120,7 +140,13 @@ def diff(paths: tuple[str, ...], prune: bool, save: str | None, output: str) -> 
               help="Apply a plan saved by `sol diff --save FILE`, only if the source revision "
                    "and the observed state are still those it was computed on.")
 def apply(paths: tuple[str, ...], dry_run: bool, prune: bool, plan_file: str | None) -> None:
-    """Record the desired state and run one reconcile pass."""
+    """Record the desired state and run one reconcile pass.
+
+    \b
+    sol apply -f specs
+    sol apply -f specs --prune        # cancel writs removed from specs
+    sol apply --plan plan.json        # exactly what `sol diff --save` showed
+    """
     if plan_file:
         if paths or prune or dry_run:
             raise SolError(f"the saved plan {plan_file} carries its own source and --prune: "
@@ -130,16 +156,26 @@ def apply(paths: tuple[str, ...], dry_run: bool, prune: bool, plan_file: str | N
     specs = load_specs(paths)
     sp = sphere()
     if dry_run:
-        actions = registry.plan_all(sp, specs.manifests, prune=prune)
+        actions = _plan(sp, specs, prune)
         if specs.commit:
             click.echo(_revision_line(specs, record.applied_revision(sp.store, specs.source)))
-        say(render_text(actions))
+        say(plans.render(actions))
         click.echo("(dry run: nothing was recorded)")
         return
     actions = registry.apply(sp, specs.manifests, prune=prune, revision=specs.commit,
                            source=specs.source if specs.git else None)
     _report(specs, actions)
     _no_daemon_hint(sp)
+
+
+def _plan(sp: Sphere, specs: Specs, prune: bool) -> list[Action]:
+    """What `sol diff` shows; of a partial set (no World document) only what is about its
+    own objects, as `kubectl diff -f one.yaml` does. A partial set with `prune` is refused
+    (SolError) by the spec planner."""
+    actions = registry.plan_all(sp, specs.manifests, prune=prune)
+    if is_partial(specs.manifests):
+        return plans.only_objects(actions, [m.key for m in specs.manifests])
+    return actions
 
 
 def _no_daemon_hint(sp: Sphere) -> None:
@@ -160,8 +196,9 @@ def _report(specs: Specs, actions: list[Action]) -> None:
         click.echo("No changes. The observed state matches the manifests.")
         return
     for action in actions:
-        say(f"  {action.op} {action.target}  {action.description}")
-    click.echo(f"Apply complete. {summary(actions)}")
+        say(f"  {plans.object_line(action)}" if not action.reconciler
+            else f"  {action.op} {action.target}  {action.description}")
+    click.echo(f"Apply complete. {plans.object_summary(actions)}")
 
 
 # ---- saved plans ---------------------------------------------------------------------
@@ -243,8 +280,7 @@ def _apply_saved(path: Path) -> None:
             changes += record.state_changes(saved["observed"], observed) or [
                 "the observed state changed"]
         if not changes:
-            changes = _plan_changes(saved["actions"],
-                                    registry.plan_all(sp, specs.manifests, prune=saved["prune"]))
+            changes = _plan_changes(saved["actions"], _plan(sp, specs, saved["prune"]))
         if changes:
             raise SolError("\n".join(
                 [f"error: the saved plan {path} is stale; nothing was applied:"]

@@ -25,6 +25,7 @@ from reconciler.core.model import (
 )
 from reconciler.core.plan import CREATE, NOTE, UPDATE, Action, Plan, sooner
 from reconciler.core.store import Record
+from reconciler.core.suspension import world_suspension, writ_suspension
 from reconciler.core.tether import Tether
 from reconciler.specs.changes import target
 
@@ -109,15 +110,17 @@ def why_waiting(snapshot: Snapshot, writ: Record,
         return "not in the manifests; not dispatched"
     if world.phase != READY:
         return f"world {writ.world} is not ready ({world.phase}: {world.message or 'cloning'})"
-    if WorldSpec.from_spec(world.spec).suspend:
-        return "world suspended"
+    suspended = world_suspension(world)
+    if suspended:
+        return suspended.message
     held = float(world.status.get("rateLimitedUntil") or 0.0)
     if held > snapshot.now:
         return (f"world {writ.world} is rate limited: no new agent for "
                 f"{held - snapshot.now:.0f}s (until the model API's limit resets)")
+    suspended = writ_suspension(writ)
+    if suspended:
+        return suspended.message
     spec = WritSpec.from_spec(writ.spec)
-    if spec.suspend:
-        return "writ suspended"
     for ref in spec.depends_on:
         dep = snapshot.writs.get(split_ref(ref, writ.world))
         if not _finished(dep):

@@ -32,8 +32,10 @@ from reconciler.controllers.base import Reconciler, Scope
 from reconciler.controllers.forge_plan import (
     ACTIVE,
     DONE_STEPS,
+    FORGE_SUSPENDED,
     MR_FAILED,
     MR_MERGED,
+    QUEUED,
     ForgeView,
     QueuedMR,
     order,
@@ -50,6 +52,7 @@ from reconciler.core.locks import flock
 from reconciler.core.model import MERGED, MERGING, RESOLVED, WorldSpec
 from reconciler.core.plan import Action
 from reconciler.core.store import MergeRequest, Record, Store
+from reconciler.core.suspension import forge_suspension
 from reconciler.drivers import gates, worktrees
 from reconciler.drivers.sphere import Sphere
 from reconciler.drivers.trailers import landed_commit
@@ -90,7 +93,8 @@ def observe(sphere: Sphere, key: str) -> ForgeView:
                                                   for m in mrs),
                      leftovers, spec.push and _unpushed(repo, spec.branch),
                      tuple(g.name for g in spec.gates), spec.push, spec.max_attempts,
-                     time.time())
+                     time.time(), suspended.message if (suspended := forge_suspension(world))
+                     else "")
 
 
 def _queued(store: Store, mr: MergeRequest, writ: Record | None) -> QueuedMR:
@@ -105,6 +109,7 @@ def _queued(store: Store, mr: MergeRequest, writ: Record | None) -> QueuedMR:
         tuple(str(g["name"]) for g in progress.get("gates") or []),
         str((progress.get("verdict") or {}).get("summary") or ""),
         float(progress.get("until") or 0.0),
+        writ.reason if writ else "", writ.message if writ else "",
     )
 
 
@@ -173,6 +178,8 @@ def _act(sphere: Sphere, action: Action) -> bool:
         return True
     if action.kind in ("drop", "reject"):
         return _close(sphere.store, action)
+    if action.kind in ("hold", "unhold"):
+        return _hold(sphere.store, action)
     mr = _mr(sphere.store, action)
     if mr is None:
         return False
@@ -283,6 +290,20 @@ def _mr(store: Store, action: Action) -> MergeRequest | None:
     """The action's MR if it is still active."""
     found = store.mrs(action.data["world"], states=ACTIVE, writ=action.data["writ"])
     return next((m for m in found if m.id == action.data["mr"]), None)
+
+
+def _hold(store: Store, action: Action) -> bool:
+    """A queued writ's message says whether the suspended forge holds it (no event: the
+    suspension itself was one); False when it already says so or moved on."""
+    with store.transaction():
+        key = ("Writ", action.data["world"], action.data["writ"])
+        writ, mr = store.get(*key), _mr(store, action)
+        reason = FORGE_SUSPENDED if action.kind == "hold" else "Resolved"
+        if (writ is None or mr is None or mr.state != QUEUED or writ.phase != RESOLVED
+                or (writ.reason, writ.message) == (reason, action.data["message"])):
+            return False
+        return store.set_status(key, reason=reason, message=action.data["message"],
+                                expect_version=writ.version) is not None
 
 
 def _close(store: Store, action: Action) -> bool:

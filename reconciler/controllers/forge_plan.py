@@ -13,6 +13,10 @@ runs the one after it at once. Leftover cleanups and a pending push wait until n
 is ready: a refused cleanup or a failed push leaves the state as it was, so planned
 beside every step they would be tried again at every step. MRs that must not merge are
 closed whatever the head is doing.
+
+A suspended forge (`spec.forge.suspend` or `sol suspend forge`) starts no new merge: a
+Queued head stays queued and each queued writ's message says why; a merge already in
+progress goes on step by step to its end, so nothing is left half merged.
 """
 
 from __future__ import annotations
@@ -72,6 +76,8 @@ class QueuedMR:
     passed: tuple[str, ...] = ()  # gates passed on `commit`, in order
     verdict: str = ""  # why it cannot land (conflict, failed gate, missing branch)
     until: float = 0.0  # the target kept moving under it: merge again no sooner
+    writ_reason: str = ""  # the writ's status reason and message (a hold is shown there)
+    writ_message: str = ""
 
 
 @dataclass(frozen=True)
@@ -88,6 +94,7 @@ class ForgeView:
     push: bool = False
     max_attempts: int = 3
     now: float = 0.0
+    suspended: str = ""  # why the forge starts no new merge (core.suspension); "": it may
 
 
 def order(mr: QueuedMR | MergeRequest) -> tuple[bool, int, float, int]:
@@ -131,6 +138,7 @@ def plan(view: ForgeView) -> Plan:
     if not queue:
         return Plan((*closes, *_side(view)))
     head = queue[0]
+    closes += holds(view, queue)
     waiting = {target("Writ", view.world, mr.writ): f"queued behind MR #{head.id} "
                f"({head.writ})" for mr in queue[1:]}
     if head.step == Step.MOVED and head.until > view.now:
@@ -138,7 +146,34 @@ def plan(view: ForgeView) -> Plan:
             f"{view.branch} kept moving during the gates; merging again in "
             f"{head.until - view.now:.0f}s")
         return Plan((*closes, *_side(view)), head.until - view.now, waiting)
-    return Plan((*closes, next_step(view, head)), 0, waiting)
+    step = next_step(view, head)
+    if view.suspended and head.state == QUEUED and step.kind == "merge":
+        waiting = {target("Writ", view.world, mr.writ): view.suspended for mr in queue}
+        return Plan((*closes, *_side(view)), None, waiting)
+    return Plan((*closes, step), 0, waiting)
+
+
+FORGE_SUSPENDED = "ForgeSuspended"
+"""The reason a Resolved writ carries while its MR waits on a suspended forge."""
+
+
+def holds(view: ForgeView, queue: list[QueuedMR]) -> list[Action]:
+    """Keep each queued writ's message true to the forge's suspension: say it is held
+    while the forge is suspended, and queued again once it is resumed."""
+    actions = []
+    for mr in queue:
+        if mr.state != QUEUED or mr.writ_phase != RESOLVED:
+            continue
+        tgt = target("Writ", view.world, mr.writ)
+        data: dict[str, Any] = {"world": view.world, "writ": mr.writ, "mr": mr.id}
+        if view.suspended:
+            message = f"merge request #{mr.id} queued; {view.suspended}"
+            if (mr.writ_reason, mr.writ_message) != (FORGE_SUSPENDED, message):
+                actions.append(Action(NOTE, "hold", tgt, message, {**data, "message": message}))
+        elif mr.writ_reason == FORGE_SUSPENDED:
+            message = f"merge request #{mr.id} queued; the forge is resumed"
+            actions.append(Action(NOTE, "unhold", tgt, message, {**data, "message": message}))
+    return actions
 
 
 def _side(view: ForgeView) -> list[Action]:

@@ -15,6 +15,7 @@ from reconciler.controllers.sentinel_plan import (
     _nudge,
     _stalled,
     backoff,
+    retry_due,
 )
 from reconciler.core import degraded, tether
 from reconciler.core.conditions import escalate, with_condition
@@ -24,7 +25,9 @@ from reconciler.core.home import session_name
 from reconciler.core.locks import flock
 from reconciler.core.model import FAILED, WORKING, WorldSpec
 from reconciler.core.plan import Action
+from reconciler.core.redrive import redrive
 from reconciler.core.store import Record
+from reconciler.core.times import rfc3339
 from reconciler.drivers import worktrees
 from reconciler.drivers.outposts import (
     live_counts,
@@ -172,7 +175,8 @@ def _fail(sphere: Sphere, action: Action) -> bool:
                    f"{spec.max_respawns} reached; last output: {last}; branch sol/{writ.name} "
                    f"and the worktree of {agent} kept")
         done = store.set_status(writ.key, phase=FAILED, reason="RespawnLimit", message=message,
-                                expect_version=writ.version, session=None)
+                                expect_version=writ.version, session=None,
+                                failedAt=time.time())
         if done is None:
             return False
         release(sphere, world, writ.name, reason="failed: respawn limit reached; work kept")
@@ -183,6 +187,25 @@ def _fail(sphere: Sphere, action: Action) -> bool:
         store.event("failed", kind="Writ", world=world, name=writ.name, message=message,
                     agent=agent, respawns=respawns)
     return True
+
+
+def _retry_failed(sphere: Sphere, action: Action) -> bool:
+    """Re-drive a writ Failed for an infrastructure reason once its retryFailedAfter
+    backoff is over (core.redrive, as `sol retry` does); the consul casts it again."""
+    d = action.data
+    spec = _spec(sphere, d["world"])
+    writ = sphere.store.get("Writ", d["world"], d["writ"])
+    if spec is None or writ is None or not spec.retry_failed_after:
+        return False
+    due = retry_due(writ, spec.retry_failed_after)
+    if due is None or time.time() < due:
+        return False
+    waited = format_duration(int(time.time() - float(writ.status.get("failedAt")
+                                                      or writ.updated_at)))
+    return redrive(sphere.store, writ.key, reason="RetryFailedAfter",
+                   by="sentinel (retryFailedAfter)", expect_version=d["version"],
+                   message=f"re-driven {waited} after it failed ({writ.reason}): cast again "
+                           "on its kept branch, attempts counted afresh") is not None
 
 
 def _nudge_session(sphere: Sphere, action: Action) -> bool:
@@ -270,7 +293,7 @@ def _rate_limited(sphere: Sphere, action: Action) -> bool:
         limited = writ.status.get("rateLimit") if writ else None
         if writ is None or (isinstance(limited, dict) and limited.get("at") == d["at"]):
             return False
-        when = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(until))
+        when = rfc3339(until)
         said = d.get("said") or d["error"]
         message = (f"agent {d['agent']} is rate limited by the model API ({said}); it waits, "
                    f"and world {world} casts no new agent until {when}")
@@ -366,7 +389,7 @@ ACTS = {
     "rate-limited": _rate_limited, "rate-limit-over": _rate_limit_over,
     "rate-limit-cleared": _rate_limit_cleared,
     "stop-zombie": _stop_zombie, "remove-orphan": _remove_orphan,
-    "report-orphan": _report_orphan,
+    "report-orphan": _report_orphan, "retry-failed": _retry_failed,
 }
 
 

@@ -26,11 +26,50 @@ _RETRY_AFTER = re.compile(r"(?:retry|try again|resets?)\D{0,20}?(\d+(?:\.\d+)?)\
 ZOMBIE_GRACE = 5.0  # an agent's writ changed this recently: its session may be ending itself
 ENDED = frozenset({MERGED, CANCELLED, FAILED, DONE})
 PENDING_RETRY = 1.0  # seconds; bounds the retry rate of an action that keeps failing
+INFRASTRUCTURE = frozenset({"RespawnLimit"})
+"""Failure reasons that say nothing about the work (its session kept dying): the ones
+`spec.sentinel.retryFailedAfter` re-drives."""
 
 
 def backoff(respawns: int) -> float:
     """Seconds from a death to the next respawn, after `respawns` respawns: 1, 2, 4 ... 60."""
     return exponential(respawns, cap=BACKOFF_MAX)
+
+
+def retry_due(writ: Record, after: float) -> float | None:
+    """When a writ Failed for an infrastructure reason is re-driven: `after` past its
+    failure, doubled for each earlier such re-drive in its `status.retries`; None for any
+    other writ (a gate failure needs a person or a spec edit)."""
+    if writ.phase != FAILED or writ.reason not in INFRASTRUCTURE or writ.orphaned:
+        return None
+    earlier = sum(1 for r in writ.status.get("retries") or ()
+                  if r.get("reason") in INFRASTRUCTURE)
+    return float(writ.status.get("failedAt") or writ.updated_at) + after * 2 ** earlier
+
+
+def _plan_retries(view: SentinelView, spec: WorldSpec, held: dict[str, str]
+                  ) -> tuple[list[Action], list[float]]:
+    """Re-drives of infrastructure failures that are due, and when the next one is."""
+    actions: list[Action] = []
+    wakes: list[float] = []
+    after = spec.retry_failed_after
+    if not after:
+        return actions, wakes
+    for writ in sorted(view.writs.values(), key=lambda w: w.name):
+        due = retry_due(writ, after)
+        if due is None:
+            continue
+        if view.now < due:
+            held[target("Writ", writ.world, writ.name)] = (
+                f"{writ.reason}: re-driven in {format_duration(int(due - view.now))} "
+                "(retryFailedAfter)")
+            wakes.append(due)
+            continue
+        actions.append(_writ_action(
+            UPDATE, "retry-failed", writ,
+            f"failed for an infrastructure reason ({writ.reason}): re-drive it on its kept "
+            "branch (retryFailedAfter)", version=writ.version))
+    return actions, wakes
 
 
 def echo_grace(stall_after: float) -> float:
@@ -264,6 +303,10 @@ def plan(view: SentinelView) -> Plan:
             actions.append(_writ_action(CREATE, "respawn", writ,
                                         f"respawn {agent} ({respawns + 1}/{spec.max_respawns})"
                                         " in the same worktree", respawns=respawns))
+    if spec is not None:
+        retries, due = _plan_retries(view, spec, held)
+        actions += retries
+        wakes += due
     for o in sorted(view.outposts.values(), key=lambda o: o.agent):
         why = _zombie(view, o)
         if why is None:

@@ -6,6 +6,10 @@ meta `fetched:<w>`); plan (pure) clones what is missing, fetches what is due and
 Ready a world whose status no longer shows its head (a landing moved the branch); act
 clones or fetches and records the outcome (Ready at the head found, or `Error` with
 git's message, while the other worlds carry on). See docs/decisions/0002.
+
+It also keeps each world's `Suspended` condition true to `core.suspension` (the world
+or its forge suspended by the spec or by `sol suspend`), so a suspension shows the same
+in `describe` and `-o json` whichever way it was made.
 """
 
 from __future__ import annotations
@@ -15,11 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reconciler.controllers.base import Reconciler, Scope
+from reconciler.core.conditions import with_condition
 from reconciler.core.errors import SolError
 from reconciler.core.locks import flock
 from reconciler.core.model import ERROR, READY, WorldSpec
-from reconciler.core.plan import CREATE, UPDATE, Action, Plan
+from reconciler.core.plan import CREATE, NOTE, UPDATE, Action, Plan
+from reconciler.core.status import condition
 from reconciler.core.store import Record
+from reconciler.core.suspension import CONDITION, world_condition
 from reconciler.drivers import backup, worktrees
 from reconciler.drivers.sphere import Sphere
 from reconciler.specs.changes import target
@@ -80,6 +87,19 @@ def fetch_due(world: WorldView, now: float, interval: float) -> bool:
             or (world.head is None and r.phase != ERROR))
 
 
+def _suspension_change(world: Record) -> str | None:
+    """What the `Suspended` condition should become, when it does not say so already."""
+    wanted = world_condition(world)
+    if wanted is None:
+        return None
+    state, reason, message = wanted
+    found = condition(world.status, CONDITION) or {}
+    if (found.get("status"), found.get("reason"), found.get("message")) == (
+            str(state), reason, message):
+        return None
+    return f"condition {CONDITION}={state}: {message}"
+
+
 def ready_message(branch: str, head: str) -> str:
     return f"{branch} at {head[:12]}"
 
@@ -114,6 +134,9 @@ def plan(view: WorldsView) -> Plan:
                 actions.append(Action(UPDATE, "ready", where,
                                       f"status Ready: {ready_message(spec.branch, head)}",
                                       {"world": r.name, "head": head, "version": r.version}))
+        suspended = _suspension_change(r)
+        if suspended is not None:
+            actions.append(Action(NOTE, "suspended", where, suspended, {"world": r.name}))
     requeue = max(FETCH_FLOOR, min(next_fetch) - view.now) if next_fetch else None
     return Plan(tuple(actions), requeue)
 
@@ -133,7 +156,21 @@ def act(sphere: Sphere, action: Action) -> bool:
     if action.kind == "ready":
         return _set_ready(sphere, world, action.data["head"],
                           expect_version=action.data["version"])
+    if action.kind == "suspended":
+        return _set_suspended(sphere, world.key)
     return False
+
+
+def _set_suspended(sphere: Sphere, key: tuple[str, str, str]) -> bool:
+    """The `Suspended` condition as the world reads now (not as planned: a resume may
+    have come since); False when it already says so."""
+    with sphere.store.transaction():
+        world = sphere.store.get(*key)
+        if world is None or _suspension_change(world) is None:
+            return False
+        state, reason, message = world_condition(world) or (False, "", "")
+        return sphere.store.set_status(key, conditions=with_condition(
+            world.status, CONDITION, state, reason, message)) is not None
 
 
 def _clone(sphere: Sphere, world: Record, description: str) -> bool:

@@ -102,6 +102,8 @@ class WorldSpec:
     max_respawns: int = 3
     stale_after: float = 120.0
     suspend: bool = False
+    forge_suspend: bool = False  # the forge starts no new merge; one in progress finishes
+    retry_failed_after: float | None = None  # re-drive infrastructure failures after this
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> WorldSpec:
@@ -124,6 +126,9 @@ class WorldSpec:
             max_respawns=int(sentinel.get("maxRespawns", 3)),
             stale_after=parse_duration(sentinel.get("staleAfter", "2m")),
             suspend=bool(spec.get("suspend", False)),
+            forge_suspend=bool(forge.get("suspend", False)),
+            retry_failed_after=(parse_duration(sentinel["retryFailedAfter"])
+                                if sentinel.get("retryFailedAfter") else None),
         )
 
 

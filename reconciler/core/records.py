@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from reconciler.core.model import API_VERSION, Manifest, Origin
+from reconciler.core.times import rfc3339
 
 
 @dataclass(frozen=True)
@@ -41,10 +42,11 @@ class Record:
         return Manifest(self.kind, self.name, self.world, self.spec, _origin(self.origin))
 
     def to_object(self) -> dict[str, Any]:
-        """The contract shape of DESIGN section 7."""
+        """The contract shape of DESIGN section 7, times in RFC 3339 (`readable_times`)."""
         metadata: dict[str, Any] = {"name": self.name}
         if self.world:
             metadata["world"] = self.world
+        metadata["creationTimestamp"] = rfc3339(self.created_at)
         status = {
             "phase": self.phase,
             "reason": self.reason,
@@ -54,7 +56,7 @@ class Record:
         }
         if self.orphaned:
             status["orphaned"] = True
-        status.update(self.status)
+        status.update(readable_times(self.status))
         return {
             "apiVersion": API_VERSION,
             "kind": self.kind,
@@ -62,6 +64,25 @@ class Record:
             "spec": self.spec,
             "status": status,
         }
+
+
+TIME_KEYS = frozenset({"at", "until", "since", "ts"})
+TIME_SUFFIXES = ("At", "Time", "Until", "Before")
+
+
+def readable_times(value: Any, key: str = "") -> Any:
+    """`value` with each epoch-seconds number under a time-named key (lastTransitionTime,
+    resolvedAt, rateLimit.until, ...) as an RFC 3339 string, for people and scripts
+    (`-o json`, `describe`). The store keeps the numbers, which reconcilers compare; no
+    reader of the CLI's output reads them back as numbers."""
+    if isinstance(value, dict):
+        return {k: readable_times(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [readable_times(v, key) for v in value]
+    if (isinstance(value, int | float) and not isinstance(value, bool) and value > 0
+            and (key in TIME_KEYS or key.endswith(TIME_SUFFIXES))):
+        return rfc3339(value)
+    return value
 
 
 def _origin(text: str) -> Origin:

@@ -1,5 +1,6 @@
 """JSON Schemas for sol's own files: sol.yaml, the tether, saved plans (in `schemas/`,
-beside the manifests' schemas, so one documented shape is both the docs and the check).
+beside the manifests' schemas, so one documented shape is both the docs and the check);
+and `manifest_schema`, the manifests' schemas as one, for editors (`sol schema`).
 
 Each validator is compiled once per process: the tether is read per agent per pass.
 jsonschema is imported on the first validation, not with this module, so a process that
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from reconciler.core.errors import SolError
 from reconciler.core.home import data_path
+from reconciler.core.model import API_VERSION, KINDS
 
 if TYPE_CHECKING:
     from jsonschema import Draft202012Validator
@@ -60,6 +62,54 @@ def validator(name: str) -> Draft202012Validator:
     from jsonschema import Draft202012Validator
 
     return Draft202012Validator(schema(name))
+
+
+@cache
+def manifest_schema() -> dict[str, Any]:
+    """One schema for every kind of manifest, dispatching on `kind` (shared: do not modify).
+
+    An editor's modeline names one schema for a whole file, and a file may mix kinds; a
+    document of an unknown kind fails on the enum. Built from the per-kind schemas (still
+    the single source) and self-contained: each kind and its $defs are carried under
+    $defs (`World`, `World.name`), so it works saved to a file, away from sol.
+    """
+    defs: dict[str, Any] = {}
+    branches = []
+    for kind in KINDS:
+        own = schema(kind.lower())
+        defs[kind] = _rehome(
+            {k: v for k, v in own.items() if k not in ("$schema", "$id", "$defs")}, kind)
+        for name, sub in own.get("$defs", {}).items():
+            defs[f"{kind}.{name}"] = _rehome(sub, kind)
+        branches.append({"if": {"properties": {"kind": {"const": kind}}, "required": ["kind"]},
+                         "then": {"$ref": f"#/$defs/{kind}"}})
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "urn:sol:schema:v1:manifest",
+        "title": "sol manifest",
+        "description": f"Any sol manifest: {', '.join(KINDS)}, chosen by its kind.",
+        "type": "object",
+        "required": ["apiVersion", "kind", "metadata", "spec"],
+        "properties": {
+            "apiVersion": {"const": API_VERSION, "description": f"Always {API_VERSION}."},
+            "kind": {"enum": list(KINDS), "description": f"One of {', '.join(KINDS)}."},
+        },
+        "allOf": branches,
+        "$defs": defs,
+    }
+
+
+def _rehome(node: Any, kind: str) -> Any:
+    """A copy of part of a kind's schema with its `#/$defs/x` refs pointing at `Kind.x`."""
+    if isinstance(node, list):
+        return [_rehome(item, kind) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: _rehome(v, kind) for k, v in node.items()}
+    ref = node.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#/$defs/"):
+        out["$ref"] = f"#/$defs/{kind}.{ref.removeprefix('#/$defs/')}"
+    return out
 
 
 def findings(name: str, data: Any) -> list[Finding]:

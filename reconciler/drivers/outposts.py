@@ -27,7 +27,7 @@ from reconciler.core.home import session_name
 from reconciler.core.locks import flock
 from reconciler.core.model import PENDING, WORKING, Runtime, WorldSpec, WritSpec
 from reconciler.core.store import Record
-from reconciler.drivers import backup, runtimes, worktrees
+from reconciler.drivers import backup, runtimes, session_log, worktrees
 from reconciler.drivers.envoy_names import is_envoy
 from reconciler.drivers.sphere import Sphere
 
@@ -212,9 +212,13 @@ def start_session(sphere: Sphere, world: Record, t: tether.Tether, *,
         path = worktree / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(content)
+    log = sphere.home.agent_log(t.world, t.agent)
+    writ = sphere.store.get("Writ", t.world, t.writ)  # a respawn has counted itself there
+    session_log.append(log, session_log.header(
+        t.world, t.writ, attempt=t.attempt, session=t.session, at=time.time(),
+        respawn=int(writ.status.get("respawns") or 0) if writ else 0))
     sphere.sessions.start(session_name(t.world, t.agent), launch.argv, cwd=worktree,
-                          env=launch.env, log=sphere.home.agent_log(t.world, t.agent),
-                          absent=absent)
+                          env=launch.env, log=log, absent=absent)
 
 
 

@@ -37,7 +37,7 @@ from reconciler.core.errors import ManifestError, SolError
 from reconciler.core.home import data_path
 from reconciler.core.model import API_VERSION, KINDS, NAME_RE, Manifest
 from reconciler.specs.documents import Document, Problem, show_value
-from reconciler.specs.references import cross_problems, suggest
+from reconciler.specs.references import Known, cross_problems, suggest
 
 try:
     from ruamel.yaml.cyaml import CSafeLoader as _CLoader
@@ -114,8 +114,11 @@ def _inline(node: Any, defs: dict[str, Any]) -> Any:
     return {**_inline(defs[ref[8:]], defs), **out} if ref.startswith("#/$defs/") else out
 
 
-def load(paths: Sequence[str | Path]) -> LoadResult:
-    """Every *.yaml/*.yml under `paths` (files or directories), validated as one set."""
+def load(paths: Sequence[str | Path], *, known: Known | None = None,
+         extra: Sequence[tuple[str, str]] = ()) -> LoadResult:
+    """Every *.yaml/*.yml under `paths` (files or directories), validated as one set, with
+    `extra` (display name, text) documents not yet on disk (`sol create` checks the file
+    it is about to write); references may name `known` (applied) worlds and writs."""
     problems: list[Problem] = []
     items: list[tuple[str, str]] = []
     files = _collect(paths, problems)
@@ -131,13 +134,14 @@ def load(paths: Sequence[str | Path]) -> LoadResult:
             problems.append(Problem(found.shown, data.count(b"\n", 0, exc.start) + 1, col,
                                     f"not UTF-8 text (byte 0x{data[exc.start]:02x}): save the "
                                     "file as UTF-8"))
-    return _load_items(items, problems, [found.path for found in files])
+    items += extra
+    return _load_items(items, problems, [found.path for found in files], known)
 
 
-def load_texts(items: Sequence[tuple[str, str]]) -> LoadResult:
+def load_texts(items: Sequence[tuple[str, str]], *, known: Known | None = None) -> LoadResult:
     """The same as `load`, from (display name, text) pairs, e.g. read from a git revision."""
     texts = [(name, text.removeprefix("\ufeff")) for name, text in items]
-    return _load_items(texts, [], [Path(name) for name, _ in items])
+    return _load_items(texts, [], [Path(name) for name, _ in items], known)
 
 
 def validate(paths: Sequence[str | Path]) -> list[Manifest]:
@@ -407,13 +411,13 @@ def _gc_paused() -> Iterator[None]:
 
 
 def _load_items(items: Sequence[tuple[str, str]], problems: list[Problem],
-                files: list[Path]) -> LoadResult:
+                files: list[Path], known: Known | None = None) -> LoadResult:
     with _gc_paused():
-        return _check_items(items, problems, files)
+        return _check_items(items, problems, files, known)
 
 
 def _check_items(items: Sequence[tuple[str, str]], problems: list[Problem],
-                 files: list[Path]) -> LoadResult:
+                 files: list[Path], known: Known | None) -> LoadResult:
     complete = not problems
     docs: list[Document] = []
     for file, text in items:
@@ -434,7 +438,7 @@ def _check_items(items: Sequence[tuple[str, str]], problems: list[Problem],
             docs.append(doc)
     for doc in docs:
         problems += _document_problems(doc)
-    problems += cross_problems(docs, complete)
+    problems += cross_problems(docs, complete, known)
     good = [Manifest(d.kind, d.name, d.world, d.data["spec"], d.origin) for d in docs
             if not d.bad]
     return LoadResult(good, [str(p) for p in sorted(problems)], files, len(docs))

@@ -19,6 +19,7 @@ from reconciler.specs.changes import (
     REVISION_META,
     SOURCE_META,
     execute_spec_action,
+    is_partial,
     plan_specs,
 )
 
@@ -31,7 +32,9 @@ def record(sphere: Sphere, manifests: Sequence[Manifest], *, prune: bool = False
     `revision` is the commit the manifests were read from (a git source): it is stored
     in meta and in every recorded object's status (`sourceRevision`), and the apply is
     an `applied` event of the sphere with the plan summary. `check` runs under the lock
-    before anything is recorded (a saved plan raises there when it went stale).
+    before anything is recorded (a saved plan raises there when it went stale). A
+    partial set (no World document) leaves the source stamp as it is: it is not the
+    whole desired state of any revision.
     """
     with flock(sphere.home.run / "apply.lock"):
         if check is not None:
@@ -41,7 +44,8 @@ def record(sphere: Sphere, manifests: Sequence[Manifest], *, prune: bool = False
         with sphere.store.transaction():  # a reader sees the objects with their revision
             for action in actions:
                 execute_spec_action(sphere.store, action, desired)
-            _stamp(sphere.store, manifests, actions, revision, source)
+            if not is_partial(manifests):
+                _stamp(sphere.store, manifests, actions, revision, source)
     return actions
 
 

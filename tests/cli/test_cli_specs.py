@@ -137,9 +137,11 @@ def test_validate_non_utf8_file(sol: Sol, tmp_path: Path) -> None:
 
 def test_schema_prints_json(sol: Sol) -> None:
     every = json.loads(sol("schema", check=True).stdout)
-    assert set(every) == {"World", "Writ", "Caravan", "Envoy"}
+    assert every["properties"]["kind"]["enum"] == ["World", "Writ", "Caravan", "Envoy"]
     writ = json.loads(sol("schema", "writ", check=True).stdout)
-    assert writ == every["Writ"]
+    assert writ["title"] == every["$defs"]["Writ"]["title"]
+    assert set(writ["properties"]["spec"]["properties"]) == set(
+        every["$defs"]["Writ"]["properties"]["spec"]["properties"])
     assert "title" in json.dumps(writ["properties"])
 
 
@@ -156,8 +158,8 @@ def test_diff_on_a_fresh_home_lists_creations(sol: Sol, tmp_path: Path, repo: Pa
     result = sol("diff", "-f", str(path))
     clean(result)
     assert result.returncode == 2
-    assert re.search(r"^\s+\+ world/shop\s+new world", result.stdout, re.M)
-    assert re.search(r"^\s+\+ writ/shop/add-x\s+new writ", result.stdout, re.M)
+    assert re.search(r"^\s+\+ world/shop: new world$", result.stdout, re.M)
+    assert re.search(r"^\s+\+ writ/shop/add-x: new writ$", result.stdout, re.M)
     assert re.search(r"^\s+\+ world/shop\s+clone ", result.stdout, re.M)
     data = json.loads(sol("diff", "-f", str(path), "-o", "json").stdout)
     assert data["changes"] is True
@@ -183,18 +185,19 @@ def test_diff_after_apply_is_empty_then_tracks_edits(sol: Sol, tmp_path: Path,
     specs(tmp_path, repo, ("add-x", "Add x, better"), ("add-y", "Add y"))
     result = sol("diff", "-f", str(path))
     assert result.returncode == 2
-    assert re.search(r"^\s+~ writ/shop/add-x\s+update spec", result.stdout, re.M)
+    assert re.search(r'^\s+~ writ/shop/add-x: title "Add x" -> "Add x, better"$',
+                     result.stdout, re.M)
     assert "add-y" not in result.stdout
 
     specs(tmp_path, repo, ("add-x", "Add x, better"))
     result = sol("diff", "-f", str(path))
     assert result.returncode == 2
-    assert re.search(r"^\s+! writ/shop/add-y\s+not in the manifests: orphaned, kept "
+    assert re.search(r"^\s+! writ/shop/add-y: not in the manifests: orphaned, kept "
                      r"\(use --prune to cancel\)", result.stdout, re.M)
     assert not re.search(r"^\s+- ", result.stdout, re.M)
     result = sol("diff", "-f", str(path), "--prune")
     assert result.returncode == 2
-    assert re.search(r"^\s+- writ/shop/add-y\s+removed from the manifests: cancel",
+    assert re.search(r"^\s+- writ/shop/add-y: removed from the manifests: cancel",
                      result.stdout, re.M)
     assert writs_json(sol)[0]["spec"]["title"] == "Add x", "diff must not record anything"
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 from subprocess import CompletedProcess
@@ -14,7 +16,8 @@ import pytest
 from ruamel.yaml import YAML
 
 from reconciler.core.home import Home
-from tests.helpers import world_yaml, writ_yaml, write_specs
+from reconciler.core.times import parse_rfc3339
+from tests.helpers import failure, world_yaml, writ_yaml, write_specs
 
 Sol = Callable[..., CompletedProcess[str]]
 SUSPENDED = "suspend: true\n"
@@ -38,14 +41,6 @@ def applied(sol: Sol, tmp_path: Path, repo: Path) -> Path:
                        CARAVAN)
     sol("apply", "-f", str(path), check=True)
     return path
-
-
-def failure(result: CompletedProcess[str]) -> str:
-    assert "Traceback" not in result.stderr
-    assert result.returncode == 1, (result.stdout, result.stderr)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    return lines[0]
 
 
 def check_shape(obj: dict, kind: str, world: str | None) -> None:
@@ -88,10 +83,10 @@ def test_get_json_and_yaml_shapes(sol: Sol, repo: Path) -> None:
 @pytest.mark.usefixtures("applied")
 def test_get_tables(sol: Sol, repo: Path) -> None:
     worlds = sol("get", "worlds", check=True).stdout
-    assert worlds.split()[:5] == ["NAME", "PHASE", "BRANCH", "SOURCE", "MESSAGE"]
+    assert worlds.split()[:6] == ["NAME", "PHASE", "BRANCH", "SOURCE", "AGE", "MESSAGE"]
     assert "shop" in worlds and "Ready" in worlds and str(repo) in worlds
     writs = sol("get", "writs", check=True).stdout.splitlines()
-    assert writs[0].split() == ["WORLD", "NAME", "PHASE", "AGENT", "ATTEMPT", "MESSAGE"]
+    assert writs[0].split() == ["WORLD", "NAME", "PHASE", "AGENT", "ATTEMPT", "AGE", "MESSAGE"]
     assert writs[1].split()[:3] == ["shop", "add-x", "Pending"]
     assert writs[2].split()[:3] == ["shop", "add-y", "Pending"]
     caravans = sol("get", "caravans", check=True).stdout
@@ -123,7 +118,9 @@ def test_describe_writ_shows_spec_status_and_events(sol: Sol) -> None:
     events = text.split("Events:")[1]
     assert "applied" in events and "new writ" in events
     data = json.loads(sol("describe", "writ", "shop/add-y", "-o", "json", check=True).stdout)
+    stamp = data["metadata"].pop("creationTimestamp")
     assert data["metadata"] == {"name": "add-y", "world": "shop"}
+    assert abs(parse_rfc3339(stamp) - time.time()) < 300
     assert [e["type"] for e in data["events"]] == ["applied"]
     world = sol("describe", "world", "shop", check=True).stdout
     assert "Phase:       Ready" in world and "cloned" in world
@@ -235,3 +232,197 @@ def test_listings_say_each_thing_once_and_truly(sol: Sol, repo: Path, tmp_path: 
         writ_yaml("a", "shop"))
     diff = sol("diff", "--prune", "-f", str(specs))
     assert "use --prune" not in diff.stdout and "already Merged" in diff.stdout
+
+
+RFC3339 = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d"
+
+
+def rows(text: str) -> list[dict[str, str]]:
+    """A piped table as dicts by header (the last column keeps only its first word)."""
+    header, *lines = text.splitlines()
+    return [dict(zip(header.split(), line.split(), strict=False)) for line in lines]
+
+
+def two_worlds(sol: Sol, tmp_path: Path, repo: Path) -> Path:
+    path = write_specs(tmp_path / "specs", world_yaml("shop", repo, extra=SUSPENDED),
+                       world_yaml("depot", repo, extra=SUSPENDED),
+                       writ_yaml("add-x", "shop", title="In the shop"),
+                       writ_yaml("add-x", "depot", title="In the depot"),
+                       writ_yaml("add-z", "depot", title="Only in the depot"))
+    sol("apply", "-f", str(path), check=True)
+    return path
+
+
+def test_world_is_an_option_or_a_prefix_and_dash_w_is_no_world(sol: Sol, tmp_path: Path,
+                                                                repo: Path) -> None:
+    two_worlds(sol, tmp_path, repo)
+    names = ["writ/depot/add-x", "writ/depot/add-z"]
+    assert sol("get", "writs", "--world", "depot", "-o", "name", check=True).stdout.split() \
+        == names
+    assert sol("get", "writs", "-W", "depot", "-o", "name", check=True).stdout.split() == names
+    [one] = json.loads(sol("get", "writ", "depot/add-x", "-o", "json", check=True).stdout)
+    assert (one["metadata"]["world"], one["spec"]["title"]) == ("depot", "In the depot")
+    assert sol("get", "writ", "shop/add-x", "-W", "shop", "-o", "name",
+               check=True).stdout.split() == ["writ/shop/add-x"]
+    assert "--world says 'depot'" in failure(sol("get", "writ", "shop/add-x", "-W", "depot"))
+    assert "no writ named 'shop/add-z'" in failure(sol("get", "writ", "shop/add-z"))
+    # -w is --watch now: `depot` is read as a writ's name, and there is none
+    assert "no writ named 'depot'" in failure(sol("get", "writs", "-w", "depot"))
+    events = sol("events", "-W", "depot", check=True).stdout.splitlines()
+    assert events and all(" depot" in line and " shop" not in line for line in events)
+    assert sol("events", "--world", "depot", check=True).stdout.splitlines() == events
+
+
+def test_output_name_is_one_object_a_line_that_sol_takes_back(sol: Sol, tmp_path: Path,
+                                                              repo: Path) -> None:
+    two_worlds(sol, tmp_path, repo)
+    names = sol("get", "writs", "-o", "name", check=True).stdout.split()
+    assert names == ["writ/depot/add-x", "writ/depot/add-z", "writ/shop/add-x"]
+    assert sol("get", "worlds", "-o", "name", check=True).stdout.split() == [
+        "world/depot", "world/shop"]
+    assert "Title" not in sol("get", "writs", "-o", "name", check=True).stdout
+    described = sol("describe", names[2], check=True).stdout
+    assert "In the shop" in described and "World:       shop" in described
+    [again] = json.loads(sol("get", names[1], "-o", "json", check=True).stdout)
+    assert again["spec"]["title"] == "Only in the depot"
+    assert "needs a name" in failure(sol("describe", "writ"))
+
+
+@pytest.mark.usefixtures("applied")
+def test_wide_adds_columns_and_every_table_has_an_age(sol: Sol) -> None:
+    wide = rows(sol("get", "writs", "-o", "wide", check=True).stdout)
+    assert [w["NAME"] for w in wide] == ["add-x", "add-y"]
+    assert wide[1]["DEPENDS"] == "add-x" and wide[0]["DEPENDS"] == "-"
+    assert wide[1]["BRANCH"] == "sol/add-y" and wide[1]["PRIORITY"] == "2"
+    assert wide[1]["RESPAWNS"] == "0" and wide[1]["SESSION"] == "-"
+    assert wide[1]["MESSAGE"] == "world"  # MESSAGE stays the last column
+    assert "PRIORITY" not in sol("get", "writs", check=True).stdout
+    for kind in ("worlds", "writs", "caravans"):
+        header, *lines = sol("get", kind, check=True).stdout.splitlines()
+        at = header.index(" AGE ") + 1  # columns line up: read AGE where its header is
+        assert lines and all(re.match(r"\d+s ", line[at:]) for line in lines), (kind, lines)
+    world = rows(sol("get", "worlds", "-o", "wide", check=True).stdout)[0]
+    assert (world["RUNTIME"], world["CAPACITY"]) == ("script", "4")
+
+
+@pytest.mark.usefixtures("applied")
+def test_times_shown_are_rfc3339(sol: Sol, sol_home: Home) -> None:
+    from reconciler.core import degraded
+    from reconciler.core.store import Store
+
+    events = sol("events", check=True).stdout.splitlines()
+    assert events and all(re.match(RFC3339 + "  ", line) for line in events), events
+    [first] = [json.loads(line) for line in sol("events", "-n", "1", "-o", "json",
+                                                 check=True).stdout.splitlines()]
+    assert re.fullmatch(RFC3339, first["time"]) and isinstance(first["ts"], float)
+    assert abs(parse_rfc3339(first["time"]) - first["ts"]) < 1
+    text = sol("describe", "writ", "add-x", check=True).stdout
+    assert re.search(r"Ready=False  Waiting: world suspended  \(since " + RFC3339 + r"\)", text)
+    assert re.search(r"Events:\n  " + RFC3339 + "  applied", text), text
+    data = json.loads(sol("describe", "writ", "add-x", "-o", "json", check=True).stdout)
+    assert all(re.fullmatch(RFC3339, c["lastTransitionTime"])
+               for c in data["status"]["conditions"])
+    assert re.fullmatch(RFC3339, data["events"][0]["time"])
+    assert re.fullmatch(RFC3339, data["metadata"]["creationTimestamp"])
+    store = Store(sol_home.db)
+    store.set_status(("Writ", "shop", "add-x"), resolvedAt=time.time(),
+                     rateLimit={"at": 1764770000.0, "until": 1764770060.0, "error": "429"})
+    degraded.enter(store, time.time(), "3 sessions died within 30s", 3)
+    store.close()
+    [writ] = json.loads(sol("get", "writ", "shop/add-x", "-o", "json", check=True).stdout)
+    assert re.fullmatch(RFC3339, writ["status"]["resolvedAt"])
+    limited = writ["status"]["rateLimit"]
+    assert parse_rfc3339(limited["until"]) == 1764770060.0 and limited["error"] == "429"
+    assert re.fullmatch(RFC3339, limited["at"])
+    assert "resolvedAt: '" in sol("describe", "writ", "add-x", check=True).stdout
+    assert re.search("DEGRADED since " + RFC3339 + ": 3 sessions died", sol("status").stdout)
+
+
+def coloured_objects() -> list[dict]:
+    return [{"apiVersion": "sol/v1", "kind": "Writ",
+             "metadata": {"name": phase.lower(), "world": "shop"},
+             "spec": {}, "status": {"phase": phase, "message": "m"}}
+            for phase in ("Merged", "Failed", "Working", "Pending", "Cancelled")]
+
+
+def test_phases_are_coloured_only_when_asked() -> None:
+    from io import StringIO
+
+    from rich.console import Console
+
+    from reconciler.cli.tables import table
+
+    def render(colour: bool) -> str:
+        buffer = StringIO()
+        Console(file=buffer, force_terminal=True, color_system="standard", width=100).print(
+            table("Writ", coloured_objects(), colour=colour))
+        return buffer.getvalue()
+
+    styled = render(True)
+    for phase, code in (("Merged", "32"), ("Failed", "31"), ("Working", "36"),
+                        ("Pending", "33"), ("Cancelled", "2")):
+        assert f"\x1b[{code}m{phase}" in styled, (phase, styled)
+    plain = render(False)
+    assert not re.search(r"\x1b\[(2|3\d)m", plain), plain  # the bold header only
+
+
+def in_pty(args: list[str], columns: int, **env: str) -> str:
+    """Run `sol ARGS` with a terminal of `columns` as its stdout; what it printed."""
+    import fcntl
+    import pty
+    import select
+    import struct
+    import subprocess
+    import sys
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+    clean = {k: v for k, v in os.environ.items()
+             if k not in ("NO_COLOR", "FORCE_COLOR", "COLUMNS", "LINES", "TTY_COMPATIBLE")}
+    proc = subprocess.Popen([sys.executable, "-m", "reconciler", *args], stdin=slave,
+                            stdout=slave, stderr=slave, env={**clean, "TERM": "xterm", **env})
+    os.close(slave)
+    out, deadline = b"", time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 1)
+            if not ready:
+                if proc.poll() is not None:
+                    break
+                continue
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            out += chunk
+        assert proc.wait(timeout=30) == 0, out
+    finally:
+        os.close(master)
+    return out.decode().replace("\r\n", "\n")
+
+
+def test_a_terminal_gets_colour_and_messages_cut_to_its_width(sol: Sol, tmp_path: Path,
+                                                             repo: Path, sol_home: Home
+                                                             ) -> None:
+    from reconciler.core.store import Store
+
+    long = "the gate said " + "very " * 40 + "long things END"
+    two_worlds(sol, tmp_path, repo)
+    store = Store(sol_home.db)
+    store.set_status(("Writ", "shop", "add-x"), message=long)
+    store.close()
+    shown = in_pty(["get", "writs"], 70)
+    assert "\x1b[33mPending" in shown, repr(shown)  # yellow, on a terminal
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", shown)
+    lines = [line for line in plain.splitlines() if line.strip()]
+    assert len(lines) == 4 and all(len(line.rstrip()) <= 70 for line in lines), lines
+    row = next(line for line in lines if line.split()[:2] == ["shop", "add-x"])
+    assert "the gate said very" in row and row.rstrip().endswith("…") and "END" not in row
+    assert "\x1b[33m" not in in_pty(["get", "writs"], 70, NO_COLOR="1")
+    piped = sol("get", "writs", check=True).stdout
+    assert "\x1b" not in piped
+    assert any(line.split()[:2] == ["shop", "add-x"] and line.rstrip().endswith("END")
+               for line in piped.splitlines())  # whole, on one line
