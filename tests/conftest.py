@@ -98,16 +98,62 @@ def repo(tmp_path: Path) -> Path:
     return make_repo(tmp_path / "source")
 
 
+SUBPROCESS_ONLY = {"up", "attach", "demo"}
+"""Commands that start or replace processes, or run the daemon in the foreground: always a
+real child process. Every other command runs in the test's process through click's own
+runner: the same parsing, the same code, the same exit codes and stderr (a traceback is
+put into stderr as Python would print it), at a fraction of a process start-up, which
+the suite pays hundreds of times."""
+
+
+def _in_process(args: tuple[str, ...]) -> bool:
+    if not args or args[0] in SUBPROCESS_ONLY or os.environ.get("SOL_TEST_SUBPROCESS"):
+        return False
+    if args[0] == "reconcile" and "--once" not in args:
+        return False
+    return not {"-f", "--follow", "-w", "--watch"} & set(args[1:]) or args[0] in (
+        "apply", "diff", "validate", "create", "reconcile")  # there -f is the specs path
+
+
+def _run_in_process(args: tuple[str, ...], cwd: Path | None,
+                    input: str | None) -> subprocess.CompletedProcess[str]:
+    import contextlib
+    import gc
+    import traceback
+
+    from click.testing import CliRunner
+
+    from reconciler.cli import main
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    try:
+        with contextlib.chdir(cwd or os.getcwd()):
+            result = CliRunner().invoke(main, list(args), input=input, prog_name="sol")
+    finally:
+        os.umask(mask)  # the command sets sol's private umask; the test keeps its own
+        gc.collect()  # close the command's store connections, as its process exit would
+    stderr = result.stderr
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        stderr += "Traceback (most recent call last):\n" + "".join(
+            traceback.format_exception(result.exception))
+    return subprocess.CompletedProcess([sys.executable, "-m", "reconciler", *args],
+                                       result.exit_code, result.stdout, stderr)
+
+
 @pytest.fixture
 def sol(sol_home: Home) -> Callable[..., subprocess.CompletedProcess[str]]:
-    """Run the installed `sol` CLI as a user would, in a subprocess."""
+    """Run the `sol` CLI as a user would: its arguments, its output, its exit code."""
 
     def run(*args: str, cwd: Path | None = None, check: bool | None = None,
             input: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            [sys.executable, "-m", "reconciler", *args], cwd=cwd, capture_output=True,
-            text=True, input=input, timeout=timeout,
-        )
+        if _in_process(args):
+            result = _run_in_process(args, cwd, input)
+        else:
+            result = subprocess.run(
+                [sys.executable, "-m", "reconciler", *args], cwd=cwd, capture_output=True,
+                text=True, input=input, timeout=timeout,
+            )
         if check:
             assert result.returncode == 0, (result.stdout, result.stderr)
         return result

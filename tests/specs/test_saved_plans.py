@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from conftest import git, make_repo, poll
-from helpers import world_yaml, writ_status, writ_yaml, write_specs
+from helpers import tmux_sessions, world_yaml, writ_status, writ_yaml, write_specs
 from test_sources import commit, records, src
 
 from reconciler.cli.specs import _plan_changes
@@ -47,6 +47,7 @@ def test_a_saved_plan_records_source_revision_state_and_actions(
     assert data["observed"] == {} and len(data["fingerprint"]) == 64
     assert [(a["target"], a["reconciler"]) for a in data["actions"]] == [
         ("world/shop", ""), ("writ/shop/a", ""), ("world/shop", "worlds"),
+        ("world/shop", "worlds"),  # the clone, then the Suspended condition
         ("writ/shop/a", "consul")]  # the consul's waiting reason is planned too
     done = sol("apply", "--plan", "plan.json", cwd=tmp_path)  # from another cwd works too
     assert done.returncode == 0, done.stderr
@@ -101,6 +102,8 @@ def test_a_plan_is_refused_once_a_writ_ran_or_another_apply_changed_the_state(
     changes = stale(sol("apply", "--plan", str(plan)), plan)
     assert "writ shop/quick changed phase Working -> Resolved" in changes
     assert writ_status(sol_home, "shop", "later") is None
+    poll(lambda: not any(tmux_sessions(sol_home).values()), timeout=30,
+         what="the resolved agent's session ended")  # else it may end between save and apply
 
     assert sol("diff", "-f", str(specs), "--save", str(plan)).returncode == 2
     other = write_specs(tmp_path / "other", world_yaml("shop", repo),
