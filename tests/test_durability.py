@@ -261,7 +261,8 @@ def test_the_death_watch_sees_deaths_tmux_reports_to_nobody(
     the server (which runs no hook even when one is set)."""
     wake = tmp_path / "tmux-events"
     wake.touch()
-    sessions = TmuxSessions(sol_home.socket_name)  # no hook_file: tmux tells nobody
+    sessions = TmuxSessions(sol_home.socket_name,  # no hook_file: tmux tells nobody
+                            launch_dir=sol_home.run / "launch")
     for agent in ("a", "b"):
         sessions.start(f"sol-{W}-{agent}", ["sleep", "600"], cwd=tmp_path, env={},
                        log=tmp_path / f"{agent}.log")

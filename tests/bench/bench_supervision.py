@@ -225,7 +225,8 @@ def hook_alone(tmp: Path, kills: int) -> None:
 
     hook = tmp / "hook-events"
     hook.touch()
-    sessions = TmuxSessions(f"bench-hook-{os.getpid()}", hook_file=hook)
+    sessions = TmuxSessions(f"bench-hook-{os.getpid()}", hook_file=hook,
+                            launch_dir=tmp / "launch")
     names = [f"sol-hook-a{i}" for i in range(kills)]
     for name in names:
         sessions.start(name, ["sleep", "3600"], cwd=tmp, env={}, log=tmp / f"{name}.log")

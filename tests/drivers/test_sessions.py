@@ -26,7 +26,7 @@ WEIRD = "it's \"q\" $(touch pwned1) `touch pwned2` ; touch pwned3 #{pane_id} %Y 
 
 @pytest.fixture
 def tmux(sol_home: Home) -> TmuxSessions:
-    return TmuxSessions(sol_home.socket_name)
+    return TmuxSessions(sol_home.socket_name, launch_dir=sol_home.run / "launch")
 
 
 def sock_dir() -> Path:
@@ -257,7 +257,8 @@ def test_start_refuses_a_live_name_and_replaces_a_dead_one(
 def test_hooks_touch_the_hook_file(sol_home: Home, tmp_path: Path) -> None:
     hook_file = tmp_path / "hook dir 'q' $x #{y} %Y" / "changed;"
     hook_file.parent.mkdir()
-    tmux = TmuxSessions(sol_home.socket_name, hook_file=hook_file)
+    tmux = TmuxSessions(sol_home.socket_name, hook_file=hook_file,
+                        launch_dir=sol_home.run / "launch")
     start_sh(tmux, "sol-w-keep", "exec sleep 600", tmp_path)
     start_sh(tmux, "sol-w-hooked", "exec sleep 600", tmp_path)
     assert not hook_file.exists()
