@@ -12,7 +12,7 @@ import click
 from click.shell_completion import CompletionItem
 
 from reconciler.cli import completion
-from reconciler.cli.common import inert, sphere
+from reconciler.cli.common import inert, partial_sequence, readable, sphere
 from reconciler.core.errors import SolError
 from reconciler.core.home import Home, session_name
 from reconciler.core.times import rfc3339
@@ -101,7 +101,9 @@ def _log_names(ctx: click.Context, param: click.Parameter,
 @click.option("-f", "--follow", is_flag=True, help="Keep printing as the log grows.")
 @click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text",
               show_default=True, help="Daemon logs only: json prints the raw JSON lines.")
-def logs(name: str, world: str | None, follow: bool, output: str) -> None:
+@click.option("--raw", is_flag=True, help="An agent's log as its terminal drew it, escape "
+              "sequences included (for `less -R`); by default they are dropped.")
+def logs(name: str, world: str | None, follow: bool, output: str, raw: bool) -> None:
     """Print an agent's session log, or a log of the daemon.
 
     NAME is an agent (AGENT or WORLD/AGENT), whose log has a `==== writ ... ====` line
@@ -126,8 +128,17 @@ def logs(name: str, world: str | None, follow: bool, output: str) -> None:
     path = Home.from_env().agent_log(world, agent)
     if not path.exists():
         raise SolError(f"agent {world}/{agent} has no log yet ({path})")
+    held = ""
     for chunk in _chunks(path, follow):
-        click.echo(chunk, nl=False)
+        if raw:
+            click.echo(chunk, nl=False, color=True)  # as drawn, even into a pipe
+            continue
+        text = held + chunk
+        cut = partial_sequence(text) if follow else len(text)
+        held = text[cut:]
+        click.echo(readable(text[:cut]), nl=False)
+    if held:
+        click.echo(readable(held), nl=False)
 
 
 def _daemon_log(component: str, world: str | None, follow: bool, output: str) -> None:

@@ -42,6 +42,31 @@ def inert(text: str) -> str:
     return CONTROL.sub(lambda m: f"\\x{ord(m[0]):02x}", text)
 
 
+TERMINAL_SEQUENCE = re.compile(
+    r"\x1b\[[0-?]*[ -/]*[@-~]"             # CSI: colours, cursor moves, clearing
+    r"|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)"  # OSC: titles, clipboard, hyperlinks
+    r"|\x1b[PX^_][^\x1b]*\x1b\\"           # DCS, SOS, PM, APC strings
+    r"|\x1b[()*+][0-9A-Za-z]|\x1b[@-Z\\-_=>]")
+"""What a program draws a terminal with; a session log is full of them."""
+
+
+def readable(text: str) -> str:
+    """A session's raw output as text: terminal sequences dropped, carriage returns as
+    line ends, any other control character written out (inert). `sol logs --raw` keeps
+    the bytes for a pager that draws them (`less -R`)."""
+    text = TERMINAL_SEQUENCE.sub("", text).replace("\r\n", "\n").replace("\r", "\n")
+    return inert(text)
+
+
+def partial_sequence(text: str) -> int:
+    """Where a terminal sequence cut at the end of `text` starts (len(text) if none): a
+    follower holds that tail back until the rest of the sequence arrives."""
+    start = text.rfind("\x1b", max(0, len(text) - 256))
+    if start < 0 or TERMINAL_SEQUENCE.match(text, start):
+        return len(text)
+    return start
+
+
 def say(text: str) -> None:
     """Print human text (never markup), control characters made visible."""
     click.echo(inert(text))

@@ -108,7 +108,8 @@ def test_the_daemons_logs_read_one_line_per_record(sol_home: Home, repo: Path,
     specs = write_specs(tmp_path / "specs", world_yaml("shop", repo, extra="suspend: true\n"))
     with daemon_commands(sol_home, tmp_path) as run:
         assert run("up", "-f", str(specs)).returncode == 0
-        poll(lambda: (sol_home.logs / "forge-shop.log").exists()
+        forge_log = sol_home.logs / "forge-shop.log"
+        poll(lambda: forge_log.exists() and forge_log.stat().st_size > 0
              and "ready" in (sol_home.logs / "prefect.log").read_text(), timeout=60,
              what="the daemon's logs")
         raw = [json.loads(line) for line in
@@ -178,6 +179,31 @@ def test_an_agent_named_like_a_component_is_reached_as_world_slash_agent(
     log.write_text("the agent's own output\n")
     assert sol("logs", "shop/forge", check=True).stdout == "the agent's own output\n"
     assert "no forge log yet" in failure(sol("logs", "forge"))  # the daemon's forge
+
+
+def test_an_agents_terminal_sequences_never_reach_the_operators_terminal(
+        sol, sol_home: Home) -> None:
+    store = Store(sol_home.db)
+    store.put_agent("shop", "vega", writ=None, runtime="claude", state="stopped")
+    store.close()
+    log = sol_home.agent_log("shop", "vega")
+    log.parent.mkdir(parents=True, exist_ok=True)
+    drawn = ("\x1b[1;32m✓ tests pass\x1b[0m\r\n\x1b]0;new title\x07"
+             "\x1b]52;c;cm0gLXJmIH4=\x07clipboard\x1b[2J\x1b[?25l bell\x07 done\r\n")
+    log.write_text(drawn)
+    shown = sol("logs", "vega", check=True).stdout
+    assert "\x1b" not in shown and "\x07" not in shown and "\r" not in shown
+    assert shown == "✓ tests pass\nclipboard bell\\x07 done\n"
+    assert sol("logs", "vega", "--raw", check=True).stdout == drawn.replace("\r\n", "\n")
+
+
+def test_a_sequence_cut_between_two_reads_is_held_until_whole() -> None:
+    from reconciler.cli.common import partial_sequence, readable
+
+    first, second = "red: \x1b[1;3", "1mhot\x1b[0m\n"
+    cut = partial_sequence(first)
+    assert first[:cut] == "red: " and readable(first[cut:] + second) == "hot\n"
+    assert partial_sequence("whole\x1b[0m") == len("whole\x1b[0m")
 
 
 def test_a_record_that_is_not_json_is_shown_as_is_and_a_traceback_below() -> None:
