@@ -21,6 +21,7 @@ from reconciler.core.tether import Tether
 from reconciler.drivers.runtimes import (
     Launch,
     check,
+    codex,
     effective_runtime,
     launch,
     persona,
@@ -162,6 +163,13 @@ def test_command_launch_runs_the_users_line_with_tether_in_env(
 
 # -- claude and codex ------------------------------------------------------------------
 
+def cli_args(argv: list[str]) -> list[str]:
+    """The CLI's own argv: codex runs behind `sh -c 'umask 077 && exec "$@"' codex`."""
+    if argv[:3] == ["/bin/sh", "-c", 'umask 077 && exec "$@"']:
+        return argv[4:]
+    return argv
+
+
 @pytest.mark.parametrize(("name", "flag", "model_flag", "persona_file"), [
     ("claude", "--dangerously-skip-permissions", "--model", "CLAUDE.local.md"),
     ("codex", "--dangerously-bypass-approvals-and-sandbox", "-m", "AGENTS.override.md"),
@@ -170,13 +178,15 @@ def test_agent_cli_launch(sol_home: Home, worktree: Path, name: str, flag: str,
                           model_flag: str, persona_file: str) -> None:
     tether = make_tether()
     plain = do_launch(Runtime(name, sandboxed=True), tether, sol_home, worktree)
-    assert plain.argv == [name, flag, KICKOFF]  # the assignment is in the file, not argv
+    kickoff = KICKOFF if name == "claude" else codex.KICKOFF
+    # the assignment is in the file, not argv
+    assert cli_args(plain.argv) == [name, flag, kickoff]
     assert model_flag not in plain.argv
     assert plain.files == {persona_file: persona(tether)}
     assert plain.exclude == [f"/{persona_file}"]
     modelled = do_launch(Runtime(name, model="big-1", sandboxed=True), tether, sol_home,
                          worktree)
-    assert modelled.argv[:4] == [name, flag, model_flag, "big-1"]
+    assert cli_args(modelled.argv)[:4] == [name, flag, model_flag, "big-1"]
     assert modelled.argv[-1] == plain.argv[-1]
 
 
@@ -190,9 +200,10 @@ def test_standin_cli_runs_in_the_worktree_with_verbatim_prompt(
     assert done.returncode == 0
     [seen] = records(standins)
     assert Path(seen["argv"][0]).name == name
-    assert seen["argv"][1:] == result.argv[1:]
+    assert seen["argv"][1:] == cli_args(result.argv)[1:]
     assert Path(seen["cwd"]) == worktree.resolve()
-    assert seen["argv"][-1] == KICKOFF  # no manifest text on any command line
+    # no manifest text on any command line
+    assert seen["argv"][-1] == (KICKOFF if name == "claude" else codex.KICKOFF)
     assert seen["env"]["SOL_WRIT"] == "add-limit" and "TMUX" not in seen["env"]
     assert seen["env"]["PATH"].split(os.pathsep)[0] == str(sol_bin_dir())
     text = (worktree / next(iter(result.files))).read_text()

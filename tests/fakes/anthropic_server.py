@@ -121,7 +121,7 @@ class AnthropicServer:
 
     def start(self) -> AnthropicServer:
         """Serve in a daemon thread."""
-        handler = type("Handler", (_Handler,), {"fake": self})
+        handler = type("Handler", (self._handler(),), {"fake": self})
         self._httpd = ThreadingHTTPServer((self.host, self.port), handler)
         self._httpd.daemon_threads = True
         self.port = self._httpd.server_address[1]
@@ -129,6 +129,10 @@ class AnthropicServer:
                                         daemon=True)
         self._thread.start()
         return self
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        """The request handler class (the Responses API fake has its own)."""
+        return _Handler
 
     def stop(self) -> None:
         """Stop serving."""
@@ -186,6 +190,11 @@ class AnthropicServer:
         rec["slot"] = slot
         first = next((m for m in messages if m.get("role") == "user"), {})
         haystack = rec["system"] + "\n" + "\n".join(_text_of(first.get("content")))
+        return self._pick(haystack, slot, rec)
+
+    def _pick(self, haystack: str, slot: int, rec: dict[str, Any]) -> Turn:
+        """The turn for `slot` of the first conversation whose match is in `haystack`
+        (shared with the Responses API fake)."""
         with self._lock:
             conv = next((c for c in self.conversations if c["match"] in haystack), None)
             if conv is None:

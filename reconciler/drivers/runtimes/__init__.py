@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from reconciler.core.errors import SolError
 from reconciler.core.model import Runtime, WorldSpec, WritSpec
 from reconciler.drivers import git, hook
-from reconciler.drivers.runtimes import claude
+from reconciler.drivers.runtimes import claude, codex
 from reconciler.drivers.runtimes.personas import persona
 
 if TYPE_CHECKING:
@@ -178,9 +178,10 @@ def cli_launch(runtime: Runtime, *, env: dict[str, str], station: Path, worktree
             env["SOL_PERSONA_CONTEXT"] = str(station / "persona.md")
         return Launch(claude.argv(runtime.model, prompt=prompt, resume=resume), env, files,
                       exclude)
-    flags = ["--dangerously-bypass-approvals-and-sandbox",
-             *(["-m", runtime.model] if runtime.model else [])]
-    return Launch(["codex", *flags, prompt], env, files, exclude)
+    directory = codex.home_dir(home.root)
+    codex.seed(directory, worktree=Path(worktree).absolute(), env=env)
+    return Launch(codex.argv(runtime.model, prompt=prompt, resume=resume),
+                  codex.session_env(env, directory), files, exclude)
 
 
 def _agent_launch(runtime: Runtime, tether: Tether, env: dict[str, str],
@@ -192,7 +193,11 @@ def _agent_launch(runtime: Runtime, tether: Tether, env: dict[str, str],
         seen = hook.read(station / hook.CONVERSATION) or {}
         if seen.get("writ") == tether.writ and str(seen.get("attempt")) == str(tether.attempt):
             resume = str(seen.get("id") or "") or None
-    prompt = claude.RESUMED if resume else claude.KICKOFF
+        prompt = claude.RESUMED if resume else claude.KICKOFF
+    else:
+        resume = codex.resume_id(station, codex.home_dir(home.root), Path(worktree),
+                                 tether.writ, tether.attempt)
+        prompt = codex.RESUMED if resume else codex.KICKOFF
     return cli_launch(runtime, env=env, station=station, worktree=worktree, home=home,
                       text=persona(tether, target=target), prompt=prompt, resume=resume)
 
