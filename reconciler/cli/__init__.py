@@ -90,7 +90,7 @@ COMMANDS: dict[str, str] = {
     "init": "admin", "doctor": "admin",
     "prime": "agent", "resolve": "agent", "escalate": "agent", "attach": "agent",
     "logs": "agent",
-    "completion": "completion", "create": "create",
+    "completion": "completion", "cost": "cost", "create": "create",
     "up": "daemon", "down": "daemon", "reconcile": "daemon", "demo": "demo",
     "retry": "operate", "suspend": "operate", "resume": "operate",
     "validate": "specs", "schema": "specs", "diff": "specs", "apply": "specs",

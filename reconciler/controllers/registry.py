@@ -11,7 +11,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 
-from reconciler.controllers import consul, degraded, envoys, forge, notify, sentinel, worlds
+from reconciler.controllers import (
+    consul,
+    degraded,
+    envoys,
+    forge,
+    ledger,
+    notify,
+    sentinel,
+    worlds,
+)
 from reconciler.controllers.base import AnyReconciler, Result, Scope
 from reconciler.core.model import Manifest
 from reconciler.core.plan import Action, sooner
@@ -23,6 +32,7 @@ from reconciler.specs.record import record
 RECONCILERS: tuple[AnyReconciler, ...] = (
     worlds.RECONCILER,     # clones, fetches and restores each world's repository
     degraded.RECONCILER,   # enters and leaves the sphere's degraded mode
+    ledger.RECONCILER,     # token usage from the agents' transcripts (in the consul)
     consul.RECONCILER,     # dispatch, recovery, waiting reasons, caravan phases
     envoys.RECONCILER,     # persistent agents of a world
     sentinel.RECONCILER,   # agent deaths, respawns, stalls, zombies and orphans
@@ -35,9 +45,10 @@ OWNERS: tuple[str, ...] = tuple(dict.fromkeys(r.owner for r in RECONCILERS))
 owner one child per world (`sentinel-shop`)."""
 
 
-OUTSIDE_DIFF = ("notifier",)
-"""Owners `sol diff` leaves out: the notifier delivers events that already happened, it
-changes nothing a user asked for (and every apply makes events for it)."""
+OUTSIDE_DIFF = ("notifier", "ledger")
+"""Owners or reconcilers `sol diff` leaves out: the notifier delivers events that already
+happened and the ledger counts tokens already spent; neither changes anything a user asked
+for (and every apply makes events, every agent turn transcript lines)."""
 
 
 def owned(owner: str) -> tuple[AnyReconciler, ...]:
@@ -110,7 +121,7 @@ def plan_all(sphere: Sphere, manifests: Sequence[Manifest] | None = None, *,
         for action in actions:
             execute_spec_action(scratch.store, action, desired)
         for reconciler in RECONCILERS:
-            if reconciler.owner in OUTSIDE_DIFF:
+            if reconciler.owner in OUTSIDE_DIFF or reconciler.name in OUTSIDE_DIFF:
                 continue
             for key in keys(scratch, reconciler):
                 actions += reconciler.planned(scratch, key).actions

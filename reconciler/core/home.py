@@ -53,6 +53,12 @@ class Home:
     def config(self) -> Path:
         return self.root / "sol.yaml"
 
+    @property
+    def codex_home(self) -> Path:
+        """The sphere's CODEX_HOME, seeded by the codex runtime; the ledger reads its
+        `sessions/`."""
+        return self.root / "codex"
+
     def world_dir(self, world: str) -> Path:
         return self.root / "worlds" / world
 

@@ -74,6 +74,25 @@ MIGRATIONS: list[str] = [
     ALTER TABLE mrs ADD COLUMN step TEXT NOT NULL DEFAULT '';
     ALTER TABLE mrs ADD COLUMN progress TEXT NOT NULL DEFAULT '{}';
     """,
+    # the ledger (core/ledger_store.py): token usage read from agents' transcripts
+    """
+    CREATE TABLE ledger_files (
+        path TEXT PRIMARY KEY, source TEXT NOT NULL, inode INTEGER NOT NULL,
+        size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, offset INTEGER NOT NULL,
+        context TEXT NOT NULL DEFAULT '{}', updated_at REAL NOT NULL
+    );
+    CREATE TABLE usage (
+        source TEXT NOT NULL, id TEXT NOT NULL, ts REAL NOT NULL,
+        world TEXT NOT NULL DEFAULT '', writ TEXT NOT NULL DEFAULT '', attempt INTEGER,
+        agent TEXT NOT NULL DEFAULT '', envoy TEXT NOT NULL DEFAULT '',
+        model TEXT NOT NULL DEFAULT '', input INTEGER NOT NULL DEFAULT 0,
+        output INTEGER NOT NULL DEFAULT 0, cache_write INTEGER NOT NULL DEFAULT 0,
+        cache_read INTEGER NOT NULL DEFAULT 0, file TEXT NOT NULL DEFAULT '',
+        PRIMARY KEY (source, id)
+    );
+    CREATE INDEX usage_ts ON usage (ts);
+    CREATE INDEX usage_writ ON usage (world, writ, attempt);
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 KEEP = object()  # sentinel: leave a column as it is

@@ -118,7 +118,7 @@ def test_a_codex_writ_lands_with_its_persona_and_no_secret_in_sight(
     second = next(r for r in main if r["slot"] == 1)
     assert any(i.get("type") == "function_call_output" for i in second["messages"])
 
-    directory = codex.home_dir(sol_home.root)
+    directory = sol_home.codex_home.absolute()
     config = tomllib.loads((directory / "config.toml").read_text())
     assert config["model_providers"]["sol"]["base_url"] == model.url
     assert config["model_providers"]["sol"]["env_key"] == "OPENAI_API_KEY"
@@ -145,7 +145,7 @@ def test_a_killed_codex_resumes_its_conversation(
         model.wait_for(lambda s: any(r.get("slot") == 1 for r in s.requests), timeout=120)
         record = writ_status(sol_home, "shop", "talk")
         session = f"sol-shop-{record.status['agent']}"
-        directory = codex.home_dir(sol_home.root)
+        directory = sol_home.codex_home.absolute()
         worktree = sol_home.worktree("shop", record.status["agent"])
         poll(lambda: codex.find_session(directory, worktree, 0), what="the session JSONL")
         pid = int(poll(lambda: _pane_pid(sol_home, session), what="the codex pid"))

@@ -178,7 +178,7 @@ def cli_launch(runtime: Runtime, *, env: dict[str, str], station: Path, worktree
             env["SOL_PERSONA_CONTEXT"] = str(station / "persona.md")
         return Launch(claude.argv(runtime.model, prompt=prompt, resume=resume), env, files,
                       exclude)
-    directory = codex.home_dir(home.root)
+    directory = home.codex_home.absolute()
     codex.seed(directory, worktree=Path(worktree).absolute(), env=env)
     return Launch(codex.argv(runtime.model, prompt=prompt, resume=resume),
                   codex.session_env(env, directory), files, exclude)
@@ -195,7 +195,7 @@ def _agent_launch(runtime: Runtime, tether: Tether, env: dict[str, str],
             resume = str(seen.get("id") or "") or None
         prompt = claude.RESUMED if resume else claude.KICKOFF
     else:
-        resume = codex.resume_id(station, codex.home_dir(home.root), Path(worktree),
+        resume = codex.resume_id(station, home.codex_home.absolute(), Path(worktree),
                                  tether.writ, tether.attempt)
         prompt = codex.RESUMED if resume else codex.KICKOFF
     return cli_launch(runtime, env=env, station=station, worktree=worktree, home=home,

@@ -39,11 +39,6 @@ CONVERSATION = "codex.json"
 """Beside the tether: which writ and attempt the CLI last started for, and when."""
 
 
-def home_dir(home_root: Path) -> Path:
-    """The sphere's CODEX_HOME."""
-    return Path(home_root).absolute() / "codex"
-
-
 def _quote(value: str) -> str:
     """A TOML basic string (JSON's escapes are TOML's for these)."""
     return json.dumps(value)
