@@ -18,7 +18,7 @@ from reconciler.core import ledger_store, prices
 from reconciler.core.durations import parse_duration
 from reconciler.core.errors import SolError
 from reconciler.core.times import parse_rfc3339, rfc3339
-from reconciler.drivers import ledger
+from reconciler.drivers.sphere import Sphere
 
 BY = ("writ", "agent", "model", "day", "world")
 KINDS = (("INPUT", "input"), ("OUTPUT", "output"), ("CACHE WRITE", "cacheWrite"),
@@ -108,6 +108,8 @@ def cost(world: str | None, since: str | None, by: str, output: str) -> None:
     start = parse_since(since, now)
     sph = sphere()
     table = prices.load(sph.config.extra, str(sph.home.config))
+    from reconciler.drivers import ledger  # `get writs` imports this module: keep it light
+
     ledger.sync(sph.home, sph.store, now)
     items, total = ledger_store.costs(sph.store, table, by=by, since=start, world=world)
     if output != "table":
@@ -125,3 +127,23 @@ def cost(world: str | None, since: str | None, by: str, output: str) -> None:
 
 
 COMMANDS = [cost]
+
+
+def writ_costs(sph: Sphere) -> dict[tuple[str, str], dict[str, Any]]:
+    """Per (world, writ): tokens and USD as recorded so far (`get writs`, `describe`
+    show them; the consul's ledger pass keeps the figures current)."""
+    table = prices.load(sph.config.extra, str(sph.home.config))
+    items, _ = ledger_store.costs(sph.store, table, by="writ")
+    return {(i["world"], i["writ"]): _json(i) for i in items if i.get("writ")}
+
+
+def attach_costs(sph: Sphere, objs: list[dict[str, Any]]) -> None:
+    """Each writ object gains `status.cost` ({tokens, usd, unpriced}) when it has usage."""
+    if not any(o["kind"] == "Writ" for o in objs) or not ledger_store.recorded(sph.store):
+        return  # nothing spent yet: no price table or sol.yaml to read
+    found = writ_costs(sph)
+    for obj in objs:
+        entry = found.get((obj["metadata"].get("world", ""), obj["metadata"]["name"]))
+        if entry is not None:
+            obj["status"]["cost"] = {"tokens": entry["tokens"]["total"], "usd": entry["usd"],
+                                     "unpriced": entry["unpriced"]}

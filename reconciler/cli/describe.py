@@ -27,6 +27,12 @@ def _yaml(data: Any, indent: str = "  ") -> str:
     return "\n".join(indent + line for line in dump_yaml(data).rstrip().splitlines())
 
 
+def _cost_line(cost: dict[str, Any]) -> str:
+    usd = "no price" if cost.get("usd") is None else f"${cost['usd']:.4f}"
+    flagged = " (a model has no price: `sol cost` says which)" if cost.get("unpriced") else ""
+    return f"{cost['tokens']:,} tokens, {usd}{flagged}"
+
+
 def render_describe(sphere: Sphere, record: Record, obj: dict[str, Any]) -> str:
     status = obj["status"]
     lines = [
@@ -40,6 +46,7 @@ def render_describe(sphere: Sphere, record: Record, obj: dict[str, Any]) -> str:
         f"Generation:  {record.generation} (status observed "
         f"{status.get('observedGeneration') or '-'})",
         f"Source:      {record.origin or '-'}",
+        *([f"Cost:        {_cost_line(status['cost'])}"] if status.get("cost") else []),
         "Spec:",
         _yaml(record.spec),
     ]

@@ -35,7 +35,7 @@ COLUMNS = {
 }
 WIDE = {
     "World": ["RUNTIME", "CAPACITY", "GATES"],
-    "Writ": ["PRIORITY", "BRANCH", "RESPAWNS", "DEPENDS", "SESSION"],
+    "Writ": ["PRIORITY", "BRANCH", "RESPAWNS", "DEPENDS", "SESSION", "TOKENS", "COST"],
     "Caravan": ["COMMISSIONED"],
     "Envoy": ["RUNTIME", "SESSION"],
     "Agent": ["RUNTIME", "STATE"],
@@ -81,6 +81,14 @@ def _runtime(spec: dict[str, Any]) -> str:
     return str(runtime or "-")
 
 
+def _cost(cost: dict[str, Any] | None) -> dict[str, str]:
+    """TOKENS and COST of a writ: `-` before any usage, `*` marks a model with no price."""
+    if not cost:
+        return {"TOKENS": "-", "COST": "-"}
+    usd = "-" if cost.get("usd") is None else f"${cost['usd']:.2f}"
+    return {"TOKENS": f"{cost['tokens']:,}", "COST": usd + ("*" if cost.get("unpriced") else "")}
+
+
 def fields(kind: str, obj: dict[str, Any], now: float | None = None) -> dict[str, str]:
     """Every column of one object, wide ones included, as text."""
     md, spec, st = obj["metadata"], obj["spec"], obj["status"]
@@ -98,7 +106,7 @@ def fields(kind: str, obj: dict[str, Any], now: float | None = None) -> dict[str
                 "BRANCH": st.get("branch") or f"sol/{md['name']}",
                 "RESPAWNS": str(st.get("respawns") or 0),
                 "DEPENDS": ",".join(spec.get("dependsOn") or []) or "-",
-                "SESSION": st.get("session") or "-"}
+                "SESSION": st.get("session") or "-", **_cost(st.get("cost"))}
     elif kind == "Caravan":
         more = {"PHASES": " | ".join(", ".join(p) for p in spec.get("phases", [])),
                 "COMMISSIONED": str(spec.get("commissioned", True)).lower()}

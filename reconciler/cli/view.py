@@ -157,10 +157,15 @@ def get(kind: str, name: str | None, world: str | None, watch: bool, output: str
     sol get writs -o name            writ/shop/add-x, one a line, for shell loops
     """
     kind, name = split_kind(kind, name)
-    store = sphere().store
+    sp = sphere()
+    store = sp.store
     changes = Changes(store)
     changes()  # before the first read: a change made while it is printed is seen after
     objs = objects(store, kind, name, world)
+    if kind == "Writ" and output in ("wide", "json", "yaml"):  # the plain table has no
+        from reconciler.cli.cost import attach_costs  # cost column: it skips sol.yaml
+
+        attach_costs(sp, objs)
     if name and not objs:
         raise SolError(f"no {kind.lower()} named {name!r}; `sol get {kind.lower()}s` lists them")
     show = Listing(kind, output, stream=watch)
@@ -270,6 +275,10 @@ def describe(kind: str, name: str | None, output: str) -> None:
         return
     record = find(sp.store, kind, name)
     obj = record.to_object()
+    if kind == "Writ":
+        from reconciler.cli.cost import attach_costs
+
+        attach_costs(sp, [obj])
     events = sp.store.events(world=record.world or record.name, name=record.name, limit=20)
     obj["events"] = [{"time": rfc3339(e.ts), "type": e.type, "message": e.message}
                      for e in events]

@@ -103,6 +103,11 @@ def advance(store: Store, state: FileState, expect_offset: int | None,
         return True
 
 
+def recorded(store: Store) -> bool:
+    """Whether any usage is recorded at all (a cheap check before pricing anything)."""
+    return store._one("SELECT 1 FROM usage LIMIT 1") is not None
+
+
 def totals(store: Store, *, by: str, since: float | None = None, world: str | None = None,
            ) -> list[dict[str, Any]]:
     """Tokens summed per group and model (pricing is per model, so it stays a key):

@@ -107,3 +107,28 @@ def test_prices_in_sol_yaml_reprice_every_figure(sol_home: Home, sol: Sol) -> No
     models = {i["model"]: i for i in cost(sol, "--by", "model")["items"]}
     assert models["claude-mystery-9"]["usd"] == 0.07
     assert models["claude-mystery-9"]["unpriced"] is False
+
+
+def test_get_writs_and_describe_show_each_writs_tokens_and_cost(
+        sol_home: Home, sol: Sol, tmp_path: Path, repo: Path) -> None:
+    from helpers import world_yaml, writ_yaml, write_specs
+
+    names = sorted({key.split("/")[1] for key in EXPECTED["writs"] if key.split("/")[1]})
+    specs = write_specs(tmp_path / "specs", world_yaml("shop", repo, extra="suspend: true\n"),
+                        *(writ_yaml(n, "shop") for n in names))
+    sol("apply", "-f", str(specs), check=True)
+    install(sol_home)
+    totals = {i["writ"]: i for i in cost(sol)["items"]}  # brings the ledger up to date
+    listed = json.loads(sol("get", "writs", "-o", "json", check=True).stdout)
+    for obj in listed:
+        name = obj["metadata"]["name"]
+        expected = totals[name]
+        assert obj["status"]["cost"] == {"tokens": expected["tokens"]["total"],
+                                         "usd": expected["usd"],
+                                         "unpriced": expected["unpriced"]}
+    wide = sol("get", "writs", "-o", "wide", check=True).stdout.splitlines()
+    assert "TOKENS" in wide[0] and "COST" in wide[0]
+    login = next(line for line in wide if " fix-login " in line)
+    assert f"{totals['fix-login']['tokens']['total']:,}" in login and "*" in login
+    shown = sol("describe", "writ", "fix-login", check=True).stdout
+    assert f"Cost:        {totals['fix-login']['tokens']['total']:,} tokens, $" in shown
