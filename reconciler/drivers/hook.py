@@ -21,10 +21,11 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from reconciler.core.files import write_private
 
 ACTIVITY = "activity.json"
 CONVERSATION = "claude-session.json"
@@ -45,14 +46,7 @@ def station() -> Path | None:
 def write(path: Path, data: dict[str, Any]) -> None:
     """A JSON file written atomically and readable by the user alone (it may name the
     user's projects and sessions)."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        os.fchmod(handle.fileno(), 0o600)
-        json.dump(data, handle, indent=1)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    write_private(path, json.dumps(data, indent=1), durable=True)
 
 
 def read(path: Path) -> dict[str, Any] | None:

@@ -19,8 +19,9 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import tempfile
 from pathlib import Path
+
+from reconciler.core.files import write_private
 
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -41,18 +42,7 @@ def write(path: Path, argv: list[str], env: dict[str, str], cwd: Path) -> None:
     """Write a launch file atomically, readable by the user alone."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(path.parent, 0o700)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".launch-")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            os.fchmod(handle.fileno(), 0o600)
-            handle.write(script(path, argv, env, cwd))  # no fsync: read at once
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    write_private(path, script(path, argv, env, cwd))  # no fsync: read at once
 
 
 def command(path: Path) -> list[str]:

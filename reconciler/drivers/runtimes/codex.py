@@ -18,15 +18,13 @@ a fresh one.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
-import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
+from reconciler.core.files import write_private
+from reconciler.core.locks import flock
 from reconciler.drivers.hook import read, write
 
 KICKOFF = ("Begin. Your standing orders and your assignment are in AGENTS.override.md; "
@@ -80,32 +78,6 @@ def trusted(config: Path) -> list[str]:
     return [str(p) for p in projects] if isinstance(projects, dict) else []
 
 
-@contextmanager
-def _locked(directory: Path) -> Iterator[None]:
-    """One writer of config.toml at a time (casts run in parallel)."""
-    with open(directory / ".config.lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".config-")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            os.fchmod(handle.fileno(), 0o600)
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def seed(directory: Path, *, worktree: Path, env: dict[str, str]) -> None:
     """Make `directory` a CODEX_HOME in which the CLI asks nothing and trusts `worktree`
     (and every other worktree that still exists). Keeps what the CLI wrote there."""
@@ -114,7 +86,7 @@ def seed(directory: Path, *, worktree: Path, env: dict[str, str]) -> None:
     (directory / "shell_snapshots").mkdir(mode=0o700, exist_ok=True)
     base_url = env.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
     config = directory / "config.toml"
-    with _locked(directory):
+    with flock(directory / ".config.lock"):  # casts run in parallel
         keep = [p for p in trusted(config) if Path(p).is_dir()]
         text = render(base_url, [*keep, str(Path(worktree).absolute())])
         try:
@@ -122,7 +94,7 @@ def seed(directory: Path, *, worktree: Path, env: dict[str, str]) -> None:
                 return
         except OSError:
             pass
-        _write_atomic(config, text)
+        write_private(config, text)
 
 
 def session_env(env: dict[str, str], directory: Path) -> dict[str, str]:
