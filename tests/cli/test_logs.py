@@ -64,7 +64,11 @@ def following(*argv: str) -> Iterator[list[str]]:
 def test_an_agents_log_has_a_header_before_each_session_and_its_respawn(
         sol_home: Home, repo: Path, tmp_path: Path, sol) -> None:
     marker = shlex.quote(str(tmp_path / "crashed"))
-    steps = (f"if [ ! -e {marker} ]; then echo first-run; touch {marker}; kill -9 $PPID; fi\n"
+    logs = shlex.quote(str(sol_home.root / "logs" / "agents"))
+    # the crash waits until its own output is in the log (tmux's pipe may lag a dying pane);
+    # "first""-run" so that only the output, never the script's text, matches
+    steps = (f"if [ ! -e {marker} ]; then echo \"first\"\"-run\"; touch {marker}; "
+             f"until grep -qs first-run {logs}/*.log; do sleep 0.05; done; kill -9 $PPID; fi\n"
              "echo second-run > f.txt; echo second-run")
     specs = write_specs(tmp_path / "specs", world_yaml(
         "shop", repo, extra="sentinel: {stallAfter: 15m, maxRespawns: 3}\n"),
