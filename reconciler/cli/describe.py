@@ -14,7 +14,7 @@ from reconciler.cli.common import inert
 from reconciler.core.records import readable_times
 from reconciler.core.store import Record
 from reconciler.core.suspension import FORGE, WORLD, WRIT, Suspension, suspension
-from reconciler.core.times import rfc3339
+from reconciler.core.times import day_bounds, rfc3339
 from reconciler.drivers.sphere import Sphere
 
 PHASE_ORDER = ["Pending", "Working", "Resolved", "Merging", "Merged", "Done", "Failed",
@@ -110,6 +110,29 @@ def render_status(sphere: Sphere, only: str | None = None) -> str:
     return status_report(sphere, only)[0]
 
 
+def _spend_lines(sphere: Sphere, world: Record) -> list[str]:
+    """Today's spend (local day) against the daily budget, and a hold in force. Nothing
+    when no usage was ever recorded: a sphere of script agents reads no price table."""
+    from reconciler.core import ledger_store, prices
+    from reconciler.core.holds import world_hold
+    from reconciler.core.model import WorldSpec
+
+    now = time.time()
+    lines = []
+    if ledger_store.recorded(sphere.store):
+        from reconciler.controllers.budget import Spend
+
+        table = prices.load(sphere.config.extra, str(sphere.home.config))
+        spent = Spend(*ledger_store.spend(sphere.store, table, world=world.name,
+                                          since=day_bounds(now)[0]))
+        limit = WorldSpec.from_spec(world.spec).per_day
+        lines.append(f"  spent today: {spent}" + (f" (perDay {limit})" if limit else ""))
+    hold = world_hold(world, now)
+    if hold is not None:
+        lines.append(f"  HELD: {hold.message(world.name, now)}")
+    return lines
+
+
 def status_report(sphere: Sphere, only: str | None = None) -> tuple[str, bool]:
     """The sphere at a glance, and whether a human is needed (`sol status` exits 1)."""
     store = sphere.store
@@ -143,6 +166,7 @@ def status_report(sphere: Sphere, only: str | None = None) -> tuple[str, bool]:
         lines.append(f"World {world.name}: {world.phase}  {world.message}")
         lines += [f"  {s.notice}" for s in _suspensions(world)]
         lines.append(f"  writs: {summary or 'none'}")
+        lines += _spend_lines(sphere, world)
         for writ in writs:
             if writ.phase in ("Merged", "Done", "Cancelled"):
                 continue

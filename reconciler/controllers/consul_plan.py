@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from reconciler.core.holds import world_hold
 from reconciler.core.home import session_name
 from reconciler.core.model import (
     DONE,
@@ -113,10 +114,9 @@ def why_waiting(snapshot: Snapshot, writ: Record,
     suspended = world_suspension(world)
     if suspended:
         return suspended.message
-    held = float(world.status.get("rateLimitedUntil") or 0.0)
-    if held > snapshot.now:
-        return (f"world {writ.world} is rate limited: no new agent for "
-                f"{held - snapshot.now:.0f}s (until the model API's limit resets)")
+    hold = world_hold(world, snapshot.now)
+    if hold is not None:
+        return hold.message(writ.world, snapshot.now)
     suspended = writ_suspension(writ)
     if suspended:
         return suspended.message
@@ -301,15 +301,15 @@ def caravans(view: View) -> list[Action]:
 
 
 def next_look(view: View) -> float | None:
-    """When time alone changes the plan: a world's rate-limit hold ends, or a Working
+    """When time alone changes the plan: a world's hold (rate limit, budget) ends, or a Working
     writ without session or tether becomes stale."""
     delays: list[float | None] = []
     pending = {w.world for w in view.writs.values() if w.phase == PENDING}
     for name in pending:
         world = view.worlds.get(name)
-        held = float(world.status.get("rateLimitedUntil") or 0.0) if world else 0.0
-        if held > view.now:
-            delays.append(held - view.now)
+        hold = world_hold(world, view.now)
+        if hold is not None:
+            delays.append(hold.until - view.now)
     alive = has_tether(view)
     for key, writ in view.writs.items():
         if writ.phase != WORKING or alive.get(key):

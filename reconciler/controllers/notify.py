@@ -4,7 +4,7 @@ The sphere config names who hears which events::
 
     # $SOL_HOME/sol.yaml
     notify:
-      - ~/bin/page-me        # failed, escalated, merged, degraded
+      - ~/bin/page-me        # failed, escalated, merged, degraded, rate-limited, budget-exceeded
       - command: "notify-send --app-name=sol"
         events: [merged, failed]             # event types as `sol events` shows them
         timeout: 30s                         # default 60s for a command, 10s for a webhook; max 5m

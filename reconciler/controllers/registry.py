@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 
 from reconciler.controllers import (
+    budget,
     consul,
     degraded,
     envoys,
@@ -33,6 +34,7 @@ RECONCILERS: tuple[AnyReconciler, ...] = (
     worlds.RECONCILER,     # clones, fetches and restores each world's repository
     degraded.RECONCILER,   # enters and leaves the sphere's degraded mode
     ledger.RECONCILER,     # token usage from the agents' transcripts (in the consul)
+    budget.RECONCILER,     # spend held to spec.budget; a cost event per attempt
     consul.RECONCILER,     # dispatch, recovery, waiting reasons, caravan phases
     envoys.RECONCILER,     # persistent agents of a world
     sentinel.RECONCILER,   # agent deaths, respawns, stalls, zombies and orphans

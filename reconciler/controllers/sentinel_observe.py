@@ -15,6 +15,7 @@ from reconciler.controllers.sentinel_plan import (
 )
 from reconciler.core import degraded, tether
 from reconciler.core.errors import SolError
+from reconciler.core.holds import world_hold
 from reconciler.core.model import WORKING, WorldSpec
 from reconciler.drivers import hook, worktrees
 from reconciler.drivers.envoy_names import is_envoy
@@ -90,7 +91,7 @@ def observe(sphere: Sphere, world: str) -> SentinelView:
                  if unowned(sphere, world, p.name)]
     return SentinelView(world, spec, writs, outposts, now, live,
                         degraded.state(store) is not None, tuple(found),
-                        degraded.exit_at(store))
+                        degraded.exit_at(store), world_hold(record, now))
 
 
 def unowned(sphere: Sphere, world: str, agent: str) -> bool:

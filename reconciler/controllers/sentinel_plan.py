@@ -12,6 +12,7 @@ from typing import Any
 
 from reconciler.core.backoff import exponential
 from reconciler.core.durations import format_duration
+from reconciler.core.holds import Hold
 from reconciler.core.home import session_name
 from reconciler.core.model import CANCELLED, DONE, FAILED, MERGED, WORKING, WorldSpec
 from reconciler.core.plan import CREATE, DELETE, NOTE, UPDATE, Action, Plan
@@ -134,6 +135,7 @@ class SentinelView:
     degraded: bool = False
     orphans: tuple[OrphanView, ...] = ()
     degraded_exit: float | None = None  # when Degraded ends if no session dies before
+    hold: Hold | None = None           # a rate limit or the daily budget holds respawns
 
 
 # ---- the planner ----------------------------------------------------------------
@@ -293,6 +295,9 @@ def plan(view: SentinelView) -> Plan:
                                         respawns=respawns))
         elif view.degraded:
             held[where] = "sphere degraded: respawning stopped"
+        elif view.hold is not None and view.hold.until > now:
+            held[where] = view.hold.message(view.world, now)
+            wakes.append(view.hold.until)
         elif now < (due := float(writ.status.get("lastDeath") or 0.0) + backoff(respawns)):
             held[where] = f"backoff: respawn in {due - now:.1f}s"
             wakes.append(due)

@@ -9,7 +9,9 @@ git's message, while the other worlds carry on). See docs/decisions/0002.
 
 It also keeps each world's `Suspended` condition true to `core.suspension` (the world
 or its forge suspended by the spec or by `sol suspend`), so a suspension shows the same
-in `describe` and `-o json` whichever way it was made.
+in `describe` and `-o json` whichever way it was made, and its `RateLimited` and
+`BudgetExceeded` conditions true to `core.holds` (set while a hold lasts, cleared when
+it ends: the plan looks again then).
 """
 
 from __future__ import annotations
@@ -21,12 +23,15 @@ from pathlib import Path
 from reconciler.controllers.base import Reconciler, Scope
 from reconciler.core.conditions import with_condition
 from reconciler.core.errors import SolError
+from reconciler.core.holds import CONDITIONS as HOLD_CONDITIONS
+from reconciler.core.holds import holds
 from reconciler.core.locks import flock
 from reconciler.core.model import ERROR, READY, WorldSpec
 from reconciler.core.plan import CREATE, NOTE, UPDATE, Action, Plan
 from reconciler.core.status import condition
 from reconciler.core.store import Record
 from reconciler.core.suspension import CONDITION, world_condition
+from reconciler.core.times import rfc3339
 from reconciler.drivers import backup, worktrees
 from reconciler.drivers.sphere import Sphere
 from reconciler.specs.changes import target
@@ -100,6 +105,24 @@ def _suspension_change(world: Record) -> str | None:
     return f"condition {CONDITION}={state}: {message}"
 
 
+def hold_changes(world: Record, now: float) -> list[tuple[str, bool, str]]:
+    """The hold conditions (RateLimited, BudgetExceeded) that do not say yet what
+    `core.holds` says now: (type, state, message) to write. A condition never set
+    stays unset while its cause is absent."""
+    current = {h.cause: h for h in holds(world.status, now)}
+    changes = []
+    for cause in HOLD_CONDITIONS:
+        hold = current.get(cause)
+        found = condition(world.status, cause)
+        if hold is not None:
+            message = f"{hold.why}; no new agent and no respawn until {rfc3339(hold.until)}"
+            if (found or {}).get("status") != "True" or found.get("message") != message:
+                changes.append((cause, True, message))
+        elif found is not None and found.get("status") == "True":
+            changes.append((cause, False, "the hold has ended"))
+    return changes
+
+
 def ready_message(branch: str, head: str) -> str:
     return f"{branch} at {head[:12]}"
 
@@ -137,6 +160,10 @@ def plan(view: WorldsView) -> Plan:
         suspended = _suspension_change(r)
         if suspended is not None:
             actions.append(Action(NOTE, "suspended", where, suspended, {"world": r.name}))
+        for cause, state, message in hold_changes(r, view.now):
+            actions.append(Action(NOTE, "hold", where, f"condition {cause}={state}: {message}",
+                                  {"world": r.name}))
+        next_fetch += [h.until for h in holds(r.status, view.now)]
     requeue = max(FETCH_FLOOR, min(next_fetch) - view.now) if next_fetch else None
     return Plan(tuple(actions), requeue)
 
@@ -158,7 +185,23 @@ def act(sphere: Sphere, action: Action) -> bool:
                           expect_version=action.data["version"])
     if action.kind == "suspended":
         return _set_suspended(sphere, world.key)
+    if action.kind == "hold":
+        return _set_holds(sphere, world.key)
     return False
+
+
+def _set_holds(sphere: Sphere, key: tuple[str, str, str]) -> bool:
+    """The hold conditions as the world reads now; False when they already say so."""
+    with sphere.store.transaction():
+        world = sphere.store.get(*key)
+        changes = hold_changes(world, time.time()) if world is not None else []
+        if world is None or not changes:
+            return False
+        status = dict(world.status)
+        for cause, state, message in changes:
+            status["conditions"] = with_condition(status, cause, state, cause if state
+                                                  else "HoldEnded", message)
+        return sphere.store.set_status(key, conditions=status["conditions"]) is not None
 
 
 def _set_suspended(sphere: Sphere, key: tuple[str, str, str]) -> bool:

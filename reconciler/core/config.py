@@ -21,7 +21,8 @@ from reconciler.core.errors import SolError
 from reconciler.core.home import Home
 from reconciler.core.schemas import validate_config
 
-DEFAULT_EVENTS = frozenset({"degraded", "failed", "escalated", "merged"})
+DEFAULT_EVENTS = frozenset({"degraded", "failed", "escalated", "merged", "rate-limited",
+                            "budget-exceeded"})
 """What a plain-string `notify` entry is sent: the events a person must act on or hear."""
 """A plain-string entry hears `degraded` from the sentinel itself, at once (degraded.py),
 so the outbox sends it the rest only: never the same news twice."""

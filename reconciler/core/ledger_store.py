@@ -168,3 +168,36 @@ def _add(entry: dict[str, Any], row: dict[str, Any], prices: Prices) -> None:
             entry["unpriced"].append(model)
         return
     entry["usd"] = (entry["usd"] or Decimal(0)) + price.cost(tokens)
+
+
+def spend(store: Store, prices: Prices, *, world: str, writ: str | None = None,
+          attempt: int | None = None, since: float = 0.0,
+          until: float | None = None) -> tuple[Decimal | None, int]:
+    """What one world (or one writ, or one of its attempts) spent from `since` to
+    `until`: USD (None when no model of it has a price) and tokens of every kind."""
+    sql = (f"SELECT model, {', '.join(f'SUM({c}) AS {c}' for c in TOKEN_COLUMNS)},"
+           " COUNT(*) AS responses FROM usage WHERE world=? AND ts>=?")
+    args: list[Any] = [world, since]
+    for column, value in (("writ", writ), ("attempt", attempt)):
+        if value is not None:
+            sql, args = sql + f" AND {column}=?", [*args, value]
+    if until is not None:
+        sql, args = sql + " AND ts<?", [*args, until]
+    entry = _empty({})
+    for row in store._all(sql + " GROUP BY model", args):
+        _add(entry, dict(row), prices)
+    return entry["usd"], int(entry["tokens"]["total"])
+
+
+def attempts(store: Store) -> list[tuple[str, str, int]]:
+    """Every (world, writ, attempt) with usage recorded: the ones a cost can be told of."""
+    rows = store._all("SELECT DISTINCT world, writ, attempt FROM usage"
+                      " WHERE writ!='' AND attempt IS NOT NULL ORDER BY world, writ, attempt")
+    return [(r["world"], r["writ"], int(r["attempt"])) for r in rows]
+
+
+def marks(store: Store, prefix: str) -> dict[str, str]:
+    """Meta values under a key prefix, by the rest of the key (one query)."""
+    rows = store._all("SELECT key, value FROM meta WHERE key LIKE ? ESCAPE '\\'",
+                      (prefix.replace("%", "\\%").replace("_", "\\_") + "%",))
+    return {r["key"][len(prefix):]: r["value"] for r in rows}

@@ -6,6 +6,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from reconciler.core.durations import DURATION_RE, parse_duration  # noqa: F401 - re-exported
@@ -89,6 +90,36 @@ class Gate:
 
 
 @dataclass(frozen=True)
+class Limit:
+    """A spending limit (`spec.budget`): USD, tokens, or both; either passed is passed."""
+
+    usd: Decimal | None = None
+    tokens: int | None = None
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any] | None) -> Limit | None:
+        if not spec:
+            return None
+        usd = spec.get("usd")
+        return cls(Decimal(str(usd)) if usd is not None else None,
+                   int(spec["tokens"]) if spec.get("tokens") is not None else None)
+
+    def passed(self, usd: Decimal | None, tokens: int) -> str | None:
+        """How a spend passes this limit ("$5.12 of $5.00"), None within it. A spend with
+        no price (an unpriced model) is judged on tokens alone."""
+        if self.usd is not None and usd is not None and usd > self.usd:
+            return f"${usd:.2f} of ${self.usd:.2f}"
+        if self.tokens is not None and tokens > self.tokens:
+            return f"{tokens:,} of {self.tokens:,} tokens"
+        return None
+
+    def __str__(self) -> str:
+        parts = ([f"${self.usd:.2f}"] if self.usd is not None else []) + (
+            [f"{self.tokens:,} tokens"] if self.tokens is not None else [])
+        return " or ".join(parts)
+
+
+@dataclass(frozen=True)
 class WorldSpec:
     source: str
     branch: str = "main"
@@ -104,11 +135,14 @@ class WorldSpec:
     suspend: bool = False
     forge_suspend: bool = False  # the forge starts no new merge; one in progress finishes
     retry_failed_after: float | None = None  # re-drive infrastructure failures after this
+    per_writ: Limit | None = None  # spec.budget.perWrit
+    per_day: Limit | None = None   # spec.budget.perDay
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> WorldSpec:
         forge = spec.get("forge") or {}
         sentinel = spec.get("sentinel") or {}
+        budget = spec.get("budget") or {}
         gates = tuple(
             Gate(g["name"], g["run"], parse_duration(g.get("timeout", "10m")))
             for g in forge.get("gates") or ()
@@ -129,6 +163,8 @@ class WorldSpec:
             forge_suspend=bool(forge.get("suspend", False)),
             retry_failed_after=(parse_duration(sentinel["retryFailedAfter"])
                                 if sentinel.get("retryFailedAfter") else None),
+            per_writ=Limit.from_spec(budget.get("perWrit")),
+            per_day=Limit.from_spec(budget.get("perDay")),
         )
 
 
@@ -141,6 +177,7 @@ class WritSpec:
     depends_on: tuple[str, ...] = ()
     runtime: Runtime | None = None
     suspend: bool = False
+    budget: Limit | None = None  # spec.budget.max
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> WritSpec:
@@ -152,6 +189,7 @@ class WritSpec:
             depends_on=tuple(spec.get("dependsOn") or ()),
             runtime=Runtime.from_spec(spec["runtime"]) if spec.get("runtime") else None,
             suspend=bool(spec.get("suspend", False)),
+            budget=Limit.from_spec((spec.get("budget") or {}).get("max")),
         )
 
 

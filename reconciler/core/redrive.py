@@ -23,6 +23,9 @@ RETRYABLE = (FAILED, CANCELLED)
 FORGET = ("session", "deadSession", "lastDeath", "lastOutput", "nudge", "respawnedAt",
           "resolvedAt", "rateLimit", "rateLimitedUntil")
 """Status keys that belong to the attempts that ended; the next cast sets its own."""
+LIFTED = ("Escalated", "BudgetExceeded")
+"""Conditions a re-drive sets False: the person it called for has answered (a retry
+grants a fresh budget: spend counts from the retry)."""
 
 
 def redrive(store: Store, key: tuple[str, str, str], *, reason: str, message: str, by: str,
@@ -42,9 +45,10 @@ def redrive(store: Store, key: tuple[str, str, str], *, reason: str, message: st
             "message": writ.message, "attempts": int(writ.status.get("attempt") or 1),
         }
         conditions = writ.status.get("conditions") or []
-        if any(c.get("type") == "Escalated" and c.get("status") == "True" for c in conditions):
-            conditions = with_condition(writ.status, "Escalated", False, reason,
-                                        f"re-driven: {message}")
+        for lifted in LIFTED:
+            if any(c.get("type") == lifted and c.get("status") == "True" for c in conditions):
+                conditions = with_condition({"conditions": conditions}, lifted, False, reason,
+                                            f"re-driven: {message}")
         done = store.set_status(
             key, phase=PENDING, reason=reason, message=message, expect_phases=RETRYABLE,
             attempt=1, respawns=0, retries=[*(writ.status.get("retries") or []), entry],

@@ -8,7 +8,7 @@ with its offset, so a time pasted into a ticket means one instant.
 from __future__ import annotations
 
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 
 
 def rfc3339(ts: float) -> str:
@@ -39,3 +39,11 @@ def age(ts: float | None, now: float | None = None) -> str:
         return f"{hours}h"
     days = hours // 24
     return f"{days}d{hours % 24}h" if days < 8 and hours % 24 else f"{days}d"
+
+
+def day_bounds(now: float) -> tuple[float, float]:
+    """The local calendar day holding `now` (what `perDay` budgets and `sol cost --by day`
+    count in): its first second and the next midnight."""
+    day = datetime.fromtimestamp(now).date()
+    start = datetime.combine(day, datetime.min.time())
+    return start.timestamp(), (start + timedelta(days=1)).timestamp()
