@@ -34,9 +34,10 @@ GROUPS = {
 
 @dataclass(frozen=True)
 class FileState:
-    """How far one transcript was read: its identity (inode), size and mtime when read,
-    the byte offset after the last complete line, and what the reader keeps between
-    reads (the session's model and attribution)."""
+    """How far one transcript was read: its identity (inode), size and mtime when read
+    (size = offset when a pass's budget stopped it short, so the next stat differs), the
+    byte offset after the last complete line, and what the reader keeps between reads
+    (the session's model and attribution)."""
 
     path: str
     source: str

@@ -20,6 +20,12 @@ newline. A file whose inode changed, that shrank below the offset, or whose byte
 the offset is no longer a newline (rewritten) is read again from 0; the per-id dedupe
 of ledger_store makes that count nothing twice.
 
+How much: a pass given a budget (the ledger reconciler's, PASS_BYTES) reads at most that
+many bytes across files, smallest backlog first, each file to the last complete line
+within what is left; a line longer than what is left is still read whole, so every file
+moves on. A file stopped short is recorded with size = offset, which no stat matches, so
+the next pass reads on from there. `sync` without a budget (`sol cost`) reads it all.
+
 Attribution: the transcript's cwd (Claude: each line; Codex: `session_meta`) is a
 worktree, `home.worktree(world, agent)` or an envoy's, which names the world and agent
 (or envoy); else the station the file lives under. The writ is the branch the CLI
@@ -50,6 +56,10 @@ from reconciler.core.tether import read as read_tether
 
 CLAUDE, CODEX = "claude", "codex"
 BRANCH_PREFIX = "sol/"
+PASS_BYTES = 32 * 1024 * 1024
+"""The most one ledger pass reads (plus at most one long line): 1 GB of transcripts read
+at once would hold the consul, and with it dispatch, for 40 s or more; in passes of
+~1.5 s (tests/bench/bench_ledger.py) the backlog is read with dispatch running between."""
 
 
 @dataclass(frozen=True)
@@ -239,9 +249,10 @@ PARSERS = {CLAUDE: (_claude, b'"usage"'), CODEX: (_codex, b'"type"')}
 
 
 def read(store: Store, who: Attribution, seen: Seen, state: FileState | None,
-         now: float) -> bool:
-    """Read what `seen` holds past `state` and record it; False if another reader
-    recorded this file first (it is looked at again on the next pass)."""
+         now: float, limit: int | None = None) -> int | None:
+    """Read what `seen` holds past `state` (at most `limit` bytes, to a line end, or one
+    whole line when the first is longer) and record it; returns the bytes read, None if
+    another reader recorded this file first (it is looked at again on the next pass)."""
     start = 0
     context: dict[str, Any] = {}
     if state is not None and state.inode == seen.inode and state.offset <= seen.size:
@@ -257,9 +268,11 @@ def read(store: Store, who: Attribution, seen: Seen, state: FileState | None,
                     start = 0
                     context = {k: v for k, v in context.items() if k in ("writ", "attempt")}
                     handle.seek(0)
-            data = handle.read()
+            data = handle.read() if limit is None else handle.read(max(1, limit))
+            if limit is not None and len(data) >= limit and b"\n" not in data:
+                data += handle.readline()  # one line longer than the share: read it whole
     except OSError:
-        return False
+        return None
     end = data.rfind(b"\n") + 1
     parse, needle = PARSERS[seen.source]
     records: list[Usage] = []
@@ -274,20 +287,40 @@ def read(store: Store, who: Attribution, seen: Seen, state: FileState | None,
             record = parse(obj, seen.path, now, who, context)
             if record is not None:
                 records.append(record)
-    new = FileState(seen.path, seen.source, st.st_ino, st.st_size, st.st_mtime_ns,
-                    start + end, context)
+    short = start + len(data) < st.st_size  # stopped by the limit: size = offset, so the
+    size = start + end if short else st.st_size  # next stat differs and it reads on
+    new = FileState(seen.path, seen.source, st.st_ino, size, st.st_mtime_ns, start + end,
+                    context)
     expect = state.offset if state is not None else None
-    return ledger_store.advance(store, new, expect, records)
+    return len(data) if ledger_store.advance(store, new, expect, records) else None
 
 
-def sync(home: Home, store: Store, now: float, only: set[str] | None = None) -> int:
-    """Read every transcript that changed since it was last read (or those in `only`);
-    returns how many files were read."""
+def backlog(seen: Seen, state: FileState | None) -> int:
+    """Bytes of `seen` not read yet (all of it when it is new or was replaced)."""
+    if state is None or state.inode != seen.inode or state.offset > seen.size:
+        return seen.size
+    return seen.size - state.offset
+
+
+def sync(home: Home, store: Store, now: float, only: set[str] | None = None,
+         budget: int | None = None) -> int:
+    """Read every transcript that changed since it was last read (or those in `only`),
+    at most `budget` bytes in all (None: everything); returns how many files were read.
+    Smallest backlog first: an agent's few new lines are counted at once even while a
+    large backlog is read over several passes."""
     places = stations(home)
     who = Attribution(home, places)
     known = ledger_store.files(store)
+    changed = [s for s in transcripts(home, places)
+               if (only is None or s.path in only) and not unchanged(s, known.get(s.path))]
+    changed.sort(key=lambda s: backlog(s, known.get(s.path)))
     done = 0
-    for seen in transcripts(home, places):
-        if (only is None or seen.path in only) and not unchanged(seen, known.get(seen.path)):
-            done += read(store, who, seen, known.get(seen.path), now)
+    left = budget
+    for seen in changed:
+        if left is not None and left <= 0:
+            break
+        got = read(store, who, seen, known.get(seen.path), now, left)
+        if got is not None:
+            done += 1
+            left = None if left is None else left - got
     return done

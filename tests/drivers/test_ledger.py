@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from ledger_fixtures import EXPECTED, VEGA, install, remove
 from reconciler.controllers import ledger as controller
 from reconciler.core import ledger_store
 from reconciler.core.home import Home
+from reconciler.core.plan import Plan
 from reconciler.core.prices import Prices
 from reconciler.core.store import Store
 from reconciler.core.tether import Tether, write
@@ -225,6 +227,92 @@ def _sphere(home: Home, store: Store):  # noqa: ANN202 - a Sphere over this stor
     sphere = Sphere.__new__(Sphere)
     sphere.home, sphere.store = home, store
     return sphere
+
+
+def _conversation(home: Home, lines: list[str]) -> Path:
+    path = home.outpost("shop", "vega") / "claude" / "projects" / "p" / "s.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(lines))
+    return path
+
+
+def _pass(home: Home, store: Store, budget: int) -> Plan:
+    """One ledger pass as the consul makes it, with a smaller budget: observe, plan, act."""
+    sphere = _sphere(home, store)
+    plan = controller.plan(replace(controller.observe(sphere), budget=budget))
+    for action in plan.actions:
+        controller.act(sphere, action)
+    return plan
+
+
+def test_a_pass_stops_at_its_budget_on_a_line_end_and_the_next_reads_on(
+        sol_home: Home, store: Store) -> None:
+    """Ten lines of one length; a budget of two and a half: each pass takes two whole
+    lines, says what is left and asks to look again soon; the sums come out exact."""
+    lines = [line(f"msg_c{n}", (n, 1, 10 + n, 100), sol_home) for n in range(10)]
+    width = len(lines[0].encode())
+    assert {len(t.encode()) for t in lines} == {width}
+    path = _conversation(sol_home, lines)
+    budget = width * 5 // 2
+    offsets, plans = [], []
+    while (plan := _pass(sol_home, store, budget)).actions:
+        plans.append(plan)
+        offsets.append(ledger_store.files(store)[str(path)].offset)
+    assert offsets == [2 * width, 4 * width, 6 * width, 8 * width, 10 * width]
+    assert [p.requeue_after for p in plans] == [controller.AGAIN] * 4 + [None]
+    assert plans[0].actions[0].description == (
+        f"read up to {budget} of {10 * width} new bytes of 1 transcript, "
+        f"{10 * width - budget} left for the next passes")
+    assert plans[-1].actions[0].description == f"read {2 * width} new bytes of 1 transcript"
+    assert by(store, "writ")["shop/add-rate-limit"] == {
+        "input": 45, "output": 10, "cacheWrite": 145, "cacheRead": 1000}
+    assert len(rows(store)) == 10
+
+
+def test_a_line_longer_than_the_budget_is_read_whole_so_the_file_moves_on(
+        sol_home: Home, store: Store) -> None:
+    lines = [line(f"msg_l{n}", (n + 1, 0, 0, 0), sol_home) for n in range(3)]
+    path = _conversation(sol_home, lines)
+    ends = [sum(len(t.encode()) for t in lines[:n + 1]) for n in range(3)]
+    offsets = []
+    while ledger.sync(sol_home, store, time.time(), budget=10):
+        offsets.append(ledger_store.files(store)[str(path)].offset)
+    assert offsets == ends  # one line a pass, never a piece of one
+    assert by(store, "writ")["shop/add-rate-limit"]["input"] == 1 + 2 + 3
+    # a partial last line longer than the budget waits for its newline, read once
+    last = line("msg_l9", (1000, 0, 0, 0), sol_home)
+    with path.open("a") as handle:
+        handle.write(last[:-20])
+    assert ledger.sync(sol_home, store, time.time(), budget=10) == 1
+    assert ledger_store.files(store)[str(path)].offset == ends[-1]
+    assert ledger.sync(sol_home, store, time.time(), budget=10) == 0
+    with path.open("a") as handle:
+        handle.write(last[-20:])
+    assert ledger.sync(sol_home, store, time.time(), budget=10) == 1
+    assert by(store, "writ")["shop/add-rate-limit"]["input"] == 1006
+
+
+def test_a_budget_is_shared_by_all_the_files_of_a_pass_and_the_sums_stay_exact(
+        sol_home: Home, store: Store) -> None:
+    """The fixture's four transcripts, 700 bytes a pass: each pass reads at most that (plus
+    one line), every file stops on a line end, and at the end the figures are the whole
+    fixture's, nothing counted twice."""
+    placed = install(sol_home)
+    longest = max(len(t) for p in placed for t in p.read_bytes().splitlines(keepends=True))
+    passes, before = 0, 0
+    while ledger.sync(sol_home, store, time.time(), budget=700):
+        passes += 1
+        states = ledger_store.files(store)
+        for state in states.values():
+            assert Path(state.path).read_bytes()[state.offset - 1:state.offset] == b"\n"
+        after = sum(s.offset for s in states.values())
+        assert 0 < after - before <= 700 + longest
+        before = after
+    assert passes >= sum(p.stat().st_size for p in placed) // (700 + longest)
+    assert passes > 4
+    assert by(store, "writ") == EXPECTED["writs"]
+    assert by(store, "model") == EXPECTED["models"]
+    assert len(rows(store)) == 9
 
 
 def test_nothing_is_left_when_the_transcripts_go(sol_home: Home, store: Store) -> None:
