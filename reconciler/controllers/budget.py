@@ -210,20 +210,21 @@ def _stop(sphere: Sphere, action: Action) -> bool:
         message = (f"spent {d['passed']} ({d['limit']}): agent "
                    f"{agent.name if agent else '?'} stopped; branch sol/{name} and its "
                    "worktree kept. Raise the limit or `sol retry writ` to go on")
-        done = store.set_status(writ.key, phase=FAILED, reason=BUDGET_EXCEEDED,
-                                message=message, expect_version=writ.version, session=None,
-                                failedAt=time.time(),
-                                conditions=with_condition(writ.status, BUDGET_EXCEEDED, True,
-                                                          BUDGET_EXCEEDED, message))
-        if done is None:
-            return False
+        with store.transaction():  # Failed and escalated at once: no reader sees half
+            done = store.set_status(writ.key, phase=FAILED, reason=BUDGET_EXCEEDED,
+                                    message=message, expect_version=writ.version,
+                                    session=None, failedAt=time.time(),
+                                    conditions=with_condition(writ.status, BUDGET_EXCEEDED,
+                                                              True, BUDGET_EXCEEDED, message))
+            if done is None:
+                return False
+            escalate(store, world, name, message, source="Budget")
+            store.event("failed", kind="Writ", world=world, name=name, message=message,
+                        reason=BUDGET_EXCEEDED)
         release(sphere, world, name, reason=f"over budget: {d['passed']}; work kept")
         if agent is not None:
             store.put_agent(world, agent.name, writ=name, runtime=agent.runtime,
                             state="failed")
-        escalate(store, world, name, message, source="Budget")
-        store.event("failed", kind="Writ", world=world, name=name, message=message,
-                    reason=BUDGET_EXCEEDED)
     return True
 
 

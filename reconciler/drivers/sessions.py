@@ -41,6 +41,7 @@ if TYPE_CHECKING:  # libtmux is imported when a session is first driven, not by 
 from reconciler.core.errors import SolError
 from reconciler.core.home import private
 from reconciler.drivers import launcher
+from reconciler.drivers.processes import descendants, end
 
 HISTORY_LIMIT = 100_000
 """Scrollback lines kept per pane, so recent_output and `sol attach` see long runs."""
@@ -364,10 +365,17 @@ class TmuxSessions(SessionBackend):
                 ";", "set-hook", "-g", "session-closed", command]
 
     def stop(self, name: str) -> None:
+        """kill-session, then whatever the session's process started that outlived it:
+        a CLI's tool commands run in sessions of their own and would go on working in
+        the worktree of a writ that was stopped."""
         _check_name(name)
+        pid = self.pane_pid(name)
+        tree = descendants(pid) if pid else []
         result = self._run("kill-session", "-t", f"={name}")
         if result.returncode != 0 and not _absent(" ".join(result.stderr)):
             raise self._failed(f"stop session {name}", result)
+        if tree:
+            end(tree)
 
     def is_alive(self, name: str) -> bool:
         _check_name(name)

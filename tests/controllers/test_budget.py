@@ -15,6 +15,7 @@ from pathlib import Path
 from conftest import git, poll
 from helpers import store, tmux_sessions, world_yaml, writ_status, writ_yaml, write_specs
 
+from reconciler.controllers import sentinel
 from reconciler.controllers.budget import (
     BudgetView,
     Spend,
@@ -22,7 +23,6 @@ from reconciler.controllers.budget import (
     WritBudget,
     plan,
 )
-from reconciler.controllers import sentinel
 from reconciler.controllers.consul_plan import Snapshot, why_waiting
 from reconciler.core.holds import world_hold
 from reconciler.core.home import Home

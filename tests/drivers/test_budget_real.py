@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import psutil
 import pytest
 from conftest import git, poll
 from helpers import tmux_sessions, writ_status, write_specs
@@ -17,6 +18,15 @@ from reconciler.core.home import Home
 from tests.fakes.anthropic_server import AnthropicServer, usage_for
 
 pytestmark = pytest.mark.timeout(300)
+
+
+def working_in(path: Path) -> list[str]:
+    """The command lines of the processes whose working directory is `path`."""
+    found = []
+    for proc in psutil.process_iter(["cwd", "cmdline"]):
+        if proc.info["cwd"] == str(path):
+            found.append(" ".join(proc.info["cmdline"] or []))
+    return found
 
 
 def test_a_writ_past_its_max_is_stopped_mid_turn_and_keeps_its_branch(
@@ -40,6 +50,9 @@ def test_a_writ_past_its_max_is_stopped_mid_turn_and_keeps_its_branch(
         agent = record.status["agent"]
         poll(lambda: f"sol-shop-{agent}" not in tmux_sessions(sol_home),
              what="its session stopped")
+        # ... and the tool command it was running (in a session of its own) with it
+        poll(lambda: not working_in(sol_home.worktree("shop", agent)), timeout=10,
+             what="no process left working in the stopped writ's worktree")
     assert record.reason == "BudgetExceeded"
     assert f"spent {first:,} of 2,000 tokens (spec.budget.max)" in record.message
     conditions = {c["type"]: c["status"] for c in record.status["conditions"]}
