@@ -27,7 +27,7 @@ from reconciler.controllers.consul_plan import Snapshot, why_waiting
 from reconciler.core.holds import world_hold
 from reconciler.core.home import Home
 from reconciler.core.model import FAILED, RESOLVED, WORKING, Limit
-from reconciler.core.times import day_bounds
+from reconciler.core.times import day_bounds, rfc3339
 from reconciler.drivers.sessions import TmuxSessions
 from reconciler.drivers.sphere import Sphere
 from tests.controllers.test_suspension_plan import world as world_record
@@ -228,3 +228,22 @@ def test_a_world_past_its_day_casts_and_respawns_nothing_more(
     assert "respawn" not in [x.kind for x in planned.actions]
     assert "spent 1,100 of 1,000 tokens today" in planned.waiting["writ/shop/a"]
     assert f"sol-shop-{agent}" not in tmux_sessions(sol_home)
+
+
+def test_the_world_conditions_follow_its_holds() -> None:
+    from reconciler.controllers.worlds import hold_changes
+
+    assert hold_changes(world_record(), NOW) == []  # never held: no condition written
+    held = world_record({"rateLimitedUntil": NOW + 60, "budgetHeldUntil": END,
+                         "budgetHeld": "$10.50 of $10.00"})
+    changes = {cause: (state, message) for cause, state, message in hold_changes(held, NOW)}
+    assert changes["RateLimited"][0] is True and "until" in changes["RateLimited"][1]
+    assert changes["BudgetExceeded"] == (
+        True, "spent $10.50 of $10.00 today (spec.budget.perDay); no new agent and no "
+        f"respawn until {rfc3339(END)}")
+    shown = world_record({**held.status, "conditions": [
+        {"type": cause, "status": "True", "message": message}
+        for cause, (_, message) in changes.items()]})
+    assert hold_changes(shown, NOW) == []  # already says so
+    assert [(c, s) for c, s, _ in hold_changes(shown, END + 1)] == [
+        ("RateLimited", False), ("BudgetExceeded", False)]  # both ended: cleared
