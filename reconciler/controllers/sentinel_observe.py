@@ -17,11 +17,13 @@ from reconciler.core import degraded, tether
 from reconciler.core.errors import SolError
 from reconciler.core.holds import world_hold
 from reconciler.core.model import WORKING, WorldSpec
+from reconciler.core.store import Record
 from reconciler.drivers import hook, worktrees
 from reconciler.drivers.envoy_names import is_envoy
 from reconciler.drivers.outposts import (
     parse_session,
 )
+from reconciler.drivers.runtimes import codex
 from reconciler.drivers.sphere import Sphere
 
 
@@ -33,8 +35,9 @@ def read_tether(sphere: Sphere, world: str, agent: str) -> tuple[bool, TetherVie
         t = tether.read(path)
     except SolError:
         return True, None
-    return True, TetherView(t.writ, t.session, float(t.updated_at),
-                            hooks=t.runtime.get("name") == "claude")
+    name = str(t.runtime.get("name") or "")
+    return True, TetherView(t.writ, t.session, float(t.updated_at), hooks=name == "claude",
+                            runtime=name)
 
 
 def _activity(sphere: Sphere, world: str, agent: str) -> ActivityView | None:
@@ -45,6 +48,23 @@ def _activity(sphere: Sphere, world: str, agent: str) -> ActivityView | None:
     return ActivityView(str(data.get("state") or ""), float(data["at"]),
                         str(data.get("session") or ""), str(data.get("error") or ""),
                         str(data.get("message") or ""))
+
+
+def _codex_activity(sphere: Sphere, world: str, agent: str, view: TetherView,
+                    writ: Record | None) -> ActivityView | None:
+    """A live Codex agent's rollout, read as its hooks would speak (`codex.activity`), but
+    only while it matters: rate limited now, or RateLimited still on its writ (so working
+    again clears it). Otherwise None: pane silence judges a codex stall, as before."""
+    home = sphere.home
+    begun = (hook.read(home.outpost(world, agent) / codex.CONVERSATION) or {}).get("since")
+    since = view.updated_at
+    found = codex.activity(home.codex_home.absolute(), home.worktree(world, agent), since,
+                           min(begun, since) if isinstance(begun, int | float) else since)
+    limited = writ is not None and writ.name == view.writ and writ.status.get("rateLimit")
+    if found is None or found.at < since or not (found.state == "rate-limited" or limited):
+        return None  # (a resumed conversation's last turn may be an earlier session's)
+    return ActivityView(found.state, found.at, view.session, found.error, found.message,
+                        found.until, polled=True)
 
 
 def _mtime(path: os.PathLike[str]) -> float | None:
@@ -79,11 +99,16 @@ def observe(sphere: Sphere, world: str) -> SentinelView:
     for agent in names:
         has_file, view = read_tether(sphere, world, agent)
         row = agents.get(agent)
+        alive = sessions.get(agent)
+        activity = None
+        if alive and view is not None and view.runtime == "codex":
+            activity = _codex_activity(sphere, world, agent, view, writs.get(view.writ))
+        elif alive:
+            activity = _activity(sphere, world, agent)
         outposts[agent] = OutpostView(
-            agent, has_file, view, sessions.get(agent),
-            _mtime(home.agent_log(world, agent)) if sessions.get(agent) else None,
-            row.writ if row else None,
-            _activity(sphere, world, agent) if sessions.get(agent) else None)
+            agent, has_file, view, alive,
+            _mtime(home.agent_log(world, agent)) if alive else None,
+            row.writ if row else None, activity)
     live = sum(1 for a, alive in sessions.items() if alive and not is_envoy(a))
     found: list[OrphanView] = []
     if spec is not None:

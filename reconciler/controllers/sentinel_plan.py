@@ -23,6 +23,7 @@ from reconciler.specs.changes import target
 BACKOFF_MAX = 60.0
 HOOK_GRACE = 120.0  # pane silence judges a hooked agent only if its hooks never spoke
 RATE_LIMIT_HOLD = 60.0  # seconds a rate-limited world waits when the error names no reset
+RATE_LIMIT_POLL = 2.0  # told to go on, a CLI without hooks is looked at this often
 _RETRY_AFTER = re.compile(r"(?:retry|try again|resets?)\D{0,20}?(\d+(?:\.\d+)?)\s*s", re.I)
 ZOMBIE_GRACE = 5.0  # an agent's writ changed this recently: its session may be ending itself
 ENDED = frozenset({MERGED, CANCELLED, FAILED, DONE})
@@ -87,17 +88,22 @@ class TetherView:
     session: str
     updated_at: float  # written at cast and at each respawn: when the session started
     hooks: bool = False  # its runtime reports through hooks (claude)
+    runtime: str = ""    # the runtime's name
 
 
 @dataclass(frozen=True)
 class ActivityView:
-    """What the agent's CLI last told sol through its hooks (`reconciler.drivers.hook`)."""
+    """What the agent's CLI last told sol through its hooks (`reconciler.drivers.hook`),
+    or, for a CLI without hooks (codex), what its own log says (`polled`: nothing wakes
+    the sentinel when that changes)."""
 
     state: str                         # working | idle | rate-limited | error
     at: float                          # when it entered that state
     session: str                       # the sol session id it was told in
     error: str = ""
     message: str = ""
+    until: float | None = None         # the reset time the CLI recorded, if any
+    polled: bool = False
 
 
 @dataclass(frozen=True)
@@ -159,8 +165,10 @@ def _writ_action(op: str, kind: str, writ: Record, text: str, **data: Any) -> Ac
 
 
 def rate_limit_until(a: ActivityView) -> float:
-    """When a rate-limited agent may try again: the reset time its error named, else
-    RATE_LIMIT_HOLD after the error."""
+    """When a rate-limited agent may try again: the reset time its CLI recorded or its
+    error named, else RATE_LIMIT_HOLD after the error."""
+    if a.until is not None and a.until > a.at:
+        return min(a.until, a.at + 86400.0)
     match = _RETRY_AFTER.search(a.message or "")
     wait = float(match.group(1)) if match else RATE_LIMIT_HOLD
     return a.at + min(max(wait, 1.0), 3600.0)
@@ -170,7 +178,8 @@ def _plan_activity(writ: Record, a: ActivityView, spec: WorldSpec, now: float
                    ) -> tuple[Action | None, float | None]:
     """A CLI with hooks: never nudged while a turn runs (a long tool call, a slow
     stream); nudged once `stallAfter` after its turn ended without `sol resolve`, then
-    Stalled if the next turn also ends so; rate limits wait for their reset instead."""
+    Stalled if the next turn also ends so; rate limits wait for their reset instead.
+    Codex (`polled`) comes here only while rate limited or RateLimited."""
     after, session = spec.stall_after, str(writ.status.get("session"))
     limited = writ.status.get("rateLimit")
     if a.state == "rate-limited":
@@ -181,8 +190,10 @@ def _plan_activity(writ: Record, a: ActivityView, spec: WorldSpec, now: float
                                 at=a.at, until=until, error=a.error,
                                 said=a.message[:300]), None
         sent = float(limited.get("sentAt") or 0.0)
-        if sent and now < sent + RATE_LIMIT_HOLD:
-            return None, sent + RATE_LIMIT_HOLD  # told to go on: its next turn shows
+        if sent and now < sent + RATE_LIMIT_HOLD:  # told to go on: its next turn shows
+            if a.polled:  # in its log only: look again soon, before the turn is over
+                return None, min(sent + RATE_LIMIT_HOLD, now + RATE_LIMIT_POLL)
+            return None, sent + RATE_LIMIT_HOLD
         if now >= until:
             return _writ_action(UPDATE, "rate-limit-over", writ,
                                 "the rate limit has reset: tell the agent to go on",

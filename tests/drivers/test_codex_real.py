@@ -22,7 +22,10 @@ from helpers import writ_status, write_specs
 from test_claude_real import _pane_pid, agent_logs, commit, events, merged, writ
 from test_prefect import daemon_commands
 
+from reconciler.controllers.sentinel_act import GO_ON
+from reconciler.controllers.sentinel_plan import RATE_LIMIT_HOLD
 from reconciler.core.home import Home
+from reconciler.core.store import Store
 from reconciler.drivers.runtimes import codex
 from tests.fakes.openai_server import OpenAIServer
 
@@ -160,6 +163,62 @@ def test_a_killed_codex_resumes_its_conversation(
     assert resumed["slot"] == 2
     assert len(events(sol_home, "respawned")) == 1
     assert git(sol_home.repo("shop"), "show", "main:two.txt") == "two"
+
+
+def test_a_rate_limited_codex_waits_holds_its_world_then_goes_on(
+        sol_home: Home, repo: Path, tmp_path: Path, model: OpenAIServer) -> None:
+    """Codex retries a 429 five times, then ends its turn and waits at its prompt: sol
+    reads that in the rollout, holds the world (no nudge, no stall, no new cast) until
+    the limit resets, then tells it to go on."""
+    model.script("writ `busy`", [
+        {"error": 429, "times": 6, "retry_after": 1},  # the first try and 5 retries
+        {"text": "Going on after the rate limit.", "bash": "sleep 3"},
+        commit("busy.txt", "done"),
+    ])
+    model.script("writ `later`", [commit("later.txt", "later")])
+    specs = write_specs(tmp_path / "specs", world(repo, stall="5s"), writ("busy"))
+    with daemon_commands(sol_home, tmp_path) as sol:
+        assert sol("up", "-f", str(specs)).returncode == 0
+        record = poll(lambda: (r := writ_status(sol_home, "shop", "busy")) is not None
+                      and r.status.get("rateLimit") and r, timeout=120, interval=0.2,
+                      what="RateLimited on writ busy")
+        limit = record.status["rateLimit"]
+        [condition] = [c for c in record.status["conditions"] if c["type"] == "RateLimited"]
+        assert condition["status"] == "True" and "429 Too Many Requests" in condition["message"]
+        assert limit["error"] == "429" and limit["until"] == limit["at"] + RATE_LIMIT_HOLD
+        store = Store(sol_home.db)
+        try:
+            held = store.get("World", "", "shop").status["rateLimitedUntil"]
+        finally:
+            store.close()
+        assert held == limit["until"]
+        # A writ applied while the world is held waits, saying why.
+        write_specs(specs, world(repo, stall="5s"), writ("busy"), writ("later"))
+        assert sol("apply", "-f", str(specs)).returncode == 0
+        waiting = poll(lambda: (r := writ_status(sol_home, "shop", "later")) is not None
+                       and "rate limited" in (r.message or "") and r, timeout=30,
+                       what="writ later to wait for the rate limit")
+        assert waiting.phase == "Pending"
+        listing = sol("get", "writs")
+        assert "rate limited" in listing.stdout, listing.stdout
+        # After the reset the agent is told to go on; its new turn clears RateLimited.
+        assert model.wait_for(lambda s: s.saw(GO_ON), timeout=RATE_LIMIT_HOLD + 30)
+        poll(lambda: events(sol_home, "rate-limit-cleared"), timeout=30,
+             what="RateLimited cleared")
+        poll(lambda: merged(sol_home, "busy") and merged(sol_home, "later"), timeout=120,
+             interval=0.5, what="both writs merged after the rate limit")
+
+    record = writ_status(sol_home, "shop", "busy")
+    [condition] = [c for c in record.status["conditions"] if c["type"] == "RateLimited"]
+    assert condition["status"] == "False" and not record.status.get("rateLimit")
+    [over] = events(sol_home, "rate-limit-over")
+    assert over.ts >= held  # told to go on once the limit had reset, not before
+    [cast] = [e for e in events(sol_home, "cast") if e.name == "later"]
+    assert cast.ts >= held  # not cast while the world was held
+    assert not events(sol_home, "nudged") and not events(sol_home, "stalled")
+    assert not events(sol_home, "respawned") and not events(sol_home, "escalated")
+    assert len(events(sol_home, "rate-limited")) == 1
+    assert git(sol_home.repo("shop"), "show", "main:busy.txt") == "done"
 
 
 def test_seeding_trusts_each_worktree_and_drops_gone_ones(tmp_path: Path) -> None:

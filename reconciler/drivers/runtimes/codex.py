@@ -14,14 +14,24 @@ Codex writes each session's whole environment (API key included) to
 A respawn of the same attempt continues the CLI's own conversation (`codex resume
 <id>`), found in the session JSONL whose `cwd` is the worktree; a new attempt starts
 a fresh one.
+
+Codex has no hooks, so what Claude's hooks tell the sentinel is read from the tail of
+the same rollout (`activity`): a turn starts with a `task_started` event and ends with
+`task_complete`, which carries the turn's `error` when the CLI gave up on the API (after
+its own retries: a rate limit ends the turn, the TUI stays up and waits for input).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from reconciler.core.files import write_private
 from reconciler.core.locks import flock
@@ -35,6 +45,12 @@ DEFAULT_BASE_URL = "https://api.openai.com/v1"
 KEY_VAR = "OPENAI_API_KEY"
 CONVERSATION = "codex.json"
 """Beside the tether: which writ and attempt the CLI last started for, and when."""
+TAIL_BYTES = 64 * 1024
+"""How much of a rollout's end `activity` reads: the last turn's events are there."""
+RATE_LIMITED = re.compile(r"\b(?:429|529)\b|rate.?limit|too many requests|overloaded"
+                          r"|usage.?limit", re.I)
+"""An error that means "wait" (the limit resets), not "stuck": 0.171.0 says `exceeded
+retry limit, last status: 429 Too Many Requests` with `http_status_code` 429."""
 
 
 def _quote(value: str) -> str:
@@ -103,23 +119,65 @@ def session_env(env: dict[str, str], directory: Path) -> dict[str, str]:
     return {**env, "CODEX_HOME": str(directory)}
 
 
+def _rollouts(directory: Path, since: float, begun: float) -> Iterator[tuple[float, Path]]:
+    """Each rollout written since `since` (its mtime), looking only in the day directories
+    (`sessions/YYYY/MM/DD`) from the day before `begun` on: a resumed conversation's file
+    stays in the day it began, and the day may be local time."""
+    first = datetime.fromtimestamp(max(begun - 86400, 0), UTC).timetuple()[:3]
+    root = directory / "sessions"
+
+    def numbered(path: Path) -> list[tuple[int, Path]]:
+        try:
+            return [(int(p.name), p) for p in path.iterdir() if p.name.isdigit()]
+        except OSError:
+            return []
+
+    for year, ypath in numbered(root):
+        if year < first[0]:
+            continue
+        for month, mpath in numbered(ypath):
+            if (year, month) < first[:2]:
+                continue
+            for day, dpath in numbered(mpath):
+                if (year, month, day) < first:
+                    continue
+                for path in dpath.glob("rollout-*.jsonl"):
+                    try:
+                        mtime = path.stat().st_mtime
+                    except OSError:
+                        continue
+                    if mtime >= since:
+                        yield mtime, path
+
+
+def _meta(path: Path) -> dict[str, Any]:
+    """The `session_meta` payload on a rollout's first line ({} when unreadable)."""
+    try:
+        with path.open(encoding="utf-8") as handle:
+            meta = json.loads(handle.readline())
+    except (OSError, ValueError):
+        return {}
+    payload = meta.get("payload") if isinstance(meta, dict) else None
+    return payload if isinstance(payload, dict) else {}
+
+
+def rollout(directory: Path, worktree: Path, since: float, begun: float | None = None
+            ) -> tuple[Path, str] | None:
+    """The newest rollout (and its session id) whose `cwd` is `worktree`, written since
+    `since`; `begun` (default `since`) is when its conversation began."""
+    want = str(Path(worktree).absolute())
+    for _, path in sorted(_rollouts(directory, since, since if begun is None else begun),
+                          reverse=True):
+        payload = _meta(path)
+        if payload.get("cwd") == want and payload.get("id"):
+            return path, str(payload["id"])
+    return None
+
+
 def find_session(directory: Path, worktree: Path, since: float) -> str | None:
     """The id of the newest CLI session in `worktree` written since `since`, or None."""
-    want = str(Path(worktree).absolute())
-    found: list[tuple[float, str]] = []
-    for path in (directory / "sessions").glob("*/*/*/rollout-*.jsonl"):
-        try:
-            mtime = path.stat().st_mtime
-            if mtime < since:
-                continue
-            with path.open(encoding="utf-8") as handle:
-                meta = json.loads(handle.readline())
-        except (OSError, ValueError):
-            continue
-        payload = meta.get("payload") if isinstance(meta, dict) else None
-        if isinstance(payload, dict) and payload.get("cwd") == want and payload.get("id"):
-            found.append((mtime, str(payload["id"])))
-    return max(found)[1] if found else None
+    found = rollout(directory, worktree, since)
+    return found[1] if found else None
 
 
 def resume_id(station: Path, directory: Path, worktree: Path, writ: str,
@@ -143,3 +201,115 @@ def argv(model: str | None, *, prompt: str, resume: str | None = None) -> list[s
              *(["-m", model] if model else [])]
     command = ["codex", "resume", *flags, resume] if resume else ["codex", *flags]
     return ["/bin/sh", "-c", 'umask 077 && exec "$@"', "codex", *command, prompt]
+
+
+# ---- what the agent is doing, from its rollout -------------------------------------
+
+
+@dataclass(frozen=True)
+class Activity:
+    """What a rollout's last turn event says (the hooks' word, for a CLI without hooks)."""
+
+    state: str                    # working | idle | rate-limited | error
+    at: float                     # the event's timestamp
+    error: str = ""               # the HTTP status of a failed turn (else codex's kind)
+    message: str = ""
+    until: float | None = None    # when the exhausted limit resets, if the rollout says
+
+
+def _timestamp(value: object) -> float | None:
+    try:
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def _find(obj: object, key: str) -> object:
+    """The first value of `key` anywhere in nested dicts (codex nests the status in the
+    error kind: `{"response_too_many_failed_attempts": {"http_status_code": 429}}`)."""
+    if isinstance(obj, dict):
+        if key in obj:
+            return obj[key]
+        for value in obj.values():
+            found = _find(value, key)
+            if found is not None:
+                return found
+    return None
+
+
+def _reset(limits: object) -> float | None:
+    """When an exhausted window of a `token_count`'s `rate_limits` resets (epoch s)."""
+    if not isinstance(limits, dict):
+        return None
+    ends = [float(w["resets_at"]) for w in (limits.get("primary"), limits.get("secondary"))
+            if isinstance(w, dict) and isinstance(w.get("resets_at"), int | float)
+            and float(w.get("used_percent") or 0) >= 100]
+    return max(ends) if ends else None
+
+
+def _ended(error: object, at: float, reset: float | None) -> Activity:
+    """The state after a `task_complete`: idle, or its error classified."""
+    if not error:
+        return Activity("idle", at)
+    message = str(error.get("message") or "") if isinstance(error, dict) else str(error)
+    info = error.get("codex_error_info") if isinstance(error, dict) else None
+    status = _find(info, "http_status_code")
+    kind = next(iter(info), "") if isinstance(info, dict) else str(info or "")
+    code = str(status) if status is not None else kind or "error"
+    limited = RATE_LIMITED.search(f"{code} {kind} {message}") is not None
+    return Activity("rate-limited" if limited else "error", at, code, message[:500],
+                    reset if limited and reset is not None and reset > at else None)
+
+
+def state_of(lines: Iterable[bytes | str]) -> Activity | None:
+    """Pure: the state the last turn event among these rollout lines leaves the agent in;
+    None when there is none. A line that does not parse (the cut first one of a tail, a
+    last one still being written) is skipped."""
+    state: Activity | None = None
+    reset: float | None = None
+    for line in lines:
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(obj, dict) or obj.get("type") != "event_msg" \
+                or not isinstance(payload := obj.get("payload"), dict):
+            continue
+        kind, at = payload.get("type"), _timestamp(obj.get("timestamp"))
+        if at is None:
+            continue
+        if kind == "task_started":
+            state = Activity("working", at)
+        elif kind == "token_count":
+            reset = _reset(payload.get("rate_limits")) or reset
+        elif kind == "task_complete":
+            state = _ended(payload.get("error"), at, reset)
+        elif kind == "turn_aborted":
+            state = Activity("idle", at)
+    return state
+
+
+def tail(path: Path, size: int = TAIL_BYTES) -> list[bytes]:
+    """The whole lines among the last `size` bytes of a file (the cut first one dropped;
+    a last one without its newline yet is kept for `state_of` to skip)."""
+    with path.open("rb") as handle:
+        end = handle.seek(0, os.SEEK_END)
+        start = max(0, end - size)
+        handle.seek(start)
+        lines = handle.read(end - start).split(b"\n")
+    return lines[1:] if start else lines
+
+
+def activity(directory: Path, worktree: Path, since: float, begun: float | None = None
+             ) -> Activity | None:
+    """What the Codex session in `worktree` that started at `since` is doing, from the
+    tail of its rollout; None before it wrote one. Costs a stat per rollout of the days
+    since `begun` (its conversation's start, default `since`) and one read: it runs on
+    every sentinel pass, and keeps nothing between passes."""
+    found = rollout(directory, worktree, since, begun)
+    if found is None:
+        return None
+    try:
+        return state_of(tail(found[0]))
+    except OSError:
+        return None
