@@ -10,12 +10,15 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 from reconciler.core import tether
 from reconciler.core.conditions import escalate as record_escalation
+from reconciler.core.conditions import with_condition
 from reconciler.core.errors import SolError
 from reconciler.core.home import Home, session_name
 from reconciler.core.model import DONE, RESOLVED, WORKING
+from reconciler.core.records import Record
 from reconciler.drivers import worktrees
 from reconciler.drivers.sphere import Sphere
 
@@ -74,6 +77,17 @@ def _check_current(sphere: Sphere, t: tether.Tether):  # noqa: ANN202 - Record
     return record
 
 
+def _agent_conditions_ended(record: Record) -> dict[str, Any]:
+    """Status changes for a writ whose agent is done: a RateLimited it still shows (the
+    agent went on and resolved before the sentinel saw its new turn) is over."""
+    conditions = record.status.get("conditions") or []
+    if not any(c.get("type") == "RateLimited" and c.get("status") == "True"
+               for c in conditions):
+        return {}
+    return {"rateLimit": None, "conditions": with_condition(
+        record.status, "RateLimited", False, "Resolved", "the agent resolved the writ")}
+
+
 def resolve(*, end_session: bool = True) -> str:
     """Commit what is left, hand the branch on (MR or Done), clear the tether, end the
     session last."""
@@ -93,12 +107,13 @@ def resolve(*, end_session: bool = True) -> str:
         )
     key = record.key
     store = sphere.store
+    ended = _agent_conditions_ended(record)
     with store.transaction():
         if t.kind == "code":
             done = store.set_status(key, phase=RESOLVED, reason="Resolved",
                                     message=f"merge request queued ({ahead} commit(s))",
                                     expect_version=record.version, resolvedAt=time.time(),
-                                    session=None)
+                                    session=None, **ended)
             if done is None:
                 raise SolError(f"writ {t.world}/{t.writ} changed while resolving; try again")
             store.add_mr(t.world, t.writ, branch=t.branch, base=t.base, agent=t.agent,
@@ -107,7 +122,7 @@ def resolve(*, end_session: bool = True) -> str:
         else:
             done = store.set_status(key, phase=DONE, reason="Done", message="analysis done",
                                     expect_version=record.version, resolvedAt=time.time(),
-                                    session=None)
+                                    session=None, **ended)
             if done is None:
                 raise SolError(f"writ {t.world}/{t.writ} changed while resolving; try again")
             text = "done: analysis writ finished"

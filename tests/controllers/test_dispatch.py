@@ -122,3 +122,32 @@ def test_hostile_text_is_carried_verbatim_and_never_executed(
     assert description in env_prime.stdout and title in env_prime.stdout
     assert not canary.exists()
     assert (tmp_path / "userhome" / "keep").read_text() == "still here"
+
+
+def test_resolving_ends_a_rate_limit_the_writ_still_shows(
+        sol_home: Home, repo: Path, tmp_path: Path, sol) -> None:
+    """An agent that went on after a rate limit and resolved before the sentinel saw its
+    new turn leaves no RateLimited behind on its Resolved writ."""
+    go = tmp_path / "go"
+    specs = write_specs(tmp_path / "specs", world_yaml("shop", repo),
+                        writ_yaml("w", "shop", f"while [ ! -e {go} ]; do sleep 0.1; done\n"
+                                  "echo w > w.txt"))
+    sol("apply", "-f", str(specs), check=True)
+    poll(lambda: phase(sol_home, "w") == "Working", what="writ working")
+    from reconciler.core.conditions import with_condition
+    from reconciler.core.store import Store
+
+    store = Store(sol_home.db)
+    try:
+        record = store.get("Writ", "shop", "w")
+        store.set_status(record.key, rateLimit={"at": 1.0, "until": 2.0, "error": "429"},
+                         conditions=with_condition(record.status, "RateLimited", True,
+                                                   "RateLimitError", "limited"))
+    finally:
+        store.close()
+    go.touch()
+    poll(lambda: phase(sol_home, "w") == "Resolved", what="writ resolved")
+    record = writ_status(sol_home, "shop", "w")
+    limited = [c for c in record.status["conditions"] if c["type"] == "RateLimited"]
+    assert [c["status"] for c in limited] == ["False"]
+    assert "rateLimit" not in record.status
