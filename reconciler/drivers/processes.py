@@ -5,6 +5,7 @@ of an agent's session, ended with it."""
 from __future__ import annotations
 
 import os
+from contextlib import suppress
 
 import psutil
 
@@ -36,8 +37,19 @@ def descendants(pid: int) -> list[psutil.Process]:
     return [p for p in found if p.pid not in mine]
 
 
-def end(procs: list[psutil.Process], grace: float = 1.0) -> None:
-    """SIGTERM what is still running of `procs`, SIGKILL what outlives `grace` seconds."""
+def end(procs: list[psutil.Process], grace: float = 1.0, *, after: int | None = None
+        ) -> None:
+    """SIGTERM what is still running of `procs`, SIGKILL what outlives `grace` seconds.
+    With `after` (a session's own process), that one is waited for (and killed if it
+    outlives `grace`) first: a CLI that sees its tool command die while it still runs
+    would go on and ask its model again."""
+    if after is not None:
+        with suppress(psutil.Error):
+            first = psutil.Process(after)
+            try:
+                first.wait(timeout=grace)
+            except psutil.TimeoutExpired:
+                first.kill()
     alive = []
     for proc in procs:
         try:
@@ -47,7 +59,5 @@ def end(procs: list[psutil.Process], grace: float = 1.0) -> None:
             continue
     _, left = psutil.wait_procs(alive, timeout=grace)
     for proc in left:
-        try:
+        with suppress(psutil.Error):
             proc.kill()
-        except psutil.Error:
-            continue

@@ -375,7 +375,7 @@ class TmuxSessions(SessionBackend):
         if result.returncode != 0 and not _absent(" ".join(result.stderr)):
             raise self._failed(f"stop session {name}", result)
         if tree:
-            end(tree)
+            end(tree, after=pid)
 
     def is_alive(self, name: str) -> bool:
         _check_name(name)
