@@ -34,6 +34,8 @@ def _cost_line(cost: dict[str, Any]) -> str:
 
 
 def render_describe(sphere: Sphere, record: Record, obj: dict[str, Any]) -> str:
+    from reconciler.controllers.forge_act import writ_batch
+
     status = obj["status"]
     lines = [
         f"Name:        {record.name}",
@@ -47,6 +49,8 @@ def render_describe(sphere: Sphere, record: Record, obj: dict[str, Any]) -> str:
         f"{status.get('observedGeneration') or '-'})",
         f"Source:      {record.origin or '-'}",
         *([f"Cost:        {_cost_line(status['cost'])}"] if status.get("cost") else []),
+        *([f"Batch:       {batch}"] if record.kind == "Writ" and (
+            batch := writ_batch(sphere.store, record.world, record.name)) else []),
         "Spec:",
         _yaml(record.spec),
     ]
@@ -138,6 +142,7 @@ def status_report(sphere: Sphere, only: str | None = None) -> tuple[str, bool]:
     store = sphere.store
     worlds = [w for w in store.list("World") if not only or w.name == only]
     from reconciler.controllers.forge import queue
+    from reconciler.controllers.forge_act import batch_summary
     from reconciler.core.degraded import state as degraded_state
     from reconciler.daemon.health import assess, describe_daemon
     from reconciler.daemon.prefect import running
@@ -184,4 +189,6 @@ def status_report(sphere: Sphere, only: str | None = None) -> tuple[str, bool]:
         if waiting:
             lines.append("  forge queue: " + ", ".join(
                 f"#{m.id} {m.writ} ({m.state}, attempt {m.attempt})" for m in waiting))
+        if batch := batch_summary(store, world.name):
+            lines.append(f"  forge {batch}")
     return inert("\n".join(lines)), bool(health.attention)

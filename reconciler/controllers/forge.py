@@ -7,6 +7,9 @@ lock, each recorded as events; the steps are in landing.py). Writs go `Resolved`
 `Merging` -> `Merged`; merge requests `Queued` -> `Merging` -> `Merged`, `SentBack` or
 `Failed`. The forge merges in its own detached worktree (`worlds/<w>/forge/worktree`),
 never on the target branch, which moves only by compare-and-set once every gate passed.
+With two or more fresh MRs queued (and `spec.forge.batch.max` > 1) they merge as a batch
+(forge_act.py, docs/decisions/0012-forge-batches.md): a chain of squash commits gated
+once, bisected on a failure; the crash points below apply to its steps too.
 
 Crash safety: each step leaves its outcome in the MR's row, so a restarted forge goes on
 at the step after the last one finished: a gate cut short runs again (with the gates
@@ -28,13 +31,14 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from reconciler.controllers import forge_act
 from reconciler.controllers.base import Reconciler, Scope
+from reconciler.controllers.forge_act import batch_size, batch_view
 from reconciler.controllers.forge_plan import (
     ACTIVE,
     DONE_STEPS,
     FORGE_SUSPENDED,
     MR_FAILED,
-    MR_MERGED,
     QUEUED,
     ForgeView,
     QueuedMR,
@@ -44,7 +48,14 @@ from reconciler.controllers.forge_plan import (
 )
 from reconciler.controllers.landing import CRASH_ENV as CRASH_ENV
 from reconciler.controllers.landing import CRASH_POINTS as CRASH_POINTS
-from reconciler.controllers.landing import Merge, crash_point, gate_record, push, reset
+from reconciler.controllers.landing import (
+    Merge,
+    crash_point,
+    gate_record,
+    push,
+    record_merged,
+    reset,
+)
 from reconciler.core import tether
 from reconciler.core.errors import Retry, SolError
 from reconciler.core.home import session_name
@@ -94,7 +105,8 @@ def observe(sphere: Sphere, key: str) -> ForgeView:
                      leftovers, spec.push and _unpushed(repo, spec.branch),
                      tuple(g.name for g in spec.gates), spec.push, spec.max_attempts,
                      time.time(), suspended.message if (suspended := forge_suspension(world))
-                     else "")
+                     else "", batch_view(b) if (b := store.active_batch(key)) else None,
+                     batch_size(store, key, spec), spec.batch_concurrency)
 
 
 def _queued(store: Store, mr: MergeRequest, writ: Record | None) -> QueuedMR:
@@ -168,6 +180,8 @@ def _act(sphere: Sphere, action: Action) -> bool:
         return False
     spec = WorldSpec.from_spec(world.spec)
     gates.kill_leftover(gate_record(sphere, w))
+    for record in gate_record(sphere, w).parent.glob(f"{gate_record(sphere, w).name}.*"):
+        gates.kill_leftover(record)  # a batch's further probes
     _clear_stale_locks(sphere, w)
     if action.kind == "cleanup":
         cleanup(sphere, w, spec, d["writ"])
@@ -180,6 +194,8 @@ def _act(sphere: Sphere, action: Action) -> bool:
         return _close(sphere.store, action)
     if action.kind in ("hold", "unhold"):
         return _hold(sphere.store, action)
+    if action.kind.startswith("batch"):
+        return _batch_step(sphere, w, spec, action)
     mr = _mr(sphere.store, action)
     if mr is None:
         return False
@@ -202,6 +218,42 @@ def _act(sphere: Sphere, action: Action) -> bool:
     raise ValueError(f"not a forge action: {action.kind}")
 
 
+def _batch_step(sphere: Sphere, w: str, spec: WorldSpec, action: Action) -> bool:
+    """One step of the world's batch (forge_act.py), if it is still where it was planned."""
+    d = action.data
+    if action.kind == "batch":
+        return forge_act.form(sphere, w, spec, list(d["mrs"]))
+    batch = sphere.store.active_batch(w)
+    if batch is None or (batch.id, batch.version) != (d["batch"], d["version"]):
+        return False
+    match action.kind:
+        case "batch-build":
+            return forge_act.build(sphere, w, spec, batch)
+        case "batch-probe":
+            return forge_act.probe(sphere, w, spec, batch, list(d["points"]),
+                                   meanwhile=lambda: _clean_merged(sphere, w, spec))
+        case "batch-culprit":
+            return forge_act.culprit(sphere, w, batch, spec, int(d["mr"]))
+        case "batch-requeue":
+            return forge_act.requeue(sphere, w, batch)
+        case "batch-land":
+            if not forge_act.land_prefix(sphere, w, spec, batch, str(d["commit"])):
+                return False
+            crash_point("after-record")
+            if spec.push and _unpushed(sphere.home.repo(w), spec.branch):
+                push(sphere, sphere.store.get("World", "", w), spec)
+            return True  # cleaned up while the next gates run, or once the queue is done
+    raise ValueError(f"not a forge action: {action.kind}")
+
+
+def _clean_merged(sphere: Sphere, w: str, spec: WorldSpec) -> None:
+    """The cleanups of writs a batch landed (agents still holding a Merged writ)."""
+    for agent in sphere.store.agents(w):
+        writ = sphere.store.get("Writ", w, agent.writ) if agent.writ else None
+        if writ is not None and writ.phase == MERGED:
+            cleanup(sphere, w, spec, writ.name)
+
+
 def _record(sphere: Sphere, spec: WorldSpec, mr: MergeRequest, commit: str, how: str) -> bool:
     """Writ and MR Merged on `commit`, the writ's worktree and branch removed, the forge
     worktree back at the target's tip."""
@@ -211,7 +263,7 @@ def _record(sphere: Sphere, spec: WorldSpec, mr: MergeRequest, commit: str, how:
         "empty": f"nothing to land: {mr.branch} adds nothing {spec.branch} lacks",
         "found": f"found on {spec.branch} as {commit[:12]}",
     }
-    record_merged(sphere, w, mr, commit, messages[how])
+    record_merged(sphere.store, w, mr, commit, messages[how])
     crash_point("after-record")
     cleanup(sphere, w, spec, mr.writ)
     wt = sphere.home.forge_worktree(w)
@@ -219,25 +271,6 @@ def _record(sphere: Sphere, spec: WorldSpec, mr: MergeRequest, commit: str, how:
     if (wt / ".git").is_file() and tip:
         reset(wt, tip)
     return True
-
-
-def record_merged(sphere: Sphere, world: str, mr: MergeRequest, commit: str,
-                  message: str) -> None:
-    """Writ Merged with its commit, MR Merged: one transaction."""
-    store = sphere.store
-    key = ("Writ", world, mr.writ)
-    with store.transaction():
-        writ = store.get(*key)
-        if writ is not None and writ.phase in (RESOLVED, MERGING):
-            entry = {"attempt": mr.attempt, "outcome": "merged", "message": message,
-                     "commit": commit}
-            store.set_status(key, phase=MERGED, reason="Merged", message=message,
-                             mergeCommit=commit, feedback=None,
-                             attempts=[*(writ.status.get("attempts") or []), entry])
-        store.update_mr(mr.id, expect_state=mr.state, state=MR_MERGED, merge_commit=commit,
-                        message=message)
-        store.event("merged", kind="Writ", world=world, name=mr.writ, message=message,
-                    mr=mr.id, commit=commit, attempt=mr.attempt)
 
 
 def cleanup(sphere: Sphere, world: str, spec: WorldSpec, writ: str) -> None:
@@ -279,7 +312,9 @@ def _clear_stale_locks(sphere: Sphere, world: str) -> None:
     """
     from reconciler.drivers.outposts import clear_git_locks
 
-    removed = clear_git_locks(sphere.home.forge_worktree(world), None)
+    wt = sphere.home.forge_worktree(world)
+    removed = [lock for tree in (wt, *sorted(wt.parent.glob("probe-*")))  # a batch's probes
+               for lock in clear_git_locks(tree, None)]
     if removed:
         sphere.store.event("git-locks-removed", kind="World", world=world, name=world,
                            message="removed " + ", ".join(p.name for p in removed)

@@ -8,6 +8,10 @@ killed forge resumes at the step it was at:
           \\ conflict, gate failed, branch missing -> send-back or fail
           land finds the target moved -> merge again on its new tip
 
+Two or more fresh MRs at the head form a batch instead (`batchable`); while it runs, the
+plan is its next step (`batch_step`: build, probe, land, culprit) and the send-backs of
+members a conflict took out of it.
+
 `plan` returns the head MR's next step with requeue_after=0, so `Reconciler.reconcile`
 runs the one after it at once. Leftover cleanups and a pending push wait until no step
 is ready: a refused cleanup or a failed push leaves the state as it was, so planned
@@ -49,6 +53,7 @@ class Step(StrEnum):
     MOVED = "moved"                # the target moved during the gates
     LANDED = "landed"              # the target is at the merge commit
     PUSHED = "pushed"              # the push after the landing was tried
+    BATCHED = "batched"            # in a batch: the batch's row holds the progress
 
 
 SENT_BACK_STEPS = (Step.CONFLICT, Step.GATE_FAILED)
@@ -95,6 +100,27 @@ class ForgeView:
     max_attempts: int = 3
     now: float = 0.0
     suspended: str = ""  # why the forge starts no new merge (core.suspension); "": it may
+    batch: BatchView | None = None  # the world's batch in progress
+    batch_size: int = 1  # MRs the next batch takes at most (adapted, at most spec max)
+    concurrency: int = 1  # prefixes of a failing batch probed at once
+
+
+@dataclass(frozen=True)
+class BatchView:
+    """A batch in progress: its chain of squash commits c1..cn on `onto` (None until it
+    is built), the longest prefix known to pass (`good`), the shortest known to fail
+    (`bad`, None until the whole chain was probed), and how much of it is landed."""
+
+    id: int
+    version: int
+    members: tuple[int, ...]  # MR ids, in queue order
+    chain: tuple[tuple[int, str, str], ...] | None = None  # (mr, writ, commit)
+    onto: str = ""  # the target tip under c1
+    good: int = 0
+    bad: int | None = None
+    landed: int = 0
+    round: int = 0  # bisection steps so far
+    gates: tuple[str, ...] = ()  # the gates the probes ran
 
 
 def order(mr: QueuedMR | MergeRequest) -> tuple[bool, int, float, int]:
@@ -135,6 +161,8 @@ def plan(view: ForgeView) -> Plan:
     if view.target is None:
         return Plan()
     queue, closes = triage(view.mrs, view.world)
+    if view.batch is not None:
+        return _batch_plan(view, view.batch, queue, closes)
     if not queue:
         return Plan((*closes, *_side(view)))
     head = queue[0]
@@ -150,6 +178,12 @@ def plan(view: ForgeView) -> Plan:
     if view.suspended and head.state == QUEUED and step.kind == "merge":
         waiting = {target("Writ", view.world, mr.writ): view.suspended for mr in queue}
         return Plan((*closes, *_side(view)), None, waiting)
+    members = batchable(view, queue) if step.kind == "merge" else []
+    if len(members) > 1:
+        step = Action(UPDATE, "batch", target("World", "", view.world),
+                      f"batch MR {', '.join(f'#{m.id}' for m in members)}: squash them in a "
+                      f"chain onto {view.branch}, run the gates once, bisect a failure",
+                      {"world": view.world, "mrs": [m.id for m in members]})
     return Plan((*closes, step), 0, waiting)
 
 
@@ -254,3 +288,97 @@ def _gate_or_land(view: ForgeView, mr: QueuedMR, data: dict[str, Any]) -> Action
     return Action(UPDATE, "land", tgt, f"MR #{mr.id}: land {mr.commit[:12]} on {view.branch} "
                   f"if it is still at {mr.onto[:12]}",
                   {**data, "commit": mr.commit, "onto": mr.onto})
+
+
+# ---- batches ---------------------------------------------------------------------
+
+
+def batchable(view: ForgeView, queue: list[QueuedMR]) -> list[QueuedMR]:
+    """The queue's head and the queued MRs after it that may share its batch: fresh,
+    Resolved, not already on the target, at most `batch_size` of them."""
+    taken: list[QueuedMR] = []
+    for mr in queue[:max(view.batch_size, 1)]:
+        if (mr.state != QUEUED or mr.step != Step.NEW or mr.writ_phase != RESOLVED
+                or mr.landed):
+            break
+        taken.append(mr)
+    return taken
+
+
+def probe_points(good: int, bad: int | None, size: int, concurrency: int) -> tuple[int, ...]:
+    """The prefixes to gate next: the whole chain first (all passing is one gate run);
+    after a failure, `concurrency` cuts spread evenly over (good, bad), which is plain
+    binary search with one."""
+    if bad is None:
+        return (size,)
+    inside = range(good + 1, bad)
+    if len(inside) <= concurrency:
+        return tuple(inside)
+    span = bad - good
+    return tuple(sorted({min(bad - 1, max(good + 1, good + round(span * j / (concurrency + 1))))
+                         for j in range(1, concurrency + 1)}))
+
+
+def bisected(good: int, bad: int | None, results: dict[int, bool]) -> tuple[int, int | None]:
+    """(good, bad) after a round of probes: the shortest failing prefix, and the longest
+    passing one below it (a pass above a failure proves nothing for the prefix between,
+    whose commits would land untested as trees of their own)."""
+    failed = [i for i, ok in results.items() if not ok]
+    if failed:
+        bad = min(failed) if bad is None else min(bad, *failed)
+    passed = [i for i, ok in results.items() if ok and (bad is None or i < bad)]
+    return max(good, *passed) if passed else good, bad
+
+
+def _batch_plan(view: ForgeView, batch: BatchView, queue: list[QueuedMR],
+                closes: list[Action]) -> Plan:
+    """While a batch runs: send back its members a conflict took out, and its next step."""
+    out = [next_step(view, mr) for mr in queue
+           if mr.state == MR_MERGING and mr.step in (*SENT_BACK_STEPS, Step.BRANCH_MISSING)]
+    in_chain = {mr for mr, _, _ in batch.chain or ()}
+    waiting = {target("Writ", view.world, mr.writ): batch_message(batch, view.branch)
+               for mr in queue if mr.id in in_chain}
+    return Plan((*closes, *out, batch_step(view, batch)), 0, waiting)
+
+
+def batch_message(batch: BatchView, branch: str) -> str:
+    """What a member writ of the batch says (`sol status`, `describe`)."""
+    if batch.chain is None:
+        return f"in batch #{batch.id} ({len(batch.members)} writs), squashing onto {branch}"
+    n = len(batch.chain)
+    if batch.bad is None:
+        return f"in batch #{batch.id} ({n} writs on {batch.onto[:12]}): gating the whole chain"
+    return (f"in batch #{batch.id} ({n} writs): bisection step {batch.round}, prefixes "
+            f"1..{batch.good} pass, 1..{batch.bad} fails")
+
+
+def batch_step(view: ForgeView, batch: BatchView) -> Action:
+    """The batch's next step: build its chain, land a prefix proven to pass, send back a
+    culprit found, give the rest back to the queue when the gates changed, or probe."""
+    w = view.world
+    data: dict[str, Any] = {"world": w, "batch": batch.id, "version": batch.version}
+    tgt = target("World", "", w)
+    head = f"batch #{batch.id}:"
+    if batch.chain is None:
+        return Action(UPDATE, "batch-build", tgt, f"{head} squash MR "
+                      f"{', '.join(f'#{m}' for m in batch.members)} in a chain onto "
+                      f"{view.branch}", data)
+    chain = batch.chain
+    if batch.landed < batch.good:
+        mr, writ, commit = chain[batch.good - 1]
+        return Action(UPDATE, "batch-land", tgt, f"{head} land {commit[:12]} (writs 1..."
+                      f"{batch.good}, last {writ}) on {view.branch} if it is still at "
+                      f"{batch.onto[:12]}", {**data, "commit": commit, "onto": batch.onto})
+    if batch.gates != view.gates and batch.landed < len(chain):
+        return Action(UPDATE, "batch-requeue", tgt, f"{head} the world's gates changed; "
+                      "its writs not landed go back to the queue", data)
+    if batch.bad is not None and batch.bad == batch.good + 1:
+        mr, writ, _ = chain[batch.bad - 1]
+        return Action(UPDATE, "batch-culprit", tgt, f"{head} MR #{mr} ({writ}) fails the "
+                      f"gates on {batch.onto[:12]}; send it back, queue the "
+                      f"{len(chain) - batch.bad} after it again", {**data, "mr": mr})
+    points = probe_points(batch.good, batch.bad, len(chain), view.concurrency)
+    what = ", ".join(f"1..{p}" for p in points)
+    return Action(UPDATE, "batch-probe", tgt, f"{head} run the gates on prefix {what} of "
+                  f"{len(chain)} (bisection step {batch.round + 1})",
+                  {**data, "points": list(points)})

@@ -21,6 +21,7 @@ from typing import Any
 
 from reconciler.controllers.forge_plan import (
     MR_FAILED,
+    MR_MERGED,
     MR_MERGING,
     QUEUED,
     SENT_BACK,
@@ -29,8 +30,8 @@ from reconciler.controllers.forge_plan import (
 )
 from reconciler.core.conditions import escalate, with_condition
 from reconciler.core.errors import Retry, SolError
-from reconciler.core.model import FAILED, MERGING, PENDING, RESOLVED, WorldSpec, WritSpec
-from reconciler.core.store import MergeRequest, Record
+from reconciler.core.model import FAILED, MERGED, MERGING, PENDING, RESOLVED, WorldSpec, WritSpec
+from reconciler.core.store import MergeRequest, Record, Store
 from reconciler.drivers import backup, gates, worktrees
 from reconciler.drivers.runtimes import session_path
 from reconciler.drivers.sphere import Sphere
@@ -60,6 +61,54 @@ def reset(wt: Path, sha: str) -> None:
 def gate_record(sphere: Sphere, world: str) -> Path:
     """Where the running gate of a world is recorded, so a restart can end an orphan."""
     return sphere.home.run / f"forge-{world}.gate"
+
+
+def land(repo: Path, branch: str, new: str, old: str, what: str) -> bool:
+    """Compare-and-set the target from old to new; False if it moved meanwhile."""
+    ref = f"refs/heads/{branch}"
+    status, _, err = run_git(repo, "update-ref", "-m", f"sol forge: land {what}", ref, new, old,
+                             check=False)
+    if status == 0:
+        backup.save(repo, branch)  # with push: false, the only copy
+        return True
+    now = worktrees.rev(repo, ref)
+    if now == new:
+        return True
+    if now != old:
+        return False
+    raise SolError(f"cannot move {branch} in {repo}: {git_reason(err)}")
+
+
+def ensure_worktree(repo: Path, wt: Path, ref: str) -> None:
+    """A detached worktree of the managed clone, made again if it is broken."""
+    if (wt / ".git").is_file():
+        status, out, _ = run_git(wt, "rev-parse", "--path-format=absolute",
+                                 "--git-common-dir", check=False)
+        if status == 0 and Path(out.strip()).resolve() == repo.resolve():
+            return
+    shutil.rmtree(wt, ignore_errors=True)
+    run_git(repo, "worktree", "prune", what=f"cannot prune worktrees of {repo}")
+    wt.parent.mkdir(parents=True, exist_ok=True)
+    run_git(repo, "worktree", "add", "--quiet", "--detach", str(wt.absolute()),
+            ref, what=f"cannot make the forge worktree {wt}")
+
+
+def record_merged(store: Store, world: str, mr: MergeRequest, commit: str,
+                  message: str) -> None:
+    """Writ Merged with its commit, MR Merged: one transaction."""
+    key = ("Writ", world, mr.writ)
+    with store.transaction():
+        writ = store.get(*key)
+        if writ is not None and writ.phase in (RESOLVED, MERGING):
+            entry = {"attempt": mr.attempt, "outcome": "merged", "message": message,
+                     "commit": commit}
+            store.set_status(key, phase=MERGED, reason="Merged", message=message,
+                             mergeCommit=commit, feedback=None,
+                             attempts=[*(writ.status.get("attempts") or []), entry])
+        store.update_mr(mr.id, expect_state=mr.state, state=MR_MERGED, merge_commit=commit,
+                        message=message)
+        store.event("merged", kind="Writ", world=world, name=mr.writ, message=message,
+                    mr=mr.id, commit=commit, attempt=mr.attempt)
 
 
 # ---- one merge, step by step ---------------------------------------------------------
@@ -98,10 +147,11 @@ class Merge:
         if old is None:
             raise SolError(f"branch {self.spec.branch} vanished from {self.repo}")
         reset(self.wt, old)
-        new, files, reason = self._merge(old)
+        new, files, reason = self.merge_onto(old)
         if new is None:
             reset(self.wt, old)
-            return self._save(Step.CONFLICT, onto=old, verdict=self._conflict(old, files, reason))
+            return self._save(Step.CONFLICT, onto=old,
+                              verdict=self.conflict_verdict(old, files, reason))
         if new == old:
             return self._save(Step.EMPTY, commit=old, onto=old)
         if not self._save(Step.MERGED, commit=new, onto=old, gates=[]):
@@ -151,7 +201,7 @@ class Merge:
             if result.passed:
                 return self._save(Step.GATE_PASSED, gates=ran)
             return self._save(Step.GATE_FAILED, gates=ran,
-                              verdict=self._gate_failed(onto, result))
+                              verdict=self.gate_failed_verdict(onto, result))
 
     def land(self) -> bool:
         """Move the target from the tip the merge was made on to the merge commit, once
@@ -242,18 +292,7 @@ class Merge:
         return True
 
     def _ensure_worktree(self) -> None:
-        """A detached worktree of the managed clone, made again if it is broken."""
-        run_git(self.repo, "worktree", "prune", what=f"cannot prune worktrees of {self.repo}")
-        if (self.wt / ".git").is_file():
-            status, out, _ = run_git(self.wt, "rev-parse", "--path-format=absolute",
-                                     "--git-common-dir", check=False)
-            if status == 0 and Path(out.strip()).resolve() == self.repo.resolve():
-                return
-        shutil.rmtree(self.wt, ignore_errors=True)
-        run_git(self.repo, "worktree", "prune", what=f"cannot prune worktrees of {self.repo}")
-        self.wt.parent.mkdir(parents=True, exist_ok=True)
-        run_git(self.repo, "worktree", "add", "--quiet", "--detach", str(self.wt.absolute()),
-                self.ref, what=f"cannot make the forge worktree {self.wt}")
+        ensure_worktree(self.repo, self.wt, self.ref)
 
     def _git(self, *args: str, author: tuple[str, str] | None = None) -> tuple[int, str, str]:
         name, email = "sol forge", f"forge@{self.world}.sol"
@@ -273,7 +312,7 @@ class Merge:
                 f"{self.mr.branch} at {tip[:12]} by sol forge.\n\n"
                 f"Sol-Writ: {self.world}/{self.mr.writ}\n")
 
-    def _merge(self, old: str) -> tuple[str | None, list[str], str]:
+    def merge_onto(self, old: str) -> tuple[str | None, list[str], str]:
         """(new commit, [], "") on success (old when nothing changed), else (None, files,
         git's reason) on a conflict."""
         source = f"refs/heads/{self.mr.branch}"
@@ -299,21 +338,9 @@ class Merge:
         return worktrees.rev(self.wt, "HEAD"), [], ""
 
     def _land(self, new: str, old: str) -> bool:
-        """Compare-and-set the target from old to new; False if it moved meanwhile."""
-        status, _, err = run_git(self.repo, "update-ref", "-m",
-                                 f"sol forge: land {self.world}/{self.mr.writ}", self.ref, new, old,
-                                 check=False)
-        if status == 0:
-            backup.save(self.repo, self.spec.branch)  # with push: false, the only copy
-            return True
-        now = worktrees.rev(self.repo, self.ref)
-        if now == new:
-            return True
-        if now != old:
-            return False
-        raise SolError(f"cannot move {self.spec.branch} in {self.repo}: {git_reason(err)}")
+        return land(self.repo, self.spec.branch, new, old, f"{self.world}/{self.mr.writ}")
 
-    def _gate_failed(self, old: str, result: gates.GateResult) -> dict[str, Any]:
+    def gate_failed_verdict(self, old: str, result: gates.GateResult) -> dict[str, Any]:
         """What a send-back for a failed gate says, kept until the send-back step."""
         shown = result.tail or "(no output)"
         feedback = (
@@ -329,7 +356,7 @@ class Merge:
         return {"reason": "GateFailed", "summary": result.summary, "feedback": feedback,
                 "entry": entry}
 
-    def _conflict(self, old: str, files: list[str], reason: str) -> dict[str, Any]:
+    def conflict_verdict(self, old: str, files: list[str], reason: str) -> dict[str, Any]:
         """What a send-back for a conflict says, kept until the send-back step."""
         target_branch = self.spec.branch
         where = (":\n" + "".join(f"  {f}\n" for f in files)) if files else f": {reason}\n"

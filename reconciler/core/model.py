@@ -134,6 +134,8 @@ class WorldSpec:
     stale_after: float = 120.0
     suspend: bool = False
     forge_suspend: bool = False  # the forge starts no new merge; one in progress finishes
+    batch_max: int = 8  # spec.forge.batch.max: MRs gated together at most; 1: one at a time
+    batch_concurrency: int = 1  # spec.forge.batch.concurrency: prefixes probed at once
     retry_failed_after: float | None = None  # re-drive infrastructure failures after this
     per_writ: Limit | None = None  # spec.budget.perWrit
     per_day: Limit | None = None   # spec.budget.perDay
@@ -161,6 +163,8 @@ class WorldSpec:
             stale_after=parse_duration(sentinel.get("staleAfter", "2m")),
             suspend=bool(spec.get("suspend", False)),
             forge_suspend=bool(forge.get("suspend", False)),
+            batch_max=int((forge.get("batch") or {}).get("max", 8)),
+            batch_concurrency=int((forge.get("batch") or {}).get("concurrency", 1)),
             retry_failed_after=(parse_duration(sentinel["retryFailedAfter"])
                                 if sentinel.get("retryFailedAfter") else None),
             per_writ=Limit.from_spec(budget.get("perWrit")),

@@ -15,6 +15,7 @@ import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +93,16 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX usage_ts ON usage (ts);
     CREATE INDEX usage_writ ON usage (world, writ, attempt);
+    """,
+    # the forge's speculative batches (docs/decisions/0012-forge-batches.md)
+    """
+    CREATE TABLE batches (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, world TEXT NOT NULL,
+        state TEXT NOT NULL DEFAULT 'Active', version INTEGER NOT NULL DEFAULT 0,
+        progress TEXT NOT NULL DEFAULT '{}', created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE INDEX batches_world_state ON batches (world, state);
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -620,6 +631,11 @@ class Store:
         return [MergeRequest(**{k: r[k] for k in MergeRequest.__dataclass_fields__})
                 for r in rows]
 
+    def mr(self, mr_id: int) -> MergeRequest | None:
+        row = self._one("SELECT * FROM mrs WHERE id=?", (mr_id,))
+        return (MergeRequest(**{k: row[k] for k in MergeRequest.__dataclass_fields__})
+                if row else None)
+
     def mr_progress(self, mr_id: int) -> tuple[str, dict[str, Any]]:
         """The last step the forge finished for this MR and what it left for the next
         (its merge commit, the tip under it, the gate results so far): kept here, not in
@@ -647,6 +663,37 @@ class Store:
         with self.transaction():
             return self._run(sql, args).rowcount == 1
 
+    # ---- forge batches -------------------------------------------------------------
+
+    def add_batch(self, world: str, progress: dict[str, Any]) -> int:
+        """A new Active batch; its members are marked in the caller's transaction."""
+        now = time.time()
+        with self.transaction():
+            cursor = self._run("INSERT INTO batches (world, progress, created_at, updated_at)"
+                               " VALUES (?,?,?,?)",
+                               (world, json.dumps(progress, sort_keys=True), now, now))
+            return int(cursor.lastrowid or 0)
+
+    def batch(self, batch_id: int) -> Batch | None:
+        row = self._one("SELECT * FROM batches WHERE id=?", (batch_id,))
+        return _batch(row) if row else None
+
+    def active_batch(self, world: str) -> Batch | None:
+        """The world's batch in progress (the forge runs one at a time per world)."""
+        row = self._one("SELECT * FROM batches WHERE world=? AND state='Active'"
+                        " ORDER BY id LIMIT 1", (world,))
+        return _batch(row) if row else None
+
+    def update_batch(self, batch_id: int, *, expect_version: int, progress: dict[str, Any],
+                     state: str = "Active") -> bool:
+        """Compare-and-set on the batch's version: one step of it done, or nothing."""
+        with self.transaction():
+            return self._run(
+                "UPDATE batches SET progress=?, state=?, version=version+1, updated_at=?"
+                " WHERE id=? AND version=?",
+                (json.dumps(progress, sort_keys=True), state, time.time(), batch_id,
+                 expect_version)).rowcount == 1
+
     # ---- meta ----------------------------------------------------------------------
 
     def get_meta(self, key: str, default: str | None = None) -> str | None:
@@ -663,6 +710,22 @@ class Store:
                     " ON CONFLICT (key) DO UPDATE SET value=excluded.value",
                     (key, value),
                 )
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A forge batch: its chain and bisection state are in `progress` (see the forge)."""
+
+    id: int
+    world: str
+    state: str  # Active | Done
+    version: int
+    progress: dict[str, Any]
+
+
+def _batch(row: sqlite3.Row) -> Batch:
+    return Batch(row["id"], row["world"], row["state"], row["version"],
+                 json.loads(row["progress"]))
 
 
 def _record(row: sqlite3.Row) -> Record:

@@ -220,7 +220,7 @@ def test_titles_are_data_never_shell(sphere: Sphere, make_world, tmp_path: Path)
 
 
 def test_queue_order_is_priority_then_resolve_time(sphere: Sphere, make_world):
-    world = make_world()
+    world = make_world(batch={"max": 1})  # one at a time: the order of single merges
     world.writ("later", {"a.txt": "a\n"}, priority=2)
     world.writ("urgent", {"b.txt": "b\n"}, priority=1)
     world.writ("last", {"c.txt": "c\n"}, priority=3)
