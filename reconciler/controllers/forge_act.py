@@ -57,7 +57,7 @@ def _size_key(world: str) -> str:
 
 def batch_size(store: Store, world: str, spec: WorldSpec) -> int:
     """How many MRs the next batch takes at most: `spec.forge.batch.max` at first,
-    doubled after a batch that landed whole, halved after a culprit (kept in the store,
+    doubled after a batch that landed whole, a quarter smaller after a culprit (kept in the store,
     so a restart keeps what the queue taught)."""
     stored = store.get_meta(_size_key(world))
     size = int(stored) if stored else spec.batch_max
@@ -66,7 +66,7 @@ def batch_size(store: Store, world: str, spec: WorldSpec) -> int:
 
 def _resize(store: Store, world: str, spec: WorldSpec, *, grow: bool) -> None:
     size = batch_size(store, world, spec)
-    size = min(spec.batch_max, size * 2) if grow else max(2, size // 2)
+    size = min(spec.batch_max, size * 2) if grow else max(2, size - size // 4)
     store.set_meta(_size_key(world), str(size))
 
 

@@ -132,7 +132,7 @@ def test_one_culprit_is_sent_back_with_its_output_and_the_rest_lands(
     assert runs(count) == 5
     assert_every_landed_commit_passes(world, before, tmp_path)
     spec = WorldSpec.from_spec(world.store.get("World", "", W).spec)
-    assert batch_size(world.store, W, spec) == 8  # halved to 4, doubled again by w4, w5
+    assert batch_size(world.store, W, spec) == 8  # 6 after w3, doubled again by w4, w5
     world.assert_forge_clean()
 
 
@@ -200,22 +200,22 @@ def test_a_batch_killed_at_any_point_resumes_without_landing_twice(
     world.assert_forge_clean()
 
 
-def test_the_batch_size_halves_after_a_culprit_doubles_after_a_pass_and_survives_a_restart(
+def test_the_batch_size_shrinks_after_a_culprit_doubles_after_a_pass_and_survives_a_restart(
         sphere: Sphere, make_world, tmp_path: Path):
     world, _ = batch_world(make_world, tmp_path)
     spec = WorldSpec.from_spec(world.store.get("World", "", W).spec)
     for i in range(3):
         world.writ(f"w{i}", {f"broken{i}.txt" if i == 2 else f"f{i}.txt": f"{i}\n"})
     forge.reconcile(sphere)
-    assert batch_size(world.store, W, spec) == 4
+    assert batch_size(world.store, W, spec) == 6
     restarted = Sphere(sphere.home)
     try:
-        assert batch_size(restarted.store, W, spec) == 4
+        assert batch_size(restarted.store, W, spec) == 6
         for i in range(3, 9):
             world.writ(f"w{i}", {f"f{i}.txt": f"{i}\n"})
         forge.reconcile(restarted)
         sizes = [len(e.data["mrs"]) for e in world.events("batch-formed")]
-        assert sizes == [3, 4, 2]  # 8 at first; 4 after w2; 8 after the 4 passed
+        assert sizes == [3, 6]  # 8 at first; 6 after w2 (a quarter less)
         assert batch_size(restarted.store, W, spec) == 8
     finally:
         restarted.close()
