@@ -174,6 +174,12 @@ def test_a_killed_cli_resumes_its_conversation_and_an_idle_one_is_nudged(
         poll(lambda: json.loads(activity.read_text()).get("at", 0) > nudged.ts
              and json.loads(activity.read_text()).get("state") == "idle",
              what="the turn after the nudge to end")
+        # The CLI writes its transcript after the Stop hook, lazily: a kill before the
+        # answer is written loses it (and the resumed history with it).
+        station = sol_home.outpost("shop", record.status["agent"])
+        poll(lambda: any("Thinking further." in p.read_text()
+                         for p in (station / "claude" / "projects").rglob("*.jsonl")),
+             what="the answer to the nudge in the CLI's transcript")
         session = f"sol-shop-{record.status['agent']}"
         pid = int(poll(lambda: _pane_pid(sol_home, session), what="the claude pid"))
         os.kill(pid, signal.SIGKILL)
