@@ -5,6 +5,7 @@ and keeps its branch, under `sol up`."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import psutil
@@ -61,3 +62,10 @@ def test_a_writ_past_its_max_is_stopped_mid_turn_and_keeps_its_branch(
     assert sol_home.worktree("shop", agent).exists()
     assert [e.name for e in events(sol_home, "escalated")] == ["pricey"]
     assert not events(sol_home, "merged")
+    # The CLI's scratch files (its tool outputs) stay in the outpost, private, not in /tmp
+    scratch = sol_home.outpost("shop", agent) / "tmp"
+    assert oct(scratch.stat().st_mode & 0o777) == "0o700"
+    assert list(scratch.glob(f"claude-{os.getuid()}/*/*/tasks"))
+    shared = Path(f"/tmp/claude-{os.getuid()}")
+    mangled = str(sol_home.worktree("shop", agent)).replace("/", "-").replace("_", "-")
+    assert not (shared / mangled).exists()

@@ -126,8 +126,13 @@ def _carry_login(directory: Path, env: dict[str, str]) -> None:
 
 def session_env(env: dict[str, str], directory: Path, *, sandboxed: bool) -> dict[str, str]:
     """The CLI's environment: the caller's, its own config dir, no outward traffic; the
-    API key under another name, for `apiKeyHelper` (see seed)."""
-    out = {**env, **FIXED_ENV, "CLAUDE_CONFIG_DIR": str(directory)}
+    API key under another name, for `apiKeyHelper` (see seed); and a temporary directory
+    of its own beside the config (0700): the CLI's scratch files (each Bash call's cwd
+    file, tool outputs) name the user's projects and hold command output, and /tmp is
+    readable by every local user."""
+    scratch = directory.parent / "tmp"
+    scratch.mkdir(mode=0o700, parents=True, exist_ok=True)
+    out = {**env, **FIXED_ENV, "CLAUDE_CONFIG_DIR": str(directory), "TMPDIR": str(scratch)}
     key = out.pop("ANTHROPIC_API_KEY", "")
     if key:
         out[KEY_VAR] = key
