@@ -19,7 +19,7 @@ Every crash point can be exercised: with `SOL_FORGE_CRASH_AT=<point>` in its
 environment the forge calls `os._exit(137)` at that point:
 
 - `before-merge`: MR and writ just marked Merging, nothing merged yet;
-- `after-merge`: the merge commit exists in the forge worktree, no gate has run;
+- `after-merge`: the merge commit exists in the managed clone, no gate has run;
 - `mid-gate`: a gate has started (it is left running, an orphan the restart kills);
 - `after-land`: the target branch moved, the writ is not yet recorded Merged;
 - `after-record`: recorded Merged, the writ's worktree and branch not yet removed.

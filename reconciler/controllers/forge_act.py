@@ -135,15 +135,12 @@ def build(sphere: Sphere, world: str, spec: WorldSpec, batch: Batch) -> bool:
     """Squash each member in turn onto the one before it, on the target's tip. A member
     that conflicts with the target is sent back; one that conflicts only with a member
     before it goes back to the queue, to merge once those landed."""
-    store, repo, wt = sphere.store, sphere.home.repo(world), sphere.home.forge_worktree(world)
+    store, repo = sphere.store, sphere.home.repo(world)
     if "chain" in batch.progress:
         return False
-    ref = f"refs/heads/{spec.branch}"
-    ensure_worktree(repo, wt, ref)
-    onto = worktrees.rev(repo, ref)
+    onto = worktrees.rev(repo, f"refs/heads/{spec.branch}")
     if onto is None:
         raise SolError(f"branch {spec.branch} vanished from {repo}")
-    reset(wt, onto)
     current, chain = onto, []
     out: dict[int, tuple[Step, dict[str, Any]]] = {}
     later: list[int] = []
@@ -156,15 +153,13 @@ def build(sphere: Sphere, world: str, spec: WorldSpec, batch: Batch) -> bool:
                 "merged"})
             continue
         new, files, reason = merge.merge_onto(current)
-        if new is None and current != onto:
-            reset(wt, onto)  # does it conflict with the target, or with the batch?
+        if new is None and current != onto:  # with the target, or with the batch?
             new, files, reason = merge.merge_onto(onto)
             if new is not None:
                 later.append(mr.id)
         if new is None:
             out[mr.id] = (Step.CONFLICT, merge.conflict_verdict(onto, files, reason))
         if new is None or mr.id in later:
-            reset(wt, current)
             continue
         chain.append([mr.id, mr.writ, new])
         current = new

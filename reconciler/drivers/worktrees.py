@@ -272,6 +272,46 @@ def is_merged(repo: Path, branch: str, target: str) -> bool:
     return _is_ancestor(repo, branch, target)
 
 
+def is_ancestor(repo: Path, ancestor: str, descendant: str) -> bool:
+    """True when commit `ancestor` is reachable from `descendant`."""
+    return _is_ancestor(repo, ancestor, descendant)
+
+
+def merge_trees(repo: Path, ours: str, theirs: str) -> tuple[str | None, list[str], str]:
+    """Three-way merge of two commits into a tree, in the object store alone (no
+    worktree, no index): (tree, [], "") or, on a conflict, (None, the conflicted files,
+    git's reason). The merge base is theirs and ours' own, as `git merge` finds it."""
+    what = f"cannot merge {theirs[:12]} onto {ours[:12]} in {repo}"
+    done = git.run(repo, "merge-tree", "--write-tree", "--name-only", ours, theirs,
+                   check=False, what=what)
+    if done.status == 0:
+        return done.out.split("\n", 1)[0].strip(), [], ""
+    if done.status != 1:
+        return None, [], git_reason(done.err or done.out)
+    head, _, messages = done.out.partition("\n\n")
+    files = list(dict.fromkeys(line for line in head.splitlines()[1:] if line))
+    conflicts = [line for line in messages.splitlines() if line.startswith("CONFLICT")]
+    return None, files, git_reason("\n".join(conflicts) or messages)
+
+
+def tree_of(repo: Path, commit: str) -> str:
+    """The tree a commit records."""
+    return _out(repo, "rev-parse", f"{commit}^{{tree}}", what=f"cannot read {commit} in {repo}")
+
+
+def commit_tree(repo: Path, tree: str, parents: list[str], message: str, *,
+                author: tuple[str, str], committer: tuple[str, str]) -> str:
+    """A commit of `tree` on `parents`, made in the object store; no ref moves. The
+    message goes through stdin (a writ's title is no business of `ps`); no hook runs and
+    nothing is signed, as in `commit_all`."""
+    env = {"GIT_AUTHOR_NAME": author[0], "GIT_AUTHOR_EMAIL": author[1],
+           "GIT_COMMITTER_NAME": committer[0], "GIT_COMMITTER_EMAIL": committer[1]}
+    args = [arg for parent in parents for arg in ("-p", parent)]
+    return git.run(repo, "-c", "commit.gpgsign=false", "commit-tree", tree, *args, "-F", "-",
+                   input=message.encode(), env=env,
+                   what=f"cannot commit tree {tree[:12]} in {repo}").out.strip()
+
+
 def dirty(worktree: Path) -> bool:
     """True when the worktree has changes or untracked files that are not excluded."""
     out = _out(worktree, "status", "--porcelain", "--untracked-files=normal",

@@ -209,6 +209,41 @@ def test_merge_strategy_makes_a_no_ff_merge_commit_with_the_trailer(sphere: Sphe
     assert trailer.strip() == "shop/add-y"
 
 
+@pytest.mark.parametrize("strategy", ["squash", "merge"])
+def test_a_branch_already_on_the_target_lands_nothing(sphere: Sphere, make_world,
+                                                      strategy: str):
+    world = make_world(strategy=strategy)
+    world.writ("again", {"again.txt": "same\n"})
+    if strategy == "squash":  # the same change reached the target by another commit
+        git(world.repo, "update-ref", "refs/heads/main",
+            git(world.repo, "commit-tree", "-p", "refs/heads/main", "-m", "same change",
+                git(world.repo, "rev-parse", "sol/again^{tree}")))
+    else:  # the branch itself is already in the target's history
+        git(world.repo, "update-ref", "refs/heads/main", "sol/again")
+    before = world.tip()
+    forge.reconcile(sphere)
+    writ = world.get("again")
+    assert writ.phase == MERGED and writ.status["mergeCommit"] == before == world.tip()
+    assert "nothing to land" in writ.status["attempts"][-1]["message"]
+
+
+def test_no_title_or_message_reaches_a_git_command_line(sphere: Sphere, make_world,
+                                                        monkeypatch):
+    from reconciler.drivers import git as gitrun
+
+    seen: list[tuple[str, ...]] = []
+    real = gitrun.run
+    monkeypatch.setattr(gitrun, "run", lambda cwd, *args, **kw: (seen.append(args),
+                                                                 real(cwd, *args, **kw))[1])
+    world = make_world([gate("ok", "true")])
+    world.writ("quiet", {"q.txt": "q\n"}, title="Secret-ish title 7f3a")
+    world.writ("hush", {"h.txt": "h\n"}, title="Another private title 9b1c")
+    forge.reconcile(sphere)
+    assert world.assert_landed("quiet") and world.assert_landed("hush")
+    assert any("commit-tree" in args for args in seen)
+    assert not [args for args in seen if any("7f3a" in a or "9b1c" in a for a in args)]
+
+
 def test_titles_are_data_never_shell(sphere: Sphere, make_world, tmp_path: Path):
     world = make_world([gate("ok", "true")])
     title = f"Fix $(touch {tmp_path}/pwned) `id` \"quotes\""
