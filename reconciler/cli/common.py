@@ -22,6 +22,8 @@ from reconciler.core.home import Home
 from reconciler.core.model import Manifest
 from reconciler.core.records import Record
 from reconciler.core.store import Store
+from reconciler.core.text import CONTROL as CONTROL
+from reconciler.core.text import inert as inert
 from reconciler.drivers.sphere import Sphere
 
 if TYPE_CHECKING:  # the specs code (jsonschema, ruamel) loads only in commands that read specs
@@ -30,16 +32,6 @@ if TYPE_CHECKING:  # the specs code (jsonschema, ruamel) loads only in commands 
     from reconciler.specs.sources import GitSource
 
 DEFAULT_SPECS = "specs"
-CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-"""What a terminal would obey rather than show: C0 but tab and newline, DEL, C1."""
-
-
-def inert(text: str) -> str:
-    """`text` with each control character written out (`\\x1b`), so titles, messages and
-    gate output from manifests and agents cannot drive the operator's terminal (OSC 52
-    clipboard writes, window titles, clearing the screen). Every human output uses it;
-    -o json and -o yaml keep the data as it is."""
-    return CONTROL.sub(lambda m: f"\\x{ord(m[0]):02x}", text)
 
 
 TERMINAL_SEQUENCE = re.compile(

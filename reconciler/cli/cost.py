@@ -129,21 +129,14 @@ def cost(world: str | None, since: str | None, by: str, output: str) -> None:
 COMMANDS = [cost]
 
 
-def writ_costs(sph: Sphere) -> dict[tuple[str, str], dict[str, Any]]:
-    """Per (world, writ): tokens and USD as recorded so far (`get writs`, `describe`
-    show them; the consul's ledger pass keeps the figures current)."""
-    table = prices.load(sph.config.extra, str(sph.home.config))
-    items, _ = ledger_store.costs(sph.store, table, by="writ")
-    return {(i["world"], i["writ"]): _json(i) for i in items if i.get("writ")}
-
-
 def attach_costs(sph: Sphere, objs: list[dict[str, Any]]) -> None:
     """Each writ object gains `status.cost` ({tokens, usd, unpriced}) when it has usage."""
-    if not any(o["kind"] == "Writ" for o in objs) or not ledger_store.recorded(sph.store):
-        return  # nothing spent yet: no price table or sol.yaml to read
-    found = writ_costs(sph)
+    from reconciler.daemon.board import writ_costs
+
+    if not any(o["kind"] == "Writ" for o in objs):
+        return
+    found = writ_costs(sph)  # nothing spent yet: no price table or sol.yaml read
     for obj in objs:
         entry = found.get((obj["metadata"].get("world", ""), obj["metadata"]["name"]))
         if entry is not None:
-            obj["status"]["cost"] = {"tokens": entry["tokens"]["total"], "usd": entry["usd"],
-                                     "unpriced": entry["unpriced"]}
+            obj["status"]["cost"] = entry

@@ -6,19 +6,14 @@ manifests and agents, and must not reach a terminal as escape sequences.
 
 from __future__ import annotations
 
-import time
-from collections import Counter
 from typing import Any
 
 from reconciler.cli.common import inert
 from reconciler.core.records import readable_times
 from reconciler.core.store import Record
-from reconciler.core.suspension import FORGE, WORLD, WRIT, Suspension, suspension
-from reconciler.core.times import day_bounds, rfc3339
+from reconciler.core.times import rfc3339
+from reconciler.daemon.board import FINISHED, Board, snapshot, suspensions
 from reconciler.drivers.sphere import Sphere
-
-PHASE_ORDER = ["Pending", "Working", "Resolved", "Merging", "Merged", "Done", "Failed",
-               "Cancelled"]
 
 
 def _yaml(data: Any, indent: str = "  ") -> str:
@@ -86,12 +81,6 @@ def render_describe(sphere: Sphere, record: Record, obj: dict[str, Any]) -> str:
     return inert("\n".join(lines))
 
 
-def _suspensions(record: Record) -> list[Suspension]:
-    """What is suspended on this object (a world and its forge, or a writ), and why."""
-    kinds = {"World": (WORLD, FORGE), "Writ": (WRIT,)}.get(record.kind, ())
-    return [found for what in kinds if (found := suspension(what, record)) is not None]
-
-
 def _retries_and_suspensions(record: Record) -> list[str]:
     """Each re-drive (a spec change, `sol retry`) with when and why, and what holds the
     object suspended until it is resumed."""
@@ -103,7 +92,7 @@ def _retries_and_suspensions(record: Record) -> list[str]:
             lines.append(f"  {r.get('at', '-')}  by {r.get('by', '-')}: was {r.get('from')} "
                          f"({r.get('reason') or '-'}) after {r.get('attempts', '-')} "
                          f"attempt(s): {r.get('message') or '-'}")
-    found = _suspensions(record)
+    found = suspensions(record)
     if found:
         lines.append("Suspended:")
         lines += [f"  {s.notice}" for s in found]
@@ -114,81 +103,38 @@ def render_status(sphere: Sphere, only: str | None = None) -> str:
     return status_report(sphere, only)[0]
 
 
-def _spend_lines(sphere: Sphere, world: Record) -> list[str]:
-    """Today's spend (local day) against the daily budget, and a hold in force. Nothing
-    when no usage was ever recorded: a sphere of script agents reads no price table."""
-    from reconciler.core import ledger_store, prices
-    from reconciler.core.holds import world_hold
-    from reconciler.core.model import WorldSpec
-
-    now = time.time()
-    lines = []
-    if ledger_store.recorded(sphere.store):
-        from reconciler.controllers.budget import Spend
-
-        table = prices.load(sphere.config.extra, str(sphere.home.config))
-        spent = Spend(*ledger_store.spend(sphere.store, table, world=world.name,
-                                          since=day_bounds(now)[0]))
-        limit = WorldSpec.from_spec(world.spec).per_day
-        lines.append(f"  spent today: {spent}" + (f" (perDay {limit})" if limit else ""))
-    hold = world_hold(world, now)
-    if hold is not None:
-        lines.append(f"  HELD: {hold.message(world.name, now)}")
-    return lines
-
-
 def status_report(sphere: Sphere, only: str | None = None) -> tuple[str, bool]:
     """The sphere at a glance, and whether a human is needed (`sol status` exits 1)."""
-    store = sphere.store
-    worlds = [w for w in store.list("World") if not only or w.name == only]
-    from reconciler.controllers.forge import queue
-    from reconciler.controllers.forge_act import batch_summary
-    from reconciler.core.degraded import state as degraded_state
-    from reconciler.daemon.health import assess, describe_daemon
-    from reconciler.daemon.prefect import running
+    board = snapshot(sphere, only)
+    return status_text(board), bool(board.attention)
 
-    health = assess(sphere.home, store, running(sphere.home))
-    lines: list[str] = [*describe_daemon(health, time.time())]
-    lines += [f"NEEDS ATTENTION: {line}" for line in health.attention]
-    notice = store.get_meta("specs_invalid")
-    if notice:
-        lines.append(f"specs invalid: {notice}")
-    degraded = degraded_state(store)
-    if degraded:
-        lines.append(f"DEGRADED since {rfc3339(degraded.since)}: {degraded.reason} (agents "
-                     "are not respawned; `sol resume` to leave)")
-    revision = store.get_meta("source_revision")
-    if revision:
-        source = store.get_meta("source")
-        lines.append(f"specs at revision {revision}" + (f" of {source}" if source else ""))
-    if not worlds:
+
+def status_text(board: Board) -> str:
+    """`sol status`: the board as lines (its texts are inert already)."""
+    lines: list[str] = [*board.daemon]
+    lines += [f"NEEDS ATTENTION: {line}" for line in board.attention]
+    lines += board.notices
+    if not board.worlds:
         lines.append("No worlds applied yet: write a World manifest and run `sol apply -f PATH`.")
-        return inert("\n".join(lines)), bool(health.attention)
-    for world in worlds:
-        writs = store.list("Writ", world.name)
-        counts = Counter(w.phase for w in writs)
-        summary = ", ".join(f"{counts[p]} {p}" for p in PHASE_ORDER if counts.get(p))
+    for world in board.worlds:
+        summary = ", ".join(f"{n} {phase}" for phase, n in world.counts)
         lines.append(f"World {world.name}: {world.phase}  {world.message}")
-        lines += [f"  {s.notice}" for s in _suspensions(world)]
+        lines += [f"  {notice}" for notice in world.suspended]
         lines.append(f"  writs: {summary or 'none'}")
-        lines += _spend_lines(sphere, world)
-        for writ in writs:
-            if writ.phase in ("Merged", "Done", "Cancelled"):
+        lines += [f"  {line}" for line in world.spend]
+        for writ in world.writs:
+            if writ.phase in FINISHED:
                 continue
-            agent = writ.status.get("agent")
-            where = f" [{agent}]" if agent else ""
+            where = f" [{writ.agent}]" if writ.agent else ""
             lines.append(f"    {writ.name:<28} {writ.phase:<9}{where} {writ.message}")
-            for cond in writ.status.get("conditions") or []:
-                if cond.get("status") == "True" and cond.get("type") in ("Escalated",
-                                                                          "Stalled"):
-                    lines.append(f"      {cond['type'].upper()}: {cond.get('message', '')}")
-            lines += [f"      SUSPENDED: {s.notice}" for s in _suspensions(writ)]
-        for caravan in store.list("Caravan", world.name):
+            lines += [f"      {kind.upper()}: {message}" for kind, message in writ.flags
+                      if kind in ("Escalated", "Stalled")]
+            lines += [f"      SUSPENDED: {notice}" for notice in writ.suspended]
+        for caravan in world.caravans:
             lines.append(f"  caravan {caravan.name}: {caravan.phase}  {caravan.message}")
-        waiting = queue(store, world.name)
-        if waiting:
+        if world.queue:
             lines.append("  forge queue: " + ", ".join(
-                f"#{m.id} {m.writ} ({m.state}, attempt {m.attempt})" for m in waiting))
-        if batch := batch_summary(store, world.name):
-            lines.append(f"  forge {batch}")
-    return inert("\n".join(lines)), bool(health.attention)
+                f"#{m.id} {m.writ} ({m.state}, attempt {m.attempt})" for m in world.queue))
+        if world.batch:
+            lines.append(f"  forge {world.batch}")
+    return "\n".join(lines)

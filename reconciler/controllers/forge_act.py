@@ -236,7 +236,7 @@ def probe(sphere: Sphere, world: str, spec: WorldSpec, batch: Batch, points: lis
                         world=world, name=writ, message=f"batch #{batch.id}, prefix 1..{i} "
                         f"at {commit[:12]}: {result.summary}", mr=mr_id, batch=batch.id,
                         prefix=i, gate=result.name, exitCode=result.exit_code,
-                        log=str(result.log))
+                        log=str(result.log), seconds=round(result.seconds, 3))
     return True
 
 

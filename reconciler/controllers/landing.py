@@ -195,7 +195,7 @@ class Merge:
             self.store.event("gate-passed" if result.passed else "gate-failed", kind="Writ",
                              world=self.world, name=self.mr.writ, message=result.summary,
                              mr=self.mr.id, gate=gate.name, exitCode=result.exit_code,
-                             log=str(result.log))
+                             log=str(result.log), seconds=round(result.seconds, 3))
             ran = [*done, {"name": gate.name, "summary": result.summary}]
             if result.passed:
                 return self._save(Step.GATE_PASSED, gates=ran)

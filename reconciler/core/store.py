@@ -478,8 +478,11 @@ class Store:
     def events(
         self, after: int = 0, world: str | None = None, name: str | None = None,
         types: Iterable[str] | None = None, limit: int | None = None,
+        since: float | None = None,
     ) -> list[Event]:
         sql, args = "SELECT * FROM events WHERE id>?", [after]
+        if since is not None:
+            sql, args = sql + " AND ts>=?", [*args, since]
         if world:
             sql, args = sql + " AND world=?", [*args, world]
         if name:
