@@ -11,7 +11,6 @@ from typing import Any
 from reconciler.controllers.sentinel_observe import orphan_view, read_tether, unowned
 from reconciler.controllers.sentinel_plan import (
     ENDED,
-    RATE_LIMIT_HOLD,
     _nudge,
     _stalled,
     backoff,
@@ -316,7 +315,7 @@ def _rate_limit_over(sphere: Sphere, action: Action) -> bool:
     limited = writ.status.get("rateLimit") if writ else None
     if writ is None or not isinstance(limited, dict) or limited.get("at") != d["at"]:
         return False
-    if time.time() < float(limited.get("sentAt") or 0.0) + RATE_LIMIT_HOLD:
+    if time.time() < float(limited.get("sentAt") or 0.0) + sphere.config.rate_limit_hold:
         return False
     try:
         sphere.sessions.send_text(session_name(d["world"], d["agent"]), GO_ON)

@@ -47,7 +47,7 @@ def _activity(sphere: Sphere, world: str, agent: str) -> ActivityView | None:
         return None
     return ActivityView(str(data.get("state") or ""), float(data["at"]),
                         str(data.get("session") or ""), str(data.get("error") or ""),
-                        str(data.get("message") or ""))
+                        str(data.get("message") or ""), hold=sphere.config.rate_limit_hold)
 
 
 def _codex_activity(sphere: Sphere, world: str, agent: str, view: TetherView,
@@ -64,7 +64,7 @@ def _codex_activity(sphere: Sphere, world: str, agent: str, view: TetherView,
     if found is None or found.at < since or not (found.state == "rate-limited" or limited):
         return None  # (a resumed conversation's last turn may be an earlier session's)
     return ActivityView(found.state, found.at, view.session, found.error, found.message,
-                        found.until, polled=True)
+                        found.until, polled=True, hold=sphere.config.rate_limit_hold)
 
 
 def _mtime(path: os.PathLike[str]) -> float | None:

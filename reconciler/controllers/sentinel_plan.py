@@ -104,6 +104,7 @@ class ActivityView:
     message: str = ""
     until: float | None = None         # the reset time the CLI recorded, if any
     polled: bool = False
+    hold: float = RATE_LIMIT_HOLD      # the wait when neither the CLI nor its error says
 
 
 @dataclass(frozen=True)
@@ -166,11 +167,11 @@ def _writ_action(op: str, kind: str, writ: Record, text: str, **data: Any) -> Ac
 
 def rate_limit_until(a: ActivityView) -> float:
     """When a rate-limited agent may try again: the reset time its CLI recorded or its
-    error named, else RATE_LIMIT_HOLD after the error."""
+    error named, else `hold` (sol.yaml `rateLimitHold`) after the error."""
     if a.until is not None and a.until > a.at:
         return min(a.until, a.at + 86400.0)
     match = _RETRY_AFTER.search(a.message or "")
-    wait = float(match.group(1)) if match else RATE_LIMIT_HOLD
+    wait = float(match.group(1)) if match else a.hold
     return a.at + min(max(wait, 1.0), 3600.0)
 
 
@@ -190,10 +191,10 @@ def _plan_activity(writ: Record, a: ActivityView, spec: WorldSpec, now: float
                                 at=a.at, until=until, error=a.error,
                                 said=a.message[:300]), None
         sent = float(limited.get("sentAt") or 0.0)
-        if sent and now < sent + RATE_LIMIT_HOLD:  # told to go on: its next turn shows
+        if sent and now < sent + a.hold:  # told to go on: its next turn shows
             if a.polled:  # in its log only: look again soon, before the turn is over
-                return None, min(sent + RATE_LIMIT_HOLD, now + RATE_LIMIT_POLL)
-            return None, sent + RATE_LIMIT_HOLD
+                return None, min(sent + a.hold, now + RATE_LIMIT_POLL)
+            return None, sent + a.hold
         if now >= until:
             return _writ_action(UPDATE, "rate-limit-over", writ,
                                 "the rate limit has reset: tell the agent to go on",

@@ -66,6 +66,7 @@ class Config:
     fetch_interval: float = 60.0      # seconds between fetches of a world's source
     resync: float = 30.0              # periodic full pass of the daemon
     stale_after: float | None = None  # overrides every world's sentinel.staleAfter
+    rate_limit_hold: float = 60.0     # a rate limit whose error names no reset waits this long
     notify_targets: tuple[NotifyTarget, ...] = ()  # every notify entry (notify.py)
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -99,6 +100,7 @@ def load_config(home: Home) -> Config:
         resync=duration("resync", "SOL_RESYNC", 30.0),
         stale_after=(duration("staleAfter", "SOL_STALE_AFTER", 0.0)
                      if (os.environ.get("SOL_STALE_AFTER") or "staleAfter" in raw) else None),
+        rate_limit_hold=duration("rateLimitHold", "SOL_RATE_LIMIT_HOLD", 60.0),
         notify_targets=targets,
         extra=raw,
     )
