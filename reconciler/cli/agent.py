@@ -17,6 +17,7 @@ from reconciler.core.errors import SolError
 from reconciler.core.home import Home, session_name
 from reconciler.core.times import rfc3339
 from reconciler.drivers import agent as agent_side
+from reconciler.drivers.sphere import Sphere
 
 
 @click.command()
@@ -71,14 +72,34 @@ def attach(agent: str) -> None:
     sol attach vega                  # or WORLD/AGENT: sol attach shop/vega
     """
     world, name = _locate(agent)
-    sp = sphere()
-    session = session_name(world, name)
-    if not sp.sessions.exists(session):
-        raise SolError(f"agent {world}/{name} has no session now; `sol logs {agent}` shows "
-                       "what it printed")
-    argv = sp.sessions.attach_argv(session)
-    env = {k: v for k, v in os.environ.items() if k not in ("TMUX", "TMUX_PANE")}
+    argv, env = attach_command(sphere(), world, name)
     os.execvpe(argv[0], argv, env)
+
+
+def attach_command(sp: Sphere, world: str, agent: str) -> tuple[list[str], dict[str, str]]:
+    """The argv and environment that join an agent's session: `sol attach` execs them,
+    the dashboard runs them while it is suspended. A SolError when there is no session."""
+    session = session_name(world, agent)
+    if not sp.sessions.exists(session):
+        raise SolError(f"agent {world}/{agent} has no session now; `sol logs {world}/{agent}` "
+                       "shows what it printed")
+    env = {k: v for k, v in os.environ.items() if k not in ("TMUX", "TMUX_PANE")}
+    return sp.sessions.attach_argv(session), env
+
+
+def log_tail(path: Path, size: int = 64 * 1024) -> str:
+    """The last `size` bytes of an agent's session log as `sol logs` prints it: terminal
+    sequences dropped, control characters inert (the dashboard's `l`)."""
+    try:
+        with path.open("rb") as handle:
+            handle.seek(max(0, path.stat().st_size - size))
+            data = handle.read()
+    except OSError as exc:
+        raise SolError(f"cannot read the log {path}: {exc.strerror or exc}") from exc
+    text = data.decode("utf-8", "replace")
+    if len(data) == size:  # cut mid-line (or mid-sequence): start at the next line
+        text = text.partition("\n")[2]
+    return readable(text)
 
 
 DAEMON_LOGS = {"prefect": False, "consul": False, "notifier": False, "sentinel": True,

@@ -60,14 +60,16 @@ def _label(what: str, record: Record) -> str:
     return f"{what} {record.world}/{record.name}" if what == WRIT else f"{what} {record.name}"
 
 
-def wake(sp: Sphere, then: str) -> None:
-    """Tell a running daemon to look again now, or say how to get the work done."""
+def wake(sp: Sphere, then: str) -> list[str]:
+    """Tell a running daemon to look again now; without one, the line that says how to
+    get the work done."""
     from reconciler.daemon.prefect import running
     from reconciler.daemon.watch import touch
 
     touch(sp.home.run / "wake")
     if running(sp.home) is None:
-        say(f"No daemon is running: `sol up` or `sol reconcile --once` {then}.")
+        return [f"No daemon is running: `sol up` or `sol reconcile --once` {then}."]
+    return []
 
 
 @click.command()
@@ -82,7 +84,13 @@ def retry(kind: str, name: str) -> None:
     """
     _kind(kind, (WRIT,), "retry")
     sp = sphere()
-    writ = find(sp.store, "Writ", name)
+    for line in retry_writ(sp, find(sp.store, "Writ", name)):
+        say(line)
+
+
+def retry_writ(sp: Sphere, writ: Record) -> list[str]:
+    """`sol retry writ` (and the dashboard's `r`): re-drive it, wake the daemon, and say
+    what happened; a SolError when it cannot be retried."""
     label = f"writ {writ.world}/{writ.name}"
     if writ.orphaned or (writ.phase == CANCELLED and writ.reason == "Pruned"):
         raise SolError(f"{label} is not in the manifests: add it back to the manifests and "
@@ -97,9 +105,8 @@ def retry(kind: str, name: str) -> None:
     if done is None:
         raise SolError(f"{label} changed while retrying it; look at `sol describe writ "
                        f"{writ.world}/{writ.name}` and try again")
-    say(f"Retried {label}: Pending again (was {writ.phase}: {writ.reason}), attempts counted "
-        f"from 1 on its kept branch sol/{writ.name}.")
-    wake(sp, "casts it")
+    return [f"Retried {label}: Pending again (was {writ.phase}: {writ.reason}), attempts "
+            f"counted from 1 on its kept branch sol/{writ.name}.", *wake(sp, "casts it")]
 
 
 @click.command()
@@ -113,23 +120,29 @@ def suspend(kind: str, name: str) -> None:
     Example: sol suspend forge shop
     """
     what = _kind(kind, KINDS, "suspend")
-    sp = sphere()
+    for line in suspend_object(sphere(), what, name):
+        say(line)
+
+
+def suspend_object(sp: Sphere, what: str, name: str) -> list[str]:
+    """`sol suspend` (and the dashboard's `s`): record the suspension, wake the daemon,
+    and say what happened."""
     with sp.store.transaction():
         record = _record(sp.store, what, name)
         label = _label(what, record)
         already = suspension(what, record)
         if already is not None:
-            say(f"{label} is already suspended {already.how}: nothing to do.")
-            return
+            return [f"{label} is already suspended {already.how}: nothing to do."]
         now = rfc3339(time.time())
         sp.store.set_status(record.key, **{STATUS_KEY[what]: override(BY_SUSPEND, now)})
         sp.store.event("suspended", kind=record.kind, world=record.world or record.name,
                        name=record.name, message=f"{label} suspended by {BY_SUSPEND}",
                        what=what, by=BY_SUSPEND)
-    say(f"Suspended {label} at {now}; `sol resume {what} {name}` to go on.")
+    lines = [f"Suspended {label} at {now}; `sol resume {what} {name}` to go on."]
     if what == WRIT and record.phase != PENDING:
-        say(f"It is {record.phase}: what runs goes on; it is not cast again until resumed.")
-    wake(sp, "applies it")
+        lines.append(f"It is {record.phase}: what runs goes on; it is not cast again until "
+                     "resumed.")
+    return lines + wake(sp, "applies it")
 
 
 @click.command()
@@ -149,7 +162,14 @@ def resume(kind: str | None, name: str | None) -> None:
     what = _kind(kind, KINDS, "resume")
     if name is None:
         raise SolError(f"name the {what} to resume: `sol resume {what} NAME`")
-    sp = sphere()
+    for line in resume_object(sphere(), what, name):
+        say(line)
+
+
+def resume_object(sp: Sphere, what: str, name: str) -> list[str]:
+    """`sol resume KIND NAME` (and the dashboard's `s` on a suspended writ): lift the
+    `sol suspend`, wake the daemon, and say what happened; a SolError when the spec
+    still suspends it."""
     with sp.store.transaction():
         record = _record(sp.store, what, name)
         label = _label(what, record)
@@ -165,10 +185,8 @@ def resume(kind: str | None, name: str | None) -> None:
         where = f" ({record.origin})" if record.origin else ""
         raise SolError(f"{removed}{label} is suspended by its spec{where}: {still.undo}")
     if had is None:
-        say(f"{label} is not suspended: nothing to resume.")
-        return
-    say(f"Resumed {label}.")
-    wake(sp, "applies it")
+        return [f"{label} is not suspended: nothing to resume."]
+    return [f"Resumed {label}.", *wake(sp, "applies it")]
 
 
 def _leave_degraded() -> None:

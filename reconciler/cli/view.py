@@ -27,6 +27,7 @@ from reconciler.core.errors import SolError
 from reconciler.core.records import Event
 from reconciler.core.store import Record, Store
 from reconciler.core.times import rfc3339
+from reconciler.drivers.sphere import Sphere
 
 KIND_ALIASES = {
     "world": "World", "worlds": "World",
@@ -274,20 +275,27 @@ def describe(kind: str, name: str | None, output: str) -> None:
         emit(objs[0], "yaml" if output == "table" else output)
         return
     record = find(sp.store, kind, name)
-    obj = record.to_object()
-    if kind == "Writ":
-        from reconciler.cli.cost import attach_costs
-
-        attach_costs(sp, [obj])
-    events = sp.store.events(world=record.world or record.name, name=record.name, limit=20)
-    obj["events"] = [{"time": rfc3339(e.ts), "type": e.type, "message": e.message}
-                     for e in events]
+    obj = described(sp, record)
     if output != "table":
         emit(obj, output)
         return
     from reconciler.cli.describe import render_describe
 
     click.echo(render_describe(sp, record, obj))  # already inert
+
+
+def described(sp: Sphere, record: Record) -> dict[str, Any]:
+    """The object `sol describe` shows (and the dashboard's enter): the contract shape,
+    a writ's cost, its last 20 events."""
+    obj = record.to_object()
+    if record.kind == "Writ":
+        from reconciler.cli.cost import attach_costs
+
+        attach_costs(sp, [obj])
+    events = sp.store.events(world=record.world or record.name, name=record.name, limit=20)
+    obj["events"] = [{"time": rfc3339(e.ts), "type": e.type, "message": e.message}
+                     for e in events]
+    return obj
 
 
 @click.command()
