@@ -91,6 +91,7 @@ COMMANDS: dict[str, str] = {
     "prime": "agent", "resolve": "agent", "escalate": "agent", "attach": "agent",
     "logs": "agent",
     "completion": "completion", "cost": "cost", "create": "create",
+    "dashboard": "dashboard",
     "up": "daemon", "down": "daemon", "reconcile": "daemon", "demo": "demo",
     "retry": "operate", "suspend": "operate", "resume": "operate",
     "validate": "specs", "schema": "specs", "diff": "specs", "apply": "specs",
