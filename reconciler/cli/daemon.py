@@ -28,10 +28,11 @@ from reconciler.drivers.processes import pid_alive
 from reconciler.specs.sources import PREFIX, find, is_git, poll_interval
 
 
-def start_detached(home: Home, paths: Sequence[Path | str], timeout: float = 30.0
-                   ) -> dict[str, Any]:
+def start_detached(home: Home, paths: Sequence[Path | str], timeout: float = 30.0, *,
+                   web: Sequence[str] = ()) -> dict[str, Any]:
     """Start the prefect in its own session, stdio to logs/prefect.out; return its ready
-    info (pid, paths, log) once it reports ready."""
+    info (pid, paths, log) once it reports ready. `web` is ADDR [--allow-remote] of the
+    web page child."""
     from reconciler.daemon.prefect import ALREADY_RUNNING, already_running, child_env, running
 
     home.init()
@@ -40,7 +41,8 @@ def start_detached(home: Home, paths: Sequence[Path | str], timeout: float = 30.
             (home.run / "prefect.ready").unlink()  # left by a prefect that was killed
     with open(home.logs / "prefect.out", "ab") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "reconciler.daemon.prefect", "daemon", *map(str, paths)],
+            [sys.executable, "-m", "reconciler.daemon.prefect", "daemon",
+             *(["--web", *web] if web else []), *map(str, paths)],
             cwd=home.root, env=child_env(home), stdin=subprocess.DEVNULL, stdout=out,
             stderr=out, start_new_session=True, close_fds=True)
     deadline = time.monotonic() + timeout
@@ -162,9 +164,32 @@ def _where(home: Home, info: dict[str, Any]) -> str:
             f"log {home.logs / 'prefect.log'}")
 
 
+WEB_WAIT = 15.0     # seconds `sol up --web` waits for the page to answer
+
+
+def _web_url(home: Home, timeout: float) -> str:
+    """The web child's URL (token included) once it has written run/web.url."""
+    from reconciler.daemon.web import URL_FILE
+
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(OSError):
+            if url := (home.run / URL_FILE).read_text().strip():
+                return url
+        if time.monotonic() > deadline:
+            raise SolError(f"the prefect runs, but its web page did not come up within "
+                           f"{timeout:g}s; see {home.logs / 'web.log'}")
+        time.sleep(0.05)
+
+
 @click.command()
 @specs_option()
-def up(paths: tuple[str, ...]) -> None:
+@click.option("--web", "web", metavar="ADDR",
+              help="Also serve the dashboard as a read-only web page on HOST:PORT "
+                   "(port 0 picks one); the URL with its token is printed.")
+@click.option("--allow-remote", is_flag=True,
+              help="Let --web bind an address other machines can reach.")
+def up(paths: tuple[str, ...], web: str | None, allow_remote: bool) -> None:
     """Start the prefect daemon: it runs the reconcilers and applies PATH as it changes.
 
     Already running: says so (pid, log) and exits 0, or 1 if it watches other paths.
@@ -172,17 +197,28 @@ def up(paths: tuple[str, ...]) -> None:
     \b
     sol up -f specs                   # watch ./specs
     sol up -f git+https://example.org/org/plans.git@main#specs
+    sol up --web 127.0.0.1:8080       # and the dashboard's web page
     """
     from reconciler.daemon.prefect import running
+    from reconciler.daemon.web import URL_FILE, parse_address
 
     home = Home.from_env()
     home.init()
     wanted = watch_paths(paths)
+    if allow_remote and not web:
+        raise SolError("--allow-remote goes with --web ADDR")
+    if web:
+        parse_address(web, allow_remote=allow_remote)  # refused here, not in the child
     info = running(home)
     if info is not None:
         if "paths" not in info:
             info = _wait_ready(home)  # it is starting: compare with what it will watch
         click.echo(f"The prefect is already running ({_where(home, info)}).")
+        if web and not info.get("web"):
+            raise SolError("the running prefect serves no web page; run `sol down`, then "
+                           f"`sol up --web {web}`")
+        if web:
+            click.echo(f"Dashboard: {_web_url(home, WEB_WAIT)}")
         watched = [str(p) for p in info.get("paths") or []]
         if paths and not _same(watched, wanted):
             shown = ", ".join(map(_meaning, watched)) or "nothing"
@@ -193,14 +229,21 @@ def up(paths: tuple[str, ...]) -> None:
         if not is_git(path) and not Path(path).exists():
             click.echo(f"warning: {path} does not exist yet; the prefect applies it once it "
                        "appears", err=True)
+    if web:
+        with contextlib.suppress(OSError):
+            (home.run / URL_FILE).unlink()  # left by a web child that was killed
     try:
-        info = start_detached(home, wanted)
+        info = start_detached(home, wanted, web=[web, *(["--allow-remote"] if allow_remote
+                                                        else [])] if web else ())
     except LostRace:
         # Several `sol up` at once: one prefect wins, the others found it running.
         found = _wait_ready(home)
         click.echo(f"The prefect is already running ({_where(home, found)}).")
         return
     click.echo(f"Prefect started ({_where(home, info)}).")
+    if web:
+        click.echo(f"Dashboard: {_web_url(home, WEB_WAIT)} (read-only; the token is also "
+                   f"in {home.run / URL_FILE})")
     if wanted and is_git(wanted[0]):
         click.echo(f"Polling {wanted[0]} every {poll_interval():g}s.")
         return

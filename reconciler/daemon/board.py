@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from reconciler.core.home import Home
 from reconciler.core.records import Record
 from reconciler.core.store import Store
 from reconciler.core.suspension import FORGE, WORLD, WRIT, Suspension, suspension
@@ -135,9 +136,22 @@ def snapshot(sphere: Sphere, only: str | None = None, *, events: int = 0,
                    if not only or w.name == only)
     recent = tuple(EventRow(e.id, e.ts, e.type, e.world or "", e.name or "", inert(e.message))
                    for e in store.events(world=only, limit=events)) if events else ()
-    return Board(now, tuple(inert(line) for line in describe_daemon(health, now)),
+    daemon = describe_daemon(health, now) + (web_page(sphere.home) if (health.daemon or {})
+                                             .get("web") else [])
+    return Board(now, tuple(inert(line) for line in daemon),
                  tuple(inert(line) for line in health.attention),
                  tuple(inert(n) for n in notices), worlds, recent)
+
+
+def web_page(home: Home) -> list[str]:
+    """Where the daemon serves the dashboard's web page (`sol up --web`), never its token:
+    status output gets pasted into issues and chats."""
+    try:
+        url = (home.run / "web.url").read_text().strip()
+    except OSError:
+        return []
+    return [f"  web page at {url.split('?', 1)[0]} (its URL with the token is in "
+            f"{home.run / 'web.url'})"] if url else []
 
 
 def _world(sphere: Sphere, world: Record, costs: dict[tuple[str, str], dict[str, Any]],

@@ -35,6 +35,10 @@ from reconciler.daemon.procs import (
 from reconciler.daemon.watch import Loop, touch
 from reconciler.drivers.sphere import Sphere
 
+WEB = "web"
+"""The one child that is not a reconciler: the dashboard's web page (`sol up --web`),
+supervised like the others so it restarts if it dies and stops on `sol down`."""
+
 PASS_LIMIT = {"consul": 600.0, "sentinel": 600.0, "forge": None, "notifier": 600.0}
 """A pass longer than this stops the heartbeat (a hung reconciler is then restarted).
 The forge has none: its gates carry their own timeouts."""
@@ -54,12 +58,15 @@ class ChildSpec:
 
     kind: str
     world: str = ""
+    args: tuple[str, ...] = ()      # the web child's ADDR [--allow-remote]; never a secret
 
     @property
     def name(self) -> str:
         return f"{self.kind}-{self.world}" if self.world else self.kind
 
     def argv(self) -> list[str]:
+        if self.kind == WEB:
+            return [sys.executable, "-m", "reconciler.daemon.web", *self.args]
         return [sys.executable, "-m", "reconciler.daemon.prefect", "child", self.kind,
                 *([self.world] if self.world else [])]
 

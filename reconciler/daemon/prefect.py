@@ -4,7 +4,8 @@
       |- consul              worlds, degraded mode, dispatch
       |- sentinel-<world>    one per world: envoys and agent sessions
       |- forge-<world>       one per world: the merge queue
-      `- notifier            notify commands and webhooks of sol.yaml
+      |- notifier            notify commands and webhooks of sol.yaml
+      `- web                 with `sol up --web ADDR` only: the dashboard's web page
 
 The children and what each runs come from controllers/registry.py (each reconciler's
 owner); a child's pass is `registry.run_owner`.
@@ -52,7 +53,7 @@ from reconciler.core.home import Home
 from reconciler.core.locks import flock
 from reconciler.core.plan import Action
 from reconciler.core.report import ReportOnce
-from reconciler.daemon.child import ChildSpec, heartbeat_interval, run_child
+from reconciler.daemon.child import WEB, ChildSpec, heartbeat_interval, run_child
 from reconciler.daemon.procs import STOP_GRACE, kill_group, read_pid, setup_logging
 from reconciler.daemon.watch import FileWaker, SpecSync, Wakeup, touch, watch_names
 from reconciler.drivers.sphere import Sphere
@@ -102,10 +103,11 @@ class Prefect:
     """The supervision loop; `sol up` runs it detached, `sol reconcile` in the foreground."""
 
     def __init__(self, home: Home, paths: Sequence[str | Path] = (), *,
-                 foreground: bool = False) -> None:
+                 foreground: bool = False, web: Sequence[str] = ()) -> None:
         self.home = home
         self.paths = [Path(p).absolute() for p in paths]
         self.foreground = foreground
+        self.web = tuple(web)       # the web child's ADDR [--allow-remote], if it runs
         self.children: dict[str, Child] = {}
         self.stopping = False
         self.beat = heartbeat_interval()
@@ -251,7 +253,7 @@ class Prefect:
     # ---- children ----------------------------------------------------------------------
 
     def _wanted(self) -> list[ChildSpec]:
-        """The registry's children for the worlds there are now."""
+        """The registry's children for the worlds there are now (and the web page's)."""
         from reconciler.controllers import registry
 
         try:
@@ -259,7 +261,8 @@ class Prefect:
         except Exception as exc:  # keep what runs; look again next tick
             logger.warning("cannot list worlds: {err}", err=str(exc))
             return [c.spec for c in self.children.values()]
-        return [ChildSpec(owner, world) for owner, world in registry.children(worlds)]
+        web = [ChildSpec(WEB, args=self.web)] if self.web else []
+        return [ChildSpec(owner, world) for owner, world in registry.children(worlds)] + web
 
     def _sync_children(self) -> None:
         wanted = {spec.name: spec for spec in self._wanted()}
@@ -269,7 +272,7 @@ class Prefect:
         for name, spec in wanted.items():
             if name not in self.children:
                 self.children[name] = Child(spec, restart_at=time.monotonic())
-        self._listeners = tuple(wanted.values())
+        self._listeners = tuple(s for s in wanted.values() if s.kind != WEB)
 
     def _start_due(self) -> None:
         now = time.monotonic()
@@ -364,7 +367,8 @@ class Prefect:
 
     def _write_ready(self) -> None:
         info = {"pid": os.getpid(), "paths": [str(p) for p in self.paths],
-                "log": str(self.home.logs / "prefect.log"), "started": time.time()}
+                "log": str(self.home.logs / "prefect.log"), "started": time.time(),
+                "web": self.web[0] if self.web else None}
         tmp = self.home.run / "prefect.ready.tmp"
         tmp.write_text(json.dumps(info))
         tmp.replace(self.home.run / "prefect.ready")
@@ -403,12 +407,18 @@ def main(argv: Sequence[str]) -> int:
     if len(argv) in (2, 3) and argv[0] == "child":
         return run_child(argv[1], argv[2] if len(argv) == 3 else "")
     if argv[:1] == ["daemon"]:
+        paths, web = list(argv[1:]), []
+        if paths[:1] == ["--web"] and len(paths) > 1:
+            web, paths = paths[:2], paths[2:]
+            if paths[:1] == ["--allow-remote"]:
+                web, paths = [*web, paths[0]], paths[1:]
         try:
-            return Prefect(Home.from_env(), argv[1:]).run()
+            return Prefect(Home.from_env(), paths, web=web[1:]).run()
         except SolError as exc:
             print(exc.message, file=sys.stderr)
             return ALREADY_RUNNING if isinstance(exc, AlreadyRunning) else exc.exit_code
-    print("usage: python -m reconciler.daemon.prefect daemon [PATH..] | child KIND [WORLD]",
+    print("usage: python -m reconciler.daemon.prefect daemon [--web ADDR [--allow-remote]] "
+          "[PATH..] | child KIND [WORLD]",
           file=sys.stderr)
     return 2
 

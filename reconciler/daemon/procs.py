@@ -47,8 +47,9 @@ def read_pid(path: Path) -> int | None:
 
 
 def is_ours(pid: int, home: Home) -> bool:
-    """The pid runs `reconciler.daemon.prefect` in this SOL_HOME (guards against pid reuse): the
-    daemon and its children all run with SOL_HOME as their working directory."""
+    """The pid runs `reconciler.daemon.prefect` (or the web child, `reconciler.daemon.web`)
+    in this SOL_HOME (guards against pid reuse): the daemon and its children all run with
+    SOL_HOME as their working directory."""
     import psutil  # on first use: most commands never look at a pid
 
     try:
@@ -56,7 +57,8 @@ def is_ours(pid: int, home: Home) -> bool:
         argv, cwd = process.cmdline(), process.cwd()
     except psutil.Error:  # gone, a zombie, or another user's
         return False
-    return "reconciler.daemon.prefect" in argv and Path(cwd) == home.root.resolve()
+    ours = "reconciler.daemon.prefect" in argv or "reconciler.daemon.web" in argv
+    return ours and Path(cwd) == home.root.resolve()
 
 
 def kill_group(proc: subprocess.Popen[bytes]) -> None:
