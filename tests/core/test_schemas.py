@@ -48,7 +48,8 @@ def test_the_readme_example_is_valid() -> None:
     ([1], "the file has the wrong type (list): expected a mapping"),
     ({"fetchIntervall": "5m"}, "fetchIntervall is not a known field (did you mean "
                                "'fetchInterval'?)"),
-    ({"bogus": 1}, "bogus is not a known field: use fetchInterval, resync, staleAfter, rateLimitHold, notify"),
+    ({"bogus": 1}, "bogus is not a known field: use fetchInterval, resync, staleAfter, "
+                   "rateLimitHold, notify"),
     ({"resync": "soon"}, "resync is 'soon', expected a duration like 30s or 10m, or a number "
                          "of seconds"),
     ({"fetchInterval": True}, "fetchInterval is true, expected a duration"),

@@ -50,7 +50,7 @@ def loader(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> s
 
 def writ(name: str, world: str = "shop", extra: str = "") -> str:
     return (f"apiVersion: sol/v1\nkind: Writ\nmetadata: {{name: {name}, world: {world}}}\n"
-            f"spec:\n  title: Do {name}\n{extra}")
+            f"spec:\n  title: {json.dumps('Do ' + name)}\n{extra}")  # quoted: ': ' in a name
 
 
 def expectations(case: Path) -> list[tuple[str, int, int, str]]:
