@@ -120,6 +120,22 @@ class Limit:
 
 
 @dataclass(frozen=True)
+class SessionsSpec:
+    """Where a world's agents run: this machine's tmux, or a Ray cluster's nodes."""
+
+    backend: str = "tmux"
+    address: str = "auto"
+    resources: tuple[tuple[str, float], ...] = ()
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any] | None) -> SessionsSpec:
+        spec = spec or {}
+        return cls(str(spec.get("backend") or "tmux"), str(spec.get("address") or "auto"),
+                   tuple(sorted((str(k), float(v))
+                                for k, v in (spec.get("resources") or {}).items())))
+
+
+@dataclass(frozen=True)
 class WorldSpec:
     source: str
     branch: str = "main"
@@ -139,6 +155,7 @@ class WorldSpec:
     retry_failed_after: float | None = None  # re-drive infrastructure failures after this
     per_writ: Limit | None = None  # spec.budget.perWrit
     per_day: Limit | None = None   # spec.budget.perDay
+    sessions: SessionsSpec = field(default_factory=SessionsSpec)
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> WorldSpec:
@@ -169,6 +186,7 @@ class WorldSpec:
                                 if sentinel.get("retryFailedAfter") else None),
             per_writ=Limit.from_spec(budget.get("perWrit")),
             per_day=Limit.from_spec(budget.get("perDay")),
+            sessions=SessionsSpec.from_spec(spec.get("sessions")),
         )
 
 

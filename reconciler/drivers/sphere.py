@@ -11,6 +11,7 @@ from functools import cached_property
 from reconciler.core.config import Config, load_config
 from reconciler.core.errors import SolError
 from reconciler.core.home import Home
+from reconciler.core.model import SessionsSpec
 from reconciler.core.store import Store
 
 
@@ -34,10 +35,25 @@ class Sphere:
 
     @cached_property
     def sessions(self):  # noqa: ANN201 - SessionBackend, imported lazily (tmux is optional)
+        """Every session, each through its world's backend (routed_sessions.py)."""
+        from reconciler.drivers.routed_sessions import RoutedSessions
         from reconciler.drivers.sessions import TmuxSessions
 
-        return TmuxSessions(self.home.socket_name, hook_file=self.home.run / "tmux-events",
-                            launch_dir=self.home.run / "launch")
+        local = TmuxSessions(self.home.socket_name, hook_file=self.home.run / "tmux-events",
+                             launch_dir=self.home.run / "launch")
+        return RoutedSessions(local, self._session_specs, self._remote_sessions)
+
+    def _session_specs(self) -> dict[str, SessionsSpec]:
+        return {w.name: SessionsSpec.from_spec(w.spec.get("sessions"))
+                for w in self.store.list("World")}
+
+    def _remote_sessions(self, spec: SessionsSpec):  # noqa: ANN202 - SessionBackend
+        """A world's sessions on a Ray cluster (the optional `ray` extra)."""
+        from reconciler.drivers.ray_sessions import RaySessions
+
+        return RaySessions(spec.address, namespace=f"sol-{self.home.socket_name}",
+                           socket_name=self.home.socket_name, resources=dict(spec.resources),
+                           launch_dir=self.home.run / "launch")
 
     def reopen(self) -> None:
         """A fresh connection after a failed pass: SQLite opens a file it cannot write
