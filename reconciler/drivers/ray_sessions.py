@@ -1,0 +1,577 @@
+"""Agent sessions on a Ray cluster: each session a named detached actor that runs the
+agent in a tmux session on its own node.
+
+Why an actor per session: a named detached actor outlives the driver that made it (a
+daemon that crashes or restarts finds its agents again by name), Ray places it on a
+node with the resources asked for, and when its node is lost Ray marks it dead and frees
+its name, so the same session can be started again elsewhere. The actor does not run
+the agent itself: it drives `TmuxSessions` on its node, so output capture, the launch
+file that keeps secrets off command lines, dead panes kept for inspection and
+`tmux attach` all work as on one machine. The environment reaches the actor as a call
+argument (through Ray's object store), never on a command line.
+
+A tmux server outlives the Ray worker that started it (tmux double-forks). So each
+session gets a reaper: a small detached process on the node that waits for the actor's
+worker to exit and then stops the session, if it is still the one that worker started.
+Without it, an agent whose node's raylet crashed would keep working while its writ is
+recast elsewhere.
+
+Every node needs sol (with the `ray` extra) installed: the actor's code is this module.
+`ray` is imported only here and only when a Ray world is driven: it is an optional
+extra.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import shlex
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from reconciler.core.errors import SolError
+from reconciler.drivers.sessions import Ending, SessionBackend, TmuxSessions, _check_name
+
+if TYPE_CHECKING:
+    from types import ModuleType
+
+_T = TypeVar("_T")
+
+START_TIMEOUT = 60.0
+"""Seconds a new session's actor may take to be placed and start its tmux session; a
+cluster with no node that has the resources asked for would otherwise wait for ever."""
+
+CALL_TIMEOUT = 15.0
+"""Seconds any other call to an actor or to the cluster may take."""
+
+CONNECT_TIMEOUT = 5.0
+"""Seconds to open a TCP connection to the cluster's address before ray.init."""
+
+LIST_TIMEOUT = 5.0
+"""Seconds `list` waits for all its actors at once; one that has not answered by then
+(its node lost, not yet declared dead) counts as not alive."""
+
+START_ATTEMPTS = 3
+"""Placements tried for one start when the chosen node turns out lost."""
+
+KEEP_DRIVER = ("RAY_gcs_rpc_server_reconnect_timeout_s", str(10**9))
+"""A Ray driver whose cluster head is unreachable for 60 s exits its whole process:
+that would take the sol daemon down with a cluster. So sol's driver waits for ever, and
+bounds each call itself (_bounded)."""
+
+_CONNECT_LOCK = threading.Lock()
+_stuck: list[threading.Thread] = []
+"""Calls to the cluster that have not returned: while one hangs, others fail at once
+instead of piling up threads."""
+_connected: str | None = None
+"""The address this process's Ray driver is connected to (Ray allows one per process)."""
+
+
+def _ray() -> ModuleType:
+    try:
+        import ray
+    except ImportError as exc:
+        raise SolError("this world's sessions run on Ray: pip install 'sol[ray]'") from exc
+    return ray
+
+
+def connect(address: str, namespace: str | None = None) -> ModuleType:
+    """The `ray` module, connected to `address` (once per process)."""
+    global _connected
+    ray = _ray()
+    with _CONNECT_LOCK:
+        if _connected is not None and ray.is_initialized():
+            if _connected != address:
+                raise SolError(
+                    f"this process is already connected to the Ray cluster at {_connected}; "
+                    f"it cannot also drive the one at {address} (one cluster per sol process)"
+                )
+            return ray
+        if ray.is_initialized():  # someone else connected (a test, an embedding tool)
+            _connected = address
+            return ray
+        _reachable(address)
+        os.environ.setdefault(*KEEP_DRIVER)
+        try:
+            ray.init(address=address, namespace=namespace, log_to_driver=False,
+                     logging_level="ERROR", configure_logging=False)
+        except Exception as exc:  # ConnectionError, ValueError, RuntimeError: all "cannot"
+            raise SolError(
+                f"cannot reach the Ray cluster at {address}: {_first_line(exc)}; check that "
+                "it runs (`ray status` on its head) and that `address` in the world's spec "
+                "sessions names it"
+            ) from exc
+        _connected = address
+    return ray
+
+
+def _reachable(address: str) -> None:
+    """Fail fast on a host:port (or ray://host:port) nobody listens on: ray.init would
+    retry it for minutes, hanging the daemon or `sol doctor`."""
+    hostport = address.removeprefix("ray://")
+    host, _, port = hostport.rpartition(":")
+    if address == "auto" or not host or not port.isdigit():
+        return
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT):
+            pass
+    except OSError as exc:
+        raise SolError(
+            f"cannot reach the Ray cluster at {address}: {exc.strerror or exc}; check that "
+            "it runs (`ray status` on its head) and that `address` in the world's spec "
+            "sessions names it"
+        ) from exc
+
+
+def _bounded(call: Callable[[], _T], what: str, address: str,
+             timeout: float = CALL_TIMEOUT) -> _T:
+    """call() with a deadline, for Ray calls that take none (they go to the cluster's
+    head and block while it is unreachable). It runs in a daemon thread; one that does
+    not return is left behind and makes the next calls fail at once until it does."""
+    _stuck[:] = [thread for thread in _stuck if thread.is_alive()]
+    if _stuck:
+        raise SolError(f"{what}: the Ray cluster at {address} has not answered an earlier "
+                       "call yet; check it with `sol doctor`")
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["value"] = call()
+        except BaseException as exc:  # handed to the caller's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, name="sol-ray-call", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        _stuck.append(thread)
+        raise SolError(f"{what}: no answer from the Ray cluster at {address} in "
+                       f"{timeout:g}s; check it with `sol doctor`")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def nodes(address: str) -> list[dict[str, Any]]:
+    """The cluster's alive nodes with their resources (for `sol doctor`), or a SolError
+    saying why the cluster cannot be reached."""
+    ray = connect(address)
+    try:
+        found = _bounded(ray.nodes, "listing the cluster's nodes", address)
+    except SolError:
+        raise
+    except Exception as exc:
+        raise SolError(f"cannot list the nodes of the Ray cluster at {address}: "
+                       f"{_first_line(exc)}") from exc
+    return [{"node_id": node["NodeID"], "node_ip": node["NodeManagerAddress"],
+             "hostname": node.get("NodeManagerHostname", ""),
+             "resources": dict(node.get("Resources", {}))}
+            for node in found if node.get("Alive")]
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _machine() -> str:
+    """What makes a pid mean the same process: one kernel boot and one pid namespace."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        pidns = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return socket.gethostname()
+    return f"{boot}/{pidns}"
+
+
+class _NodeLost(Exception):
+    """A new session's actor died with its node before it started."""
+
+
+class SessionActor:
+    """The body of a session's actor (wrapped by `ray.remote` when first used): one
+    tmux session on the node the actor runs on."""
+
+    def __init__(self, socket_name: str, launch_dir: str | None) -> None:
+        os.environ.pop("TMUX", None)
+        os.environ.pop("TMUX_PANE", None)
+        self.socket_name = socket_name
+        self.tmux = TmuxSessions(socket_name, launch_dir=Path(launch_dir) if launch_dir
+                                 else None)
+
+    def start(self, name: str, argv: list[str], cwd: str, env: dict[str, str],
+              log: str) -> None:
+        """Start the session and its reaper. A live tmux session of this name here is an
+        orphan (the actor's name is unique in the cluster, so whoever started it is
+        gone): it is replaced."""
+        if self.tmux.is_alive(name):
+            self.tmux.stop(name)
+        self.tmux.start(name, argv, cwd=Path(cwd), env=env, log=Path(log))
+        pane = self.tmux.pane_pid(name)
+        if pane is not None:
+            _spawn_reaper(os.getpid(), self.socket_name, name, pane)
+
+    def alive(self, name: str) -> bool:
+        return self.tmux.is_alive(name)
+
+    def exists(self, name: str) -> bool:
+        return self.tmux.exists(name)
+
+    def recent_output(self, name: str, lines: int) -> str:
+        return self.tmux.recent_output(name, lines)
+
+    def ending(self, name: str) -> Ending | None:
+        return self.tmux.ending(name)
+
+    def send_text(self, name: str, text: str) -> None:
+        self.tmux.send_text(name, text)
+
+    def stop(self, name: str) -> None:
+        self.tmux.stop(name)
+
+    def pane_pid(self, name: str) -> int | None:
+        return self.tmux.pane_pid(name)
+
+    def where(self) -> dict[str, Any]:
+        """The node this session runs on, for `sol status`, `sol doctor` and tests."""
+        import ray
+
+        raylet = os.environ.get("RAY_RAYLET_PID", "")
+        return {"node_id": ray.get_runtime_context().get_node_id(),
+                "node_ip": ray.util.get_node_ip_address(),
+                "hostname": socket.gethostname(),
+                "raylet_pid": int(raylet) if raylet.isdigit() else None,
+                "machine": _machine()}
+
+
+def _spawn_reaper(worker: int, socket_name: str, name: str, pane: int) -> None:
+    """A detached `python -m reconciler.drivers.ray_sessions reap ...` that outlives the
+    worker (setsid -f: Ray ends a worker's own children with it, not a re-parented one).
+    It imports sol from where this worker did."""
+    argv = [sys.executable, "-m", "reconciler.drivers.ray_sessions", "reap", str(worker),
+            socket_name, name, str(pane)]
+    package_root = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+    quiet: dict[str, Any] = {"stdin": subprocess.DEVNULL, "stdout": subprocess.DEVNULL,
+                             "stderr": subprocess.DEVNULL, "close_fds": True, "env": env}
+    try:
+        subprocess.run(["setsid", "-f", *argv], check=False, timeout=CALL_TIMEOUT, **quiet)
+    except FileNotFoundError:  # no util-linux setsid (macOS): a new session at least
+        subprocess.Popen(argv, start_new_session=True, **quiet)
+
+
+def reap(worker: int, socket_name: str, name: str, pane: int) -> None:
+    """Wait for the actor's worker process to exit, then stop its session if the pane is
+    still the one that worker started (not a session started afresh under that name)."""
+    try:
+        fd = os.pidfd_open(worker)
+    except (OSError, AttributeError):
+        fd = None
+        while _running(worker):
+            time.sleep(1.0)
+    if fd is not None:
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        poller.poll()
+        os.close(fd)
+    os.environ.pop("TMUX", None)
+    tmux = TmuxSessions(socket_name)
+    if tmux.pane_pid(name) == pane:
+        tmux.stop(name)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class RaySessions(SessionBackend):
+    """Sessions as named detached actors in one Ray namespace (one per sphere)."""
+
+    def __init__(self, address: str, namespace: str, socket_name: str,
+                 resources: dict[str, float] | None = None,
+                 launch_dir: Path | None = None) -> None:
+        self.address = address
+        self.namespace = namespace
+        self.socket_name = socket_name
+        self.resources = dict(resources or {})
+        self.launch_dir = launch_dir
+        self._actor_class: Any = None
+        self._machines: dict[str, str] = {}
+
+    # -- plumbing ------------------------------------------------------------------
+
+    def _connect(self) -> ModuleType:
+        return connect(self.address, self.namespace)
+
+    def _get(self, refs: Any, what: str, timeout: float = CALL_TIMEOUT) -> Any:
+        """ray.get with a deadline; an error raised in the actor comes back as itself.
+        A dead actor's RayActorError passes through for the caller to judge."""
+        ray = self._connect()
+        from ray.exceptions import GetTimeoutError, RayTaskError
+
+        try:
+            return ray.get(refs, timeout=timeout)
+        except RayTaskError as exc:
+            cause = getattr(exc, "cause", None)
+            if isinstance(cause, SolError):
+                raise SolError(cause.message) from None
+            raise SolError(f"{what} failed on the Ray cluster at {self.address}: "
+                           f"{_first_line(cause or exc)}") from exc
+        except GetTimeoutError as exc:
+            raise SolError(f"{what}: no answer from the Ray cluster at {self.address} in "
+                           f"{timeout:g}s; check it with `sol doctor`") from exc
+
+    def _actor(self, name: str) -> Any | None:
+        """The session's actor handle, None if there is none (never started, stopped,
+        or dead: Ray frees a dead detached actor's name)."""
+        ray = self._connect()
+        try:
+            return _bounded(lambda: ray.get_actor(name, namespace=self.namespace),
+                            f"looking up session {name}", self.address)
+        except ValueError:
+            return None
+        except SolError:
+            raise
+        except Exception as exc:
+            raise SolError(f"cannot look up session {name} on the Ray cluster at "
+                           f"{self.address}: {_first_line(exc)}") from exc
+
+    def _ask(self, name: str, method: str, *args: Any) -> tuple[bool, Any]:
+        """(True, result) of one actor method; (False, None) when the actor is missing
+        or dead, so callers can treat "no actor" as "no session"."""
+        from ray.exceptions import RayActorError
+
+        handle = self._actor(name)
+        if handle is None:
+            return False, None
+        try:
+            return True, self._get(getattr(handle, method).remote(*args),
+                                   f"session {name}")
+        except RayActorError:
+            return False, None
+
+    def _options(self) -> dict[str, Any]:
+        """Ray's actor options from the world's `resources` (CPU, GPU, memory, custom)."""
+        custom = dict(self.resources)
+        options: dict[str, Any] = {"num_cpus": custom.pop("CPU", custom.pop("num_cpus", 0))}
+        gpus = custom.pop("GPU", custom.pop("num_gpus", None))
+        if gpus is not None:
+            options["num_gpus"] = gpus
+        memory = custom.pop("memory", None)
+        if memory is not None:
+            options["memory"] = memory
+        if custom:
+            options["resources"] = custom
+        return options
+
+    def _remote_class(self) -> Any:
+        if self._actor_class is None:
+            self._actor_class = self._connect().remote(SessionActor)
+        return self._actor_class
+
+    # -- SessionBackend ------------------------------------------------------------
+
+    def start(self, name: str, argv: list[str], *, cwd: Path, env: dict[str, str],
+              log: Path, absent: bool = False) -> None:
+        """Create the session's actor and start the command in tmux on its node. An
+        actor of that name whose session is not alive (exited, or its node not
+        answering) is killed first, as TmuxSessions replaces a dead session."""
+        _check_name(name)
+        if not absent:
+            handle = self._actor(name)
+            if handle is not None:
+                if self._alive_all({name: handle}).get(name):
+                    raise SolError(
+                        f"session {name} is already running; stop it before starting it again")
+                self._end(name, handle)
+        deadline = time.monotonic() + START_TIMEOUT
+        for attempt in range(START_ATTEMPTS):
+            try:
+                self._create(name, argv, cwd, env, log, deadline - time.monotonic())
+                return
+            except _NodeLost as exc:
+                if attempt == START_ATTEMPTS - 1 or time.monotonic() > deadline:
+                    raise SolError(
+                        f"session {name} could not start on the Ray cluster at "
+                        f"{self.address}: its node was lost {START_ATTEMPTS} times "
+                        f"({_first_line(exc.__cause__ or exc)}); check it with `sol doctor`"
+                    ) from exc
+
+    def _create(self, name: str, argv: list[str], cwd: Path, env: dict[str, str],
+                log: Path, timeout: float) -> None:
+        """One actor and its start call; _NodeLost when Ray placed it on a node that was
+        dying (a node lost seconds ago is still taken for alive until its heartbeats
+        are missed), so start can place it again."""
+        self._connect()
+        from ray.exceptions import GetTimeoutError, RayActorError
+
+        options = self._options()
+        actor = self._remote_class().options(
+            name=name, namespace=self.namespace, lifetime="detached", max_restarts=0,
+            **options)
+        launch_dir = str(self.launch_dir) if self.launch_dir else None
+        try:
+            handle = _bounded(lambda: actor.remote(self.socket_name, launch_dir),
+                              f"creating session {name}", self.address)
+        except ValueError as exc:
+            raise SolError(f"session {name} is already running on the Ray cluster at "
+                           f"{self.address}; stop it before starting it again") from exc
+        try:
+            self._get(handle.start.remote(name, list(argv), str(cwd), dict(env), str(log)),
+                      f"starting session {name}", timeout=max(timeout, 1.0))
+        except BaseException as exc:
+            self._kill(handle, name)
+            if isinstance(exc.__cause__, GetTimeoutError):
+                raise SolError(
+                    f"session {name} was not placed on the Ray cluster at {self.address} "
+                    f"in {START_TIMEOUT:g}s: does a node have the resources {options} "
+                    "free? (`sol doctor` lists them)") from exc
+            if isinstance(exc, RayActorError) and not exc.actor_init_failed:
+                raise _NodeLost() from exc
+            if isinstance(exc, RayActorError):
+                raise SolError(
+                    f"session {name} could not start on the Ray cluster at {self.address}: "
+                    f"{_first_line(exc)}; every node needs sol installed "
+                    "(pip install 'sol[ray]')") from exc
+            raise
+
+    def _alive_all(self, handles: dict[str, Any]) -> dict[str, bool]:
+        """Ask every actor at once; one that errs or has not answered by the deadline
+        (its node lost) is not alive."""
+        ray = self._connect()
+        refs = {handle.alive.remote(name): name for name, handle in handles.items()}
+        alive = dict.fromkeys(handles, False)
+        if not refs:
+            return alive
+        ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=LIST_TIMEOUT)
+        for ref in ready:
+            try:
+                alive[refs[ref]] = bool(ray.get(ref, timeout=0))
+            except Exception:  # a dead actor, a tmux error there: not alive
+                alive[refs[ref]] = False
+        return alive
+
+    def _end(self, name: str, handle: Any) -> None:
+        """Stop the session through its actor (if it answers), then kill the actor."""
+        ray = self._connect()
+        ready, _ = ray.wait([handle.stop.remote(name)], timeout=CALL_TIMEOUT)
+        for ref in ready:
+            try:
+                ray.get(ref, timeout=0)
+            except Exception:  # an actor already dead has nothing left to stop
+                pass
+        self._kill(handle, name)
+
+    def _kill(self, handle: Any, name: str) -> None:
+        ray = self._connect()
+        _bounded(lambda: ray.kill(handle, no_restart=True), f"ending session {name}",
+                 self.address)
+
+    def stop(self, name: str) -> None:
+        _check_name(name)
+        handle = self._actor(name)
+        if handle is not None:
+            self._end(name, handle)
+
+    def is_alive(self, name: str) -> bool:
+        _check_name(name)
+        handle = self._actor(name)
+        return handle is not None and self._alive_all({name: handle})[name]
+
+    def exists(self, name: str) -> bool:
+        _check_name(name)
+        return bool(self._ask(name, "exists", name)[1])
+
+    def list(self, prefix: str = "sol-") -> dict[str, bool]:
+        ray = self._connect()
+        try:
+            named = _bounded(lambda: ray.util.list_named_actors(all_namespaces=True),
+                             "listing sessions", self.address)
+        except SolError:
+            raise
+        except Exception as exc:
+            raise SolError(f"cannot list sessions on the Ray cluster at {self.address}: "
+                           f"{_first_line(exc)}") from exc
+        names = [entry["name"] for entry in named
+                 if entry.get("namespace") == self.namespace
+                 and entry["name"].startswith(prefix)]
+        handles = {}
+        for name in names:
+            handle = self._actor(name)
+            if handle is not None:
+                handles[name] = handle
+        return self._alive_all(handles)
+
+    def recent_output(self, name: str, lines: int = 50) -> str:
+        _check_name(name)
+        found, text = self._ask(name, "recent_output", name, lines)
+        if not found:
+            raise SolError(f"session {name} does not exist; its log may still be on disk")
+        return text
+
+    def ending(self, name: str) -> Ending | None:
+        _check_name(name)
+        return self._ask(name, "ending", name)[1]
+
+    def send_text(self, name: str, text: str) -> None:
+        _check_name(name)
+        found, _ = self._ask(name, "send_text", name, text)
+        if not found:
+            raise SolError(f"session {name} does not exist; cannot send it text")
+
+    def where(self, name: str) -> dict[str, Any] | None:
+        """The node of the session's actor (node_id, node_ip, hostname, raylet_pid),
+        None if there is no such session."""
+        _check_name(name)
+        return self._ask(name, "where")[1]
+
+    def pane_pid(self, name: str) -> int | None:
+        """The pid on the actor's node; None when that node is not this machine (pids
+        of another machine mean nothing to the local death watch)."""
+        handle = self._actor(name)
+        if handle is None:
+            return None
+        key = handle._actor_id.hex()
+        if key not in self._machines:
+            node = self.where(name)
+            if node is None:
+                return None
+            self._machines[key] = node["machine"]
+        if self._machines[key] != _machine():
+            return None
+        return self._ask(name, "pane_pid", name)[1]
+
+    def attach_argv(self, name: str) -> list[str]:
+        """tmux attach on the actor's node: directly here, over `ssh -t` elsewhere."""
+        node = self.where(name)
+        if node is None:
+            raise SolError(f"session {name} does not exist; nothing to attach to")
+        tmux = ["env", "-u", "TMUX", "-u", "TMUX_PANE", "tmux", "-L", self.socket_name,
+                "attach-session", "-t", f"={name}"]
+        if node.get("machine") == _machine():
+            return tmux
+        return ["ssh", "-t", str(node["node_ip"]), shlex.join(tmux)]
+
+    def kill_server(self) -> None:
+        """Stop every session of the namespace and kill its actors."""
+        for name in self.list(prefix=""):
+            handle = self._actor(name)
+            if handle is not None:
+                self._end(name, handle)
+
+
+if __name__ == "__main__" and len(sys.argv) == 6 and sys.argv[1] == "reap":
+    reap(int(sys.argv[2]), sys.argv[3], sys.argv[4], int(sys.argv[5]))
