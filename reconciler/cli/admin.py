@@ -84,7 +84,11 @@ def _store_checks(home: Home) -> list[tuple[str, bool, str]]:
         return [("database", False, exc.message)]
     try:
         store.verify()
-        specs = [w.spec.get("runtime") for w in store.list("World")]
+        worlds = store.list("World")
+        specs = [w.spec.get("runtime") for w in worlds]
+        clusters = sorted({str((w.spec.get("sessions") or {}).get("address") or "auto")
+                           for w in worlds
+                           if (w.spec.get("sessions") or {}).get("backend") == "ray"})
         specs += [w.spec["runtime"] for w in store.list("Writ") if w.spec.get("runtime")]
     except SolError as exc:
         return [("database", False, exc.message)]
@@ -102,12 +106,28 @@ def _store_checks(home: Home) -> list[tuple[str, bool, str]]:
             rows.append((f"runtime {name}", True, "found"))
         except Exception as exc:  # noqa: BLE001 - reported as a row, never raised
             rows.append((f"runtime {name}", False, getattr(exc, "message", str(exc))))
-    return rows
+    return rows + [_ray_check(address) for address in clusters]
+
+
+def _ray_check(address: str) -> tuple[str, bool, str]:
+    """A Ray cluster a world's agents run on: reachable, with its alive nodes."""
+    from reconciler.drivers.ray_sessions import nodes
+
+    try:
+        alive = nodes(address)
+    except SolError as exc:
+        return f"ray {address}", False, exc.message
+    if not alive:
+        return f"ray {address}", False, "no alive node: agents cannot be placed"
+    shown = ", ".join(f"{n['hostname'] or n['node_ip']} ({n['resources'].get('CPU', 0):g} CPU)"
+                      for n in alive)
+    return f"ray {address}", True, f"{len(alive)} node(s) alive: {shown}"
 
 
 @click.command()
 def doctor() -> None:
-    """Check git, tmux, SQLite, SOL_HOME, the store and the runtimes the applied worlds use.
+    """Check git, tmux, SQLite, SOL_HOME, the store, the runtimes the applied worlds use and
+    the Ray clusters their agents run on.
 
     \b
     sol doctor                       # exit 1 when a check fails

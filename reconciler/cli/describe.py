@@ -125,7 +125,7 @@ def status_text(board: Board) -> str:
         for writ in world.writs:
             if writ.phase in FINISHED:
                 continue
-            where = f" [{writ.agent}]" if writ.agent else ""
+            where = f" [{writ.agent}{'@' + writ.node if writ.node else ''}]" if writ.agent else ""
             lines.append(f"    {writ.name:<28} {writ.phase:<9}{where} {writ.message}")
             lines += [f"      {kind.upper()}: {message}" for kind, message in writ.flags
                       if kind in ("Escalated", "Stalled")]

@@ -44,6 +44,7 @@ class WritRow:
     flags: tuple[tuple[str, str], ...] = ()     # (condition, message) needing a look
     suspended: tuple[str, ...] = ()
     depends: tuple[str, ...] = ()               # WORLD/NAME of each dependsOn
+    node: str = ""                              # the machine its agent runs on, if not this
 
 
 @dataclass(frozen=True)
@@ -191,7 +192,8 @@ def _writ(record: Record, cost: dict[str, Any] | None) -> WritRow:
         int(status.get("attempt") or 0), record.created_at, cost, flags,
         tuple(inert(s.notice) for s in suspensions(record)),
         tuple("/".join(split_ref(str(d), record.world))
-              for d in record.spec.get("dependsOn") or ()))
+              for d in record.spec.get("dependsOn") or ()),
+        inert(str(status.get("node") or "")))
 
 
 def _caravan(record: Record, phases: dict[str, str]) -> CaravanRow:

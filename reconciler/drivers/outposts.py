@@ -217,8 +217,12 @@ def start_session(sphere: Sphere, world: Record, t: tether.Tether, *,
     session_log.append(log, session_log.header(
         t.world, t.writ, attempt=t.attempt, session=t.session, at=time.time(),
         respawn=int(writ.status.get("respawns") or 0) if writ else 0))
-    sphere.sessions.start(session_name(t.world, t.agent), launch.argv, cwd=worktree,
-                          env=launch.env, log=log, absent=absent)
+    name = session_name(t.world, t.agent)
+    sphere.sessions.start(name, launch.argv, cwd=worktree, env=launch.env, log=log,
+                          absent=absent)
+    node = sphere.sessions.node(name)
+    if node or (writ is not None and writ.status.get("node")):
+        sphere.store.set_status(("Writ", t.world, t.writ), node=node or None)
 
 
 

@@ -108,6 +108,14 @@ class RoutedSessions:
     def attach_argv(self, name: str) -> list[str]:
         return self.backend(name).attach_argv(name)
 
+    def node(self, name: str) -> str:
+        """The machine a session runs on when that is not this one ("" for tmux here):
+        recorded on the writ at each cast, so `sol status` names it without asking."""
+        backend = self.backend(name)
+        where = getattr(backend, "where", None)
+        found = where(name) if backend is not self.local and where is not None else None
+        return str(found.get("hostname") or found.get("node_ip") or "") if found else ""
+
     def kill_server(self) -> None:
         self.local.kill_server()
         for backend in self._backends.values():

@@ -1,0 +1,114 @@
+"""A world whose agents run on a real local Ray cluster, end to end under `sol up`: its
+writs land; the daemon killed leaves the agents' actors running and a restarted daemon
+finds them by name (nothing cast twice); the node holding an agent killed, the agent is
+cast again on another node and its writ lands once.
+
+Skipped without the `ray` extra (`pip install -e '.[test,ray]'`, as .ci/run does)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("ray")
+
+from conftest import git, poll  # noqa: E402
+from helpers import world_yaml, writ_status, writ_yaml, write_specs  # noqa: E402
+from ray_cluster import EXTRA_RESOURCE, RayCluster  # noqa: E402
+from test_prefect import daemon_commands  # noqa: E402
+
+from reconciler.core.home import Home  # noqa: E402
+from reconciler.core.store import Store  # noqa: E402
+from reconciler.daemon.procs import read_pid  # noqa: E402
+from reconciler.drivers.processes import pid_alive  # noqa: E402
+from reconciler.drivers.ray_sessions import RaySessions  # noqa: E402
+
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(240)]
+W = "shop"
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[RayCluster]:
+    with RayCluster.start() as started:
+        yield started
+
+
+def events(home: Home, kind: str, name: str | None = None) -> list:
+    store = Store(home.db)
+    try:
+        return store.events(world=W, name=name, types=[kind])
+    finally:
+        store.close()
+
+
+def sentinel_pass(home: Home) -> float:
+    """When the world's sentinel last finished a pass (its child's health record)."""
+    try:
+        return float(json.loads((home.run / f"sentinel-{W}.pass").read_text())["at"])
+    except (OSError, ValueError, KeyError):
+        return 0.0
+
+
+def phase(home: Home, name: str) -> str | None:
+    record = writ_status(home, W, name)
+    return record.phase if record else None
+
+
+def test_a_ray_world_lands_survives_a_daemon_kill_and_a_lost_node(
+        sol_home: Home, repo: Path, tmp_path: Path, cluster: RayCluster,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SOL_RESYNC", "2s")  # no local death watch for agents on other nodes
+    go = tmp_path / "go"
+    spec = (f"sessions: {{backend: ray, address: '{cluster.address}', "
+            f"resources: {{{EXTRA_RESOURCE}: 0.01}}}}\n")
+    specs = write_specs(
+        tmp_path / "specs", world_yaml(W, repo, extra=spec),
+        writ_yaml("quick", W, "echo quick > quick.txt"),
+        writ_yaml("held", W, f"until [ -e {go} ]; do sleep 0.2; done\necho held > held.txt"))
+    ray = RaySessions(cluster.address, f"sol-{sol_home.socket_name}", sol_home.socket_name)
+    with daemon_commands(sol_home, tmp_path) as sol:
+        assert sol("up", "-f", str(specs)).returncode == 0
+        poll(lambda: phase(sol_home, "quick") == "Merged", timeout=90, interval=0.5,
+             what="writ quick landed through an agent on the Ray cluster")
+        held = poll(lambda: (r := writ_status(sol_home, W, "held")) and r.phase == "Working"
+                    and r, timeout=60, what="writ held working")
+        session = f"sol-{W}-{held.status['agent']}"
+        assert ray.is_alive(session)
+        assert ray.where(session)["raylet_pid"] == cluster.extra_raylet
+        node = writ_status(sol_home, W, "held").status["node"]
+        assert node == ray.where(session)["hostname"]
+        assert f"[{held.status['agent']}@{node}]" in sol("status").stdout
+        doctor = sol("doctor")
+        assert f"ray {cluster.address}" in doctor.stdout, doctor.stdout
+        assert "node(s) alive" in doctor.stdout, doctor.stdout
+
+        # The daemon killed: the actor runs on; a new daemon finds it by name.
+        prefect = read_pid(sol_home.run / "prefect.pid")
+        os.killpg(os.getpgid(prefect), signal.SIGKILL)
+        poll(lambda: not pid_alive(prefect), timeout=10, what="the daemon gone")
+        assert ray.is_alive(session)
+        restarted = time.time()
+        assert sol("up", "-f", str(specs)).returncode == 0
+        poll(lambda: sentinel_pass(sol_home) > restarted + 2, timeout=30,
+             what="two seconds of passes of the new daemon's sentinel")
+        assert ray.is_alive(session) and len(events(sol_home, "cast", "held")) == 1
+        assert not events(sol_home, "respawned", "held")  # found by name, not started again
+
+        # Its node lost: cast again on a node that has the resource.
+        spare = cluster.add_node("spare2", {EXTRA_RESOURCE: 1})
+        cluster.kill_node(cluster.extra_raylet)
+        poll(lambda: (ray.where(session) or {}).get("raylet_pid") == spare, timeout=90,
+             interval=0.5, what="the agent started again on the other node")
+        go.write_text("")
+        poll(lambda: phase(sol_home, "held") == "Merged", timeout=90, interval=0.5,
+             what="writ held landed after its node was lost")
+    assert git(sol_home.repo(W), "show", "main:held.txt") == "held"
+    assert len(git(sol_home.repo(W), "log", "--format=%H", "--grep=Sol-Writ: shop/held",
+                   "main").split()) == 1
+    assert len(events(sol_home, "merged", "held")) == 1
