@@ -472,10 +472,13 @@ def _schema_problems(doc: Document, error: ValidationError) -> Iterator[Problem]
             yield doc.problem(path, f"missing required field '{name}'{hint}", key=True)
     elif error.validator == "additionalProperties":
         allowed = list(error.schema.get("properties", {}))
-        for extra in (k for k in inst if k not in allowed):
+        patterns = list(error.schema.get("patternProperties", {}))
+        for extra in (k for k in inst if k not in allowed
+                      and not any(re.search(p, k) for p in patterns)):
             close = difflib.get_close_matches(extra, allowed, n=1)
             hint = (f" (did you mean '{close[0]}'?)" if close
-                    else f": allowed here are {', '.join(allowed)}")
+                    else f": allowed here are {', '.join(allowed)}" if allowed
+                    else ": a name of letters, digits and _ . : / - is expected")
             yield doc.problem([*path, extra], f"unknown field '{extra}'{hint}", key=True)
     else:
         yield doc.problem(path, _message(error))

@@ -393,3 +393,14 @@ def test_cycles_are_reported_exactly_when_there_are_some(edges: list[tuple[int, 
         assert ring[0] == ring[-1]
         for a, b in zip(ring, ring[1:], strict=False):
             assert int(b[1:]) in deps[int(a[1:])]
+
+
+def test_a_world_on_ray_names_only_the_bad_resource() -> None:
+    world = WORLD.replace("spec: {source: /srv/shop}", "spec:\n  source: /srv/shop\n"
+                          "  sessions: {backend: ray, resources: {CPU: 1, \"bad key\": 2}}")
+    assert "sessions" in world
+    problems = manifests.load_texts([("w.yaml", world)]).problems
+    assert problems == ["w.yaml:6:48: World shop: spec.sessions.resources.bad key: unknown "
+                        "field 'bad key': a name of letters, digits and _ . : / - is expected"]
+    fine = manifests.load_texts([("w.yaml", world.replace('"bad key"', "memory"))])
+    assert fine.problems == [] and fine.manifests[0].spec["sessions"]["backend"] == "ray"
