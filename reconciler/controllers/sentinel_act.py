@@ -106,7 +106,9 @@ def _record_death(sphere: Sphere, action: Action) -> bool:
                              lastDeath=now, **({"lastOutput": last[:200]} if last else {}))
             degraded.record_death(store, world=d["world"], writ=d["writ"], agent=d["agent"],
                                   session=d["session"], message=message, output=output,
-                                  respawns=respawns)
+                                  respawns=respawns, counted=not (ending and ending.lost),
+                                  **({"nodeLost": ending.lost} if ending and ending.lost
+                                     else {}))
     return True
 
 

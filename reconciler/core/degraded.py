@@ -101,14 +101,17 @@ def exit_at(store: Store) -> float | None:
 
 
 def record_death(store: Store, *, world: str, writ: str, agent: str, session: str,
-                 message: str, **data: Any) -> int:
+                 message: str, counted: bool = True, **data: Any) -> int:
     """Count one session's death: its event, and its time in the meta ring of the last
     BURST deaths (so deciding costs one meta read however long the event feed grows).
-    The caller records each session's death once."""
+    The caller records each session's death once. Not `counted`: a death whose cause is
+    known and not the agents' (a lost node takes all its agents at once)."""
     with store.transaction():
         stored = _data(store)
-        ring = [*(stored.get("deaths") or []), {"ts": time.time(), "who": f"{world}/{writ}"}]
-        store.set_meta(KEY, json.dumps({**stored, "deaths": ring[-BURST:]}))
+        if counted:
+            ring = [*(stored.get("deaths") or []), {"ts": time.time(),
+                                                    "who": f"{world}/{writ}"}]
+            store.set_meta(KEY, json.dumps({**stored, "deaths": ring[-BURST:]}))
         return store.event(DIED, kind="Writ", world=world, name=writ, message=message,
                            agent=agent, session=session, **data)
 

@@ -23,6 +23,7 @@ extra.
 
 from __future__ import annotations
 
+import json
 import os
 import select
 import shlex
@@ -302,8 +303,9 @@ class RaySessions(SessionBackend):
 
     def __init__(self, address: str, namespace: str, socket_name: str,
                  resources: dict[str, float] | None = None,
-                 launch_dir: Path | None = None) -> None:
+                 launch_dir: Path | None = None, state_dir: Path | None = None) -> None:
         self.address = address
+        self.state_dir = state_dir  # where each session's node is noted, for `ending`
         self.namespace = namespace
         self.socket_name = socket_name
         self.resources = dict(resources or {})
@@ -401,6 +403,7 @@ class RaySessions(SessionBackend):
         for attempt in range(START_ATTEMPTS):
             try:
                 self._create(name, argv, cwd, env, log, deadline - time.monotonic())
+                self._note_node(name)
                 return
             except _NodeLost as exc:
                 if attempt == START_ATTEMPTS - 1 or time.monotonic() > deadline:
@@ -523,8 +526,44 @@ class RaySessions(SessionBackend):
         return text
 
     def ending(self, name: str) -> Ending | None:
+        """As tmux recorded it; for a session whose actor is gone because its node was
+        lost, `Ending(lost=NODE)`: a lost machine is its own cause, not the agent's."""
         _check_name(name)
-        return self._ask(name, "ending", name)[1]
+        found, ending = self._ask(name, "ending", name)
+        if found:
+            return ending
+        noted = self._noted_node(name)
+        if noted is None:
+            return None
+        try:
+            alive = {n["node_id"] for n in nodes(self.address)}
+        except SolError:
+            return None
+        return None if noted["node_id"] in alive else Ending(lost=noted["hostname"])
+
+    def _note_node(self, name: str) -> None:
+        """Keep the node a session was placed on: once its actor is gone, only this
+        tells a lost node from an agent that exited."""
+        if self.state_dir is None:
+            return
+        where = self.where(name)
+        if not where:
+            return
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        record = self.state_dir / f"{name}.json"
+        temp = record.with_name(f".{record.name}.tmp")
+        temp.write_text(json.dumps({"node_id": where["node_id"],
+                                    "hostname": where.get("hostname") or where["node_ip"]}))
+        temp.replace(record)
+
+    def _noted_node(self, name: str) -> dict[str, str] | None:
+        if self.state_dir is None:
+            return None
+        try:
+            data = json.loads((self.state_dir / f"{name}.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) and data.get("node_id") else None
 
     def send_text(self, name: str, text: str) -> None:
         _check_name(name)

@@ -76,8 +76,11 @@ class Ending:
 
     status: int | None = None
     signal: int | None = None
+    lost: str = ""  # the machine it ran on went away with it (a remote backend's node)
 
     def __str__(self) -> str:
+        if self.lost:
+            return f"its node {self.lost} was lost"
         return f"signal {self.signal}" if self.signal is not None else f"status {self.status}"
 
 

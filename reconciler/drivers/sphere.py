@@ -53,7 +53,7 @@ class Sphere:
 
         return RaySessions(spec.address, namespace=f"sol-{self.home.socket_name}",
                            socket_name=self.home.socket_name, resources=dict(spec.resources),
-                           launch_dir=self.home.run / "launch")
+                           launch_dir=self.home.run / "launch", state_dir=self.home.run / "ray")
 
     def reopen(self) -> None:
         """A fresh connection after a failed pass: SQLite opens a file it cannot write

@@ -137,3 +137,20 @@ def test_sol_resume_leaves_at_once(sphere: Sphere) -> None:
     assert degraded.state(sphere.store) is None
     assert "sol resume" in sphere.store.events(types=["recovered"])[0].message
     assert reconciler.RECONCILER.planned(sphere).actions == ()
+
+
+def test_deaths_of_a_lost_node_are_told_but_never_make_a_burst(sphere: Sphere) -> None:
+    """A lost Ray node takes all its agents at once: their deaths are recorded, with the
+    node, and the sentinel casts them again elsewhere; the sphere does not degrade."""
+    now = time.time()
+    for writ in ("a", "b", "c", "d"):
+        degraded.record_death(sphere.store, world="shop", writ=writ, agent="vega",
+                              session=f"s-{writ}", message="died (its node n2 was lost)",
+                              counted=False, nodeLost="n2")
+    assert step(sphere, now) == []
+    assert degraded.state(sphere.store) is None
+    died = sphere.store.events(types=[degraded.DIED])
+    assert len(died) == 4 and {e.data["nodeLost"] for e in died} == {"n2"}
+    for writ in ("e", "f", "g"):
+        die(sphere, writ)
+    assert step(sphere, now) == ["enter"]  # agents dying by themselves still do

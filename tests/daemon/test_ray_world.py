@@ -105,6 +105,8 @@ def test_a_ray_world_lands_survives_a_daemon_kill_and_a_lost_node(
         cluster.kill_node(cluster.extra_raylet)
         poll(lambda: (ray.where(session) or {}).get("raylet_pid") == spare, timeout=90,
              interval=0.5, what="the agent started again on the other node")
+        [died] = events(sol_home, "session-died", "held")
+        assert died.data["nodeLost"] and "was lost" in died.message, died.message
         go.write_text("")
         poll(lambda: phase(sol_home, "held") == "Merged", timeout=90, interval=0.5,
              what="writ held landed after its node was lost")
