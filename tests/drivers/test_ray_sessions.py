@@ -130,7 +130,8 @@ def test_sessions_outlive_their_driver_and_their_node(
     script = (
         "import sys\nfrom pathlib import Path\n"
         "from reconciler.drivers.ray_sessions import RaySessions\n"
-        "RaySessions(sys.argv[1], sys.argv[2], sys.argv[3]).start(sys.argv[4], "
+        "RaySessions(sys.argv[1], sys.argv[2], sys.argv[3], "
+        "launch_dir=Path(sys.argv[5]) / 'launch').start(sys.argv[4], "
         "['sh', '-c', 'echo up; cat'], cwd=Path(sys.argv[5]), env={}, "
         "log=Path(sys.argv[5]) / 'kept.log')\n")
     began = time.monotonic()
@@ -138,7 +139,8 @@ def test_sessions_outlive_their_driver_and_their_node(
                     SOCKET, name, str(tmp_path)], check=True, timeout=90, cwd=ROOT,
                    env={k: v for k, v in os.environ.items() if not k.startswith("RAY_")})
     print(f"\ndriver that started a session and exited: {time.monotonic() - began:.1f}s")
-    found = RaySessions(cluster.address, sessions.namespace, SOCKET)
+    found = RaySessions(cluster.address, sessions.namespace, SOCKET,
+                        launch_dir=tmp_path / "launch")
     assert found.is_alive(name)
     poll(lambda: _output_has(found, name, "up"), 15, what="output of the kept session")
     found.stop(name)
@@ -146,7 +148,7 @@ def test_sessions_outlive_their_driver_and_their_node(
     # The node of a session is lost: the actor is dead, its name free, its agent ended.
     name = "sol-w-lost"
     spare = RaySessions(cluster.address, sessions.namespace, SOCKET,
-                        resources={EXTRA_RESOURCE: 0.01})
+                        resources={EXTRA_RESOURCE: 0.01}, launch_dir=tmp_path / "launch")
     spare.start(name, ["sh", "-c", "echo there; cat"], cwd=tmp_path, env={},
                 log=tmp_path / "lost.log")
     node = spare.where(name)
