@@ -23,6 +23,7 @@ from reconciler.specs.changes import target
 BACKOFF_MAX = 60.0
 HOOK_GRACE = 120.0  # pane silence judges a hooked agent only if its hooks never spoke
 RATE_LIMIT_HOLD = 60.0  # seconds a rate-limited world waits when the error names no reset
+REMOTE_POLL = 5.0  # seconds between looks at agents on other machines (no death watch there)
 RATE_LIMIT_POLL = 2.0  # told to go on, a CLI without hooks is looked at this often
 _RETRY_AFTER = re.compile(r"(?:retry|try again|resets?)\D{0,20}?(\d+(?:\.\d+)?)\s*s", re.I)
 ZOMBIE_GRACE = 5.0  # an agent's writ changed this recently: its session may be ending itself
@@ -284,6 +285,8 @@ def plan(view: SentinelView) -> Plan:
         if o is None or o.tether is None or o.tether.writ != writ.name:
             continue  # no tether: the consul recovers the writ, not us
         if o.session is True:
+            if spec.sessions.backend != "tmux":  # its death wakes no local pidfd
+                wakes.append(now + REMOTE_POLL)
             if spec.stall_after <= 0 and o.activity is None:
                 continue  # stallAfter: 0s turns stall detection off
             action, wake = _plan_stall(writ, o, spec, now)

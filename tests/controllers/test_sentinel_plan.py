@@ -320,3 +320,14 @@ def test_a_hooked_agent_whose_hooks_have_not_spoken_gets_a_start_up_grace() -> N
     assert kinds(view([writ()], [quiet])) == ["nudge"]
     plan = plan_sentinel(view([writ()], [hooked_tether]))
     assert plan.actions == () and plan.requeue_after == HOOK_GRACE - 100
+
+
+def test_agents_on_other_machines_are_looked_at_every_few_seconds() -> None:
+    """A death on a Ray node wakes no local death watch: the world's sentinel polls."""
+    from reconciler.controllers.sentinel_plan import REMOTE_POLL
+    from reconciler.core.model import SessionsSpec
+
+    remote = replace(SPEC, stall_after=0.0, sessions=SessionsSpec("ray", "127.0.0.1:6379"))
+    assert plan_sentinel(view([writ()], [outpost()], spec=remote)).requeue_after == REMOTE_POLL
+    assert plan_sentinel(view([writ()], [outpost()], spec=replace(remote, sessions=SessionsSpec()))
+                ).requeue_after is None

@@ -61,9 +61,7 @@ def phase(home: Home, name: str) -> str | None:
 
 
 def test_a_ray_world_lands_survives_a_daemon_kill_and_a_lost_node(
-        sol_home: Home, repo: Path, tmp_path: Path, cluster: RayCluster,
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SOL_RESYNC", "2s")  # no local death watch for agents on other nodes
+        sol_home: Home, repo: Path, tmp_path: Path, cluster: RayCluster) -> None:
     go = tmp_path / "go"
     spec = (f"sessions: {{backend: ray, address: '{cluster.address}', "
             f"resources: {{{EXTRA_RESOURCE}: 0.01}}}}\n")
