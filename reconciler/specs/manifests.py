@@ -36,6 +36,7 @@ from ruamel.yaml.reader import ReaderError
 from reconciler.core.errors import ManifestError, SolError
 from reconciler.core.home import data_path
 from reconciler.core.model import API_VERSION, KINDS, NAME_RE, Manifest
+from reconciler.core.text import CONTROL, inert
 from reconciler.specs.documents import Document, Problem, show_value
 from reconciler.specs.references import Known, cross_problems, suggest
 
@@ -62,9 +63,6 @@ TYPE_WORDS = {"string": "a string", "integer": "a whole number", "number": "a nu
               "boolean": "true or false", "object": "a mapping", "array": "a list"}
 USE_KINDS = "use World, Writ, Caravan or Envoy"
 MAX_FILE_BYTES = 10 * 1024 * 1024
-CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-"""Control characters (C0 but tab and newline, DEL, C1): they crash agents and can drive
-an operator's terminal, so no manifest string may hold one."""
 FILE_TYPES = {stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device",
               stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket",
               stat.S_IFDIR: "a directory"}
@@ -163,11 +161,7 @@ def _shown(path: Path) -> str:
         shown = str(path.relative_to(Path.cwd()) if path.is_absolute() else path)
     except ValueError:
         shown = str(path)
-    return CONTROL_RE.sub(_escape, shown)
-
-
-def _escape(match: re.Match[str]) -> str:
-    return f"\\x{ord(match[0]):02x}"
+    return inert(shown)
 
 
 def _wanted(name: str) -> bool:
@@ -341,12 +335,12 @@ class _Converter:
     def text(self, node: Any) -> str:
         """A scalar's text; one holding a control character is refused, and made visible
         so that no later message about it carries the raw character to a terminal."""
-        found = CONTROL_RE.search(node.value)
+        found = CONTROL.search(node.value)
         if found is None:
             return node.value
         self.note(node, f"control character U+{ord(found[0]):04X} in a string: only tab and "
                   "newline are allowed; remove it")
-        return CONTROL_RE.sub(_escape, node.value)
+        return inert(node.value)
 
     def convert(self, node: Any) -> Any:
         self.count += 1
