@@ -164,7 +164,7 @@ def _world(sphere: Sphere, world: Record, costs: dict[tuple[str, str], dict[str,
     records = store.list("Writ", name)
     counts = Counter(w.phase for w in records)
     writs = tuple(_writ(w, costs.get((name, w.name))) for w in records)
-    gates = _running_gates(sphere, name)
+    gates = _running_gates(sphere, name, records)
     rows = tuple(QueueRow(m.id, m.writ, m.state, m.attempt, *gates.get(m.writ, ("", None)))
                  for m in queue(store, name))
     return WorldRow(
@@ -205,7 +205,8 @@ def _caravan(record: Record, phases: dict[str, str]) -> CaravanRow:
                                          for phase in spec.phases))
 
 
-def _running_gates(sphere: Sphere, world: str) -> dict[str, tuple[str, float]]:
+def _running_gates(sphere: Sphere, world: str, writs: list[Record]
+                   ) -> dict[str, tuple[str, float]]:
     """writ -> (gate, started) for the gates running now: the forge's gate record appears
     when a gate starts and goes when it ends; the writ's message names the gate."""
     from reconciler.controllers.landing import gate_record
@@ -216,7 +217,7 @@ def _running_gates(sphere: Sphere, world: str) -> dict[str, tuple[str, float]]:
     if not started:
         return {}
     found = {}
-    for writ in sphere.store.list("Writ", world):
+    for writ in writs:
         if writ.phase == "Merging" and " running" in writ.message:
             gate = writ.message.split(" running", 1)[0].removeprefix("gate ")
             found[writ.name] = (inert(gate), min(started))
