@@ -64,7 +64,7 @@ from reconciler.core.model import MERGED, MERGING, RESOLVED, WorldSpec
 from reconciler.core.plan import Action
 from reconciler.core.store import MergeRequest, Record, Store
 from reconciler.core.suspension import forge_suspension
-from reconciler.drivers import gates, worktrees
+from reconciler.drivers import gates, node_workspace, worktrees
 from reconciler.drivers.sphere import Sphere
 from reconciler.drivers.trailers import landed_commit
 
@@ -299,6 +299,9 @@ def cleanup(sphere: Sphere, world: str, spec: WorldSpec, writ: str) -> None:
         tether.clear(sphere.home.tether(world, agent.name))
         worktrees.remove_worktree(repo, sphere.home.worktree(world, agent.name), force=True)
     worktrees.delete_branch(repo, f"sol/{writ}", force=True)
+    if spec.sessions.on_nodes:  # a writ of the same name later starts afresh
+        node_workspace.drop_branch(repo, node_workspace.remote_of(repo, spec.sessions.remote),
+                                   f"sol/{writ}")
     if agent is not None:
         store.free_agent(world, agent.name)
     store.event("cleaned-up", kind="Writ", world=world, name=writ,

@@ -27,7 +27,8 @@ from reconciler.core.plan import Action
 from reconciler.core.redrive import redrive
 from reconciler.core.store import Record
 from reconciler.core.times import rfc3339
-from reconciler.drivers import worktrees
+from reconciler.drivers import node_workspace, worktrees
+from reconciler.drivers.agent import resolve_recorded
 from reconciler.drivers.outposts import (
     live_counts,
     release,
@@ -384,7 +385,47 @@ def _report_orphan(sphere: Sphere, action: Action) -> bool:
     return True
 
 
+def _resolve_from_node(sphere: Sphere, action: Action) -> bool:
+    """A resolve an agent made on its node: the branch it pushed comes into the clone
+    (the forge lands from there), then the store moves as for a local `sol resolve`."""
+    d, home = action.data, sphere.home
+    world, agent = d["world"], d["agent"]
+    with _lock(sphere, world):
+        writ, spec = _current(sphere, action), _spec(sphere, world)
+        if writ is None or spec is None:
+            return False
+        path = home.tether(world, agent)
+        t = tether.read(path)
+        if t.writ != writ.name or t.session != d["session"]:
+            return False
+        repo = home.repo(world)
+        tip = node_workspace.fetch_branch(
+            repo, node_workspace.remote_of(repo, spec.sessions.remote), t.branch)
+        if not worktrees.is_ancestor(repo, d["head"], tip):
+            raise SolError(f"agent {agent} resolved {t.branch} at {d['head'][:12]}, but the "
+                           f"world's remote holds {tip[:12]}, which does not contain it")
+        resolve_recorded(sphere, t, writ, int(d.get("ahead") or 1))
+        tether.clear(path)
+    sphere.sessions.stop(session_name(world, agent))
+    return True
+
+
+def _escalate_from_node(sphere: Sphere, action: Action) -> bool:
+    d = action.data
+    with _lock(sphere, d["world"]):
+        writ = _current(sphere, action)
+        if writ is None or d["request"] in (writ.status.get("nodeRequests") or ()):
+            return False
+        done = [*(writ.status.get("nodeRequests") or ()), d["request"]][-20:]
+        if sphere.store.set_status(writ.key, expect_version=writ.version,
+                                   nodeRequests=done) is None:
+            return False
+        escalate(sphere.store, d["world"], d["writ"], d["message"], source="Agent")
+    return True
+
+
 ACTS = {
+    "resolve-from-node": _resolve_from_node, "escalate-from-node": _escalate_from_node,
     "record-death": _record_death, "respawn": _respawn, "fail": _fail,
     "nudge": _nudge_session, "stall": _stall, "unstall": _unstall,
     "rate-limited": _rate_limited, "rate-limit-over": _rate_limit_over,

@@ -9,6 +9,7 @@ import time
 from reconciler.controllers.sentinel_plan import (
     ActivityView,
     OrphanView,
+    OutboxView,
     OutpostView,
     SentinelView,
     TetherView,
@@ -18,7 +19,7 @@ from reconciler.core.errors import SolError
 from reconciler.core.holds import world_hold
 from reconciler.core.model import WORKING, WorldSpec
 from reconciler.core.store import Record
-from reconciler.drivers import hook, worktrees
+from reconciler.drivers import hook, node_outposts, worktrees
 from reconciler.drivers.envoy_names import is_envoy
 from reconciler.drivers.outposts import (
     parse_session,
@@ -67,6 +68,18 @@ def _codex_activity(sphere: Sphere, world: str, agent: str, view: TetherView,
                         found.until, polled=True, hold=sphere.config.rate_limit_hold)
 
 
+def _mirrored(sphere: Sphere, world: str, agent: str) -> tuple[OutboxView, ...]:
+    """Bring an agent's node outpost back (its log, activity and outbox); what it asks.
+    This writes only the daemon's copy of what the node holds: observation, kept."""
+    try:
+        found = node_outposts.mirror(sphere, world, agent)
+    except (SolError, OSError):
+        return ()  # a node that does not answer now: its agent is judged as it is seen
+    return tuple(OutboxView(str(r["kind"]), str(r["id"]), str(r["session"]),
+                            str(r.get("head") or ""), int(r.get("ahead") or 0),
+                            str(r.get("message") or "")) for r in found or ())
+
+
 def _mtime(path: os.PathLike[str]) -> float | None:
     try:
         return os.stat(path).st_mtime
@@ -97,6 +110,8 @@ def observe(sphere: Sphere, world: str) -> SentinelView:
     names |= {p.name for p in dirs if (p / "tether.json").exists()}
     outposts = {}
     for agent in names:
+        outbox = _mirrored(sphere, world, agent) if spec is not None and \
+            spec.sessions.on_nodes and agent in sessions else ()
         has_file, view = read_tether(sphere, world, agent)
         row = agents.get(agent)
         alive = sessions.get(agent)
@@ -108,7 +123,7 @@ def observe(sphere: Sphere, world: str) -> SentinelView:
         outposts[agent] = OutpostView(
             agent, has_file, view, alive,
             _mtime(home.agent_log(world, agent)) if alive else None,
-            row.writ if row else None, activity)
+            row.writ if row else None, activity, outbox)
     live = sum(1 for a, alive in sessions.items() if alive and not is_envoy(a))
     found: list[OrphanView] = []
     if spec is not None:

@@ -109,6 +109,19 @@ class ActivityView:
 
 
 @dataclass(frozen=True)
+class OutboxView:
+    """A request an agent working on its own node left for the daemon (it cannot write
+    the store there: node_workspace.py), carried back by the sentinel's mirror."""
+
+    kind: str                          # resolve | escalate
+    id: str
+    session: str                       # the sol session that asked
+    head: str = ""                     # resolve: the commit it pushed
+    ahead: int = 0                     # resolve: commits beyond the base
+    message: str = ""                  # escalate: what it asks a person
+
+
+@dataclass(frozen=True)
 class OutpostView:
     """One agent of the world as observed: its tether, its session, its last output."""
 
@@ -119,6 +132,7 @@ class OutpostView:
     last_output: float | None = None   # mtime of the session log
     writ: str | None = None            # the writ its agent row holds
     activity: ActivityView | None = None  # hooks' word, when the runtime has hooks
+    outbox: tuple[OutboxView, ...] = ()  # requests from its node (workspace: node)
 
 
 @dataclass(frozen=True)
@@ -262,6 +276,24 @@ def _plan_stall(writ: Record, o: OutpostView, spec: WorldSpec, now: float
     return None, activity + after
 
 
+def _plan_outbox(writ: Record, o: OutpostView, session: str) -> list[Action]:
+    """Requests of the writ's current session from its node, each applied once: a
+    resolve ends the writ's work (an earlier session's is stale and ignored, as a stale
+    `sol resolve` is refused); an escalation not recorded yet is recorded."""
+    mine = [r for r in o.outbox if r.session == session]
+    done = set(writ.status.get("nodeRequests") or ())
+    resolve = next((r for r in mine if r.kind == "resolve"), None)
+    if resolve is not None:
+        return [_writ_action(UPDATE, "resolve-from-node", writ,
+                             f"{o.agent} resolved on its node ({resolve.head[:12]}): "
+                             "queue the merge request", request=resolve.id,
+                             head=resolve.head, ahead=resolve.ahead)]
+    return [_writ_action(UPDATE, "escalate-from-node", writ,
+                         f"{o.agent} escalated on its node: {r.message[:200]}",
+                         request=r.id, message=r.message)
+            for r in mine if r.kind == "escalate" and r.id not in done]
+
+
 def plan(view: SentinelView) -> Plan:
     """Pure: deaths, respawns, failures, nudges, stalls, zombies and orphans of one world.
 
@@ -284,6 +316,10 @@ def plan(view: SentinelView) -> Plan:
         o = view.outposts.get(agent)
         if o is None or o.tether is None or o.tether.writ != writ.name:
             continue  # no tether: the consul recovers the writ, not us
+        asked = _plan_outbox(writ, o, str(session))
+        actions += asked
+        if any(a.kind == "resolve-from-node" for a in asked):
+            continue  # resolved on its node: its session's end is no death
         if o.session is True:
             if spec.sessions.backend != "tmux":  # its death wakes no local pidfd
                 wakes.append(now + REMOTE_POLL)

@@ -126,13 +126,21 @@ class SessionsSpec:
     backend: str = "tmux"
     address: str = "auto"
     resources: tuple[tuple[str, float], ...] = ()
+    workspace: str = "shared"  # shared: the outpost under SOL_HOME; node: a clone per node
+    remote: str = ""           # with node: the repo every node pushes to ("" = the backup)
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any] | None) -> SessionsSpec:
         spec = spec or {}
         return cls(str(spec.get("backend") or "tmux"), str(spec.get("address") or "auto"),
                    tuple(sorted((str(k), float(v))
-                                for k, v in (spec.get("resources") or {}).items())))
+                                for k, v in (spec.get("resources") or {}).items())),
+                   str(spec.get("workspace") or "shared"), str(spec.get("remote") or ""))
+
+    @property
+    def on_nodes(self) -> bool:
+        """Agents work in clones on their own nodes, sharing no disk with the daemon."""
+        return self.backend != "tmux" and self.workspace == "node"
 
 
 @dataclass(frozen=True)

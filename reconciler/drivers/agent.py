@@ -19,7 +19,7 @@ from reconciler.core.errors import SolError
 from reconciler.core.home import Home, session_name
 from reconciler.core.model import DONE, RESOLVED, WORKING
 from reconciler.core.records import Record
-from reconciler.drivers import worktrees
+from reconciler.drivers import node_workspace, worktrees
 from reconciler.drivers.sphere import Sphere
 
 
@@ -53,7 +53,9 @@ def prime() -> str:
             sphere.close()
         except Exception:  # noqa: BLE001 - prime must work whatever state the db is in
             pass
-    return tether.render(t, worktree=home.worktree(t.world, t.agent))
+    on_node = os.environ.get("SOL_WORKTREE") if node_workspace.outbox() else None
+    return tether.render(t, worktree=Path(on_node) if on_node
+                         else home.worktree(t.world, t.agent))
 
 
 def _identity(t: tether.Tether) -> tuple[str, str]:
@@ -88,14 +90,9 @@ def _agent_conditions_ended(record: Record) -> dict[str, Any]:
         record.status, "RateLimited", False, "Resolved", "the agent resolved the writ")}
 
 
-def resolve(*, end_session: bool = True) -> str:
-    """Commit what is left, hand the branch on (MR or Done), clear the tether, end the
-    session last."""
-    path = find_tether()
-    t = tether.read(path)
-    sphere = Sphere.from_env()
-    record = _check_current(sphere, t)
-    worktree = sphere.home.worktree(t.world, t.agent)
+def _commit_the_rest(t: tether.Tether, worktree: Path) -> int:
+    """Commit what is left in the worktree; the commits beyond the base (a code writ
+    with none is refused)."""
     name, email = _identity(t)
     worktrees.commit_all(worktree, f"{t.title}\n\nCommitted by sol resolve.",
                          author_name=name, author_email=email)
@@ -105,6 +102,39 @@ def resolve(*, end_session: bool = True) -> str:
             f"branch {t.branch} has no commit beyond its base {t.base[:12]}: commit your work "
             "before `sol resolve`, or `sol escalate \"why\"` if there is nothing to do"
         )
+    return ahead
+
+
+def resolve(*, end_session: bool = True) -> str:
+    """Commit what is left, hand the branch on (MR or Done), clear the tether, end the
+    session last. On a node that shares no disk with the daemon: push the branch and
+    leave the request in the outbox, which the sentinel applies (resolve_recorded)."""
+    path = find_tether()
+    t = tether.read(path)
+    box = node_workspace.outbox()
+    if box is not None:
+        worktree = Path(os.environ.get("SOL_WORKTREE") or Path.cwd())
+        ahead = _commit_the_rest(t, worktree)
+        head = node_workspace.push(worktree, t.branch)
+        node_workspace.request(box, "resolve", t.session, head=head, ahead=ahead,
+                               attempt=t.attempt)
+        return (f"resolved: {t.branch} pushed ({ahead} commit(s)); sol queues the merge "
+                "request and ends this session")
+    sphere = Sphere.from_env()
+    record = _check_current(sphere, t)
+    ahead = _commit_the_rest(t, sphere.home.worktree(t.world, t.agent))
+    text = resolve_recorded(sphere, t, record, ahead)
+    tether.clear(path)
+    if end_session:
+        print(text, flush=True)
+        sphere.sessions.stop(session_name(t.world, t.agent))
+    return text
+
+
+def resolve_recorded(sphere: Sphere, t: tether.Tether, record: Record, ahead: int) -> str:
+    """The store's half of a resolve (MR or Done, event, agent row), for the agent's own
+    `sol resolve` and for one the sentinel carries back from a node; what to tell."""
+    worktree = sphere.home.worktree(t.world, t.agent)
     key = record.key
     store = sphere.store
     ended = _agent_conditions_ended(record)
@@ -128,7 +158,6 @@ def resolve(*, end_session: bool = True) -> str:
             text = "done: analysis writ finished"
         store.event("resolved", kind="Writ", world=t.world, name=t.writ, message=text,
                     agent=t.agent, attempt=t.attempt)
-    tether.clear(path)
     if t.kind == "code":
         store.put_agent(t.world, t.agent, writ=t.writ, session="", runtime="", state="resolved")
     else:
@@ -137,15 +166,16 @@ def resolve(*, end_session: bool = True) -> str:
         except SolError:
             pass
         store.free_agent(t.world, t.agent)
-    if end_session:
-        print(text, flush=True)
-        sphere.sessions.stop(session_name(t.world, t.agent))
     return text
 
 
 def escalate(message: str) -> str:
     path = find_tether()
     t = tether.read(path)
+    box = node_workspace.outbox()
+    if box is not None:
+        node_workspace.request(box, "escalate", t.session, message=message)
+        return f"escalated writ {t.world}/{t.writ} (sol carries it from this node): {message}"
     sphere = Sphere.from_env()
     record_escalation(sphere.store, t.world, t.writ, message, source="Agent")
     return f"escalated writ {t.world}/{t.writ}: {message}"

@@ -27,7 +27,14 @@ from reconciler.core.home import session_name
 from reconciler.core.locks import flock
 from reconciler.core.model import PENDING, WORKING, Runtime, WorldSpec, WritSpec
 from reconciler.core.store import Record
-from reconciler.drivers import backup, runtimes, session_log, worktrees
+from reconciler.drivers import (
+    backup,
+    node_outposts,
+    node_workspace,
+    runtimes,
+    session_log,
+    worktrees,
+)
 from reconciler.drivers.envoy_names import is_envoy
 from reconciler.drivers.sphere import Sphere
 
@@ -197,6 +204,9 @@ def start_session(sphere: Sphere, world: Record, t: tether.Tether, *,
     runtime = Runtime.from_spec({**t.runtime, "name": t.runtime.get("name")
                                  or wspec.runtime.name}) if t.runtime else wspec.runtime
     worktree = sphere.home.worktree(t.world, t.agent)
+    if wspec.sessions.on_nodes:
+        node_outposts.start(sphere, wspec, t, runtime, absent=absent)
+        return
     cleared = clear_git_locks(worktree, t.branch)
     if cleared:
         sphere.store.event("git-locks-removed", kind="Writ", world=t.world, name=t.writ,
@@ -297,13 +307,19 @@ def _cast_locked(sphere: Sphere, world: Record, wspec: WorldSpec, writ_name: str
         made.append("agent")
         repo = sphere.home.repo(world_name)
         worktree = sphere.home.worktree(world_name, agent)
-        _remake_half_made(sphere, world_name, writ_name, worktree)
-        existed = worktree.exists()
-        backup.ensure(repo)  # from the first commit on, the agent's work is kept twice
-        base = worktrees.add_worktree(repo, worktree, f"sol/{writ_name}",
-                                      f"refs/heads/{wspec.branch}")
-        if not existed:
-            made.append("worktree")
+        if wspec.sessions.on_nodes:  # the worktree is a clone on the agent's node
+            node_outposts.check_runtime(runtime)
+            base = node_workspace.publish_branch(
+                repo, node_workspace.remote_of(repo, wspec.sessions.remote),
+                f"sol/{writ_name}", wspec.branch)
+        else:
+            _remake_half_made(sphere, world_name, writ_name, worktree)
+            existed = worktree.exists()
+            backup.ensure(repo)  # from the first commit on, the agent's work is kept twice
+            base = worktrees.add_worktree(repo, worktree, f"sol/{writ_name}",
+                                          f"refs/heads/{wspec.branch}")
+            if not existed:
+                made.append("worktree")
         t = writ_tether(sphere, world, claimed, agent, session, base)
         tether.write(sphere.home.tether(world_name, agent), t)
         made.append("tether")

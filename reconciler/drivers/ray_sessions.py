@@ -37,6 +37,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from reconciler.core.errors import SolError
+from reconciler.drivers import node_workspace
+from reconciler.drivers.node_workspace import NodeWorkspace, rewrite
 from reconciler.drivers.sessions import Ending, SessionBackend, TmuxSessions, _check_name
 
 if TYPE_CHECKING:
@@ -205,12 +207,21 @@ class SessionActor:
         self.socket_name = socket_name
         self.tmux = TmuxSessions(socket_name, launch_dir=Path(launch_dir) if launch_dir
                                  else None)
+        self.outposts: dict[str, Path] = {}
 
     def start(self, name: str, argv: list[str], cwd: str, env: dict[str, str],
-              log: str) -> None:
+              log: str, workspace: NodeWorkspace | None = None) -> None:
         """Start the session and its reaper. A live tmux session of this name here is an
         orphan (the actor's name is unique in the cluster, so whoever started it is
-        gone): it is replaced."""
+        gone): it is replaced. With a `workspace`, the agent's outpost is made on this
+        node first and the daemon's paths are rewritten to it."""
+        if workspace is not None:
+            outpost = node_workspace.prepare(workspace, self.socket_name)
+            local, here = workspace.local_outpost, str(outpost)
+            argv = [rewrite(arg, local, here) for arg in argv]
+            env = {key: rewrite(value, local, here) for key, value in env.items()}
+            cwd, log = rewrite(cwd, local, here), str(outpost / "session.log")
+            self.outposts[name] = outpost
         if self.tmux.is_alive(name):
             self.tmux.stop(name)
         self.tmux.start(name, argv, cwd=Path(cwd), env=env, log=Path(log))
@@ -220,6 +231,28 @@ class SessionActor:
 
     def alive(self, name: str) -> bool:
         return self.tmux.is_alive(name)
+
+    def collect(self, name: str, log_token: str) -> dict[str, Any]:
+        """A node outpost's files for the daemon's mirror, and its log past `log_token`
+        (at most MAX_COLLECT bytes). The token names the log file and an offset in it, so
+        a log on another node, or one cut, is read from its start."""
+        outpost = self.outposts.get(name)
+        if outpost is None:
+            return {"files": {}, "log": b"", "token": log_token}
+        chunk, token = b"", log_token
+        try:
+            with (outpost / "session.log").open("rb") as handle:
+                stat = os.fstat(handle.fileno())
+                ident = f"{_machine()}:{stat.st_dev}:{stat.st_ino}"
+                seen, _, at = log_token.rpartition("@")
+                offset = int(at) if seen == ident and at.isdigit() else 0
+                offset = 0 if stat.st_size < offset else offset
+                handle.seek(offset)
+                chunk = handle.read(node_workspace.MAX_COLLECT)
+                token = f"{ident}@{offset + len(chunk)}"
+        except OSError:
+            pass
+        return {"files": node_workspace.collect(outpost), "log": chunk, "token": token}
 
     def exists(self, name: str) -> bool:
         return self.tmux.exists(name)
@@ -387,10 +420,12 @@ class RaySessions(SessionBackend):
     # -- SessionBackend ------------------------------------------------------------
 
     def start(self, name: str, argv: list[str], *, cwd: Path, env: dict[str, str],
-              log: Path, absent: bool = False) -> None:
+              log: Path, absent: bool = False, workspace: NodeWorkspace | None = None
+              ) -> None:
         """Create the session's actor and start the command in tmux on its node. An
         actor of that name whose session is not alive (exited, or its node not
-        answering) is killed first, as TmuxSessions replaces a dead session."""
+        answering) is killed first, as TmuxSessions replaces a dead session. With a
+        `workspace`, the agent works in a clone on that node (node_workspace.py)."""
         _check_name(name)
         if not absent:
             handle = self._actor(name)
@@ -402,7 +437,8 @@ class RaySessions(SessionBackend):
         deadline = time.monotonic() + START_TIMEOUT
         for attempt in range(START_ATTEMPTS):
             try:
-                self._create(name, argv, cwd, env, log, deadline - time.monotonic())
+                self._create(name, argv, cwd, env, log, deadline - time.monotonic(),
+                             workspace)
                 self._note_node(name)
                 return
             except _NodeLost as exc:
@@ -414,7 +450,7 @@ class RaySessions(SessionBackend):
                     ) from exc
 
     def _create(self, name: str, argv: list[str], cwd: Path, env: dict[str, str],
-                log: Path, timeout: float) -> None:
+                log: Path, timeout: float, workspace: NodeWorkspace | None = None) -> None:
         """One actor and its start call; _NodeLost when Ray placed it on a node that was
         dying (a node lost seconds ago is still taken for alive until its heartbeats
         are missed), so start can place it again."""
@@ -433,7 +469,8 @@ class RaySessions(SessionBackend):
             raise SolError(f"session {name} is already running on the Ray cluster at "
                            f"{self.address}; stop it before starting it again") from exc
         try:
-            self._get(handle.start.remote(name, list(argv), str(cwd), dict(env), str(log)),
+            self._get(handle.start.remote(name, list(argv), str(cwd), dict(env), str(log),
+                                          workspace),
                       f"starting session {name}", timeout=max(timeout, 1.0))
         except BaseException as exc:
             self._kill(handle, name)
@@ -564,6 +601,13 @@ class RaySessions(SessionBackend):
         except (OSError, ValueError):
             return None
         return data if isinstance(data, dict) and data.get("node_id") else None
+
+    def collect(self, name: str, log_token: str = "") -> dict[str, Any] | None:
+        """What the agent left in its node outpost (node_workspace.collect) and its log
+        past `log_token`; None when its actor is gone."""
+        _check_name(name)
+        found, result = self._ask(name, "collect", name, log_token)
+        return result if found else None
 
     def send_text(self, name: str, text: str) -> None:
         _check_name(name)

@@ -14,9 +14,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from reconciler.core.errors import SolError
 from reconciler.core.model import SessionsSpec
+from reconciler.drivers.node_workspace import NodeWorkspace
 from reconciler.drivers.sessions import Ending, SessionBackend
 
 REFRESH = 5.0
@@ -69,6 +71,22 @@ class RoutedSessions:
     def start(self, name: str, argv: list[str], *, cwd: Path, env: dict[str, str],
               log: Path, absent: bool = False) -> None:
         self.backend(name).start(name, argv, cwd=cwd, env=env, log=log, absent=absent)
+
+    def start_on_node(self, name: str, argv: list[str], *, cwd: Path, env: dict[str, str],
+                      log: Path, workspace: NodeWorkspace, absent: bool = False) -> None:
+        """Start a session whose agent works in a clone on its node (workspace: node)."""
+        backend = self.backend(name)
+        if backend is self.local:
+            raise SolError(f"session {name}: workspace node needs a backend with nodes "
+                           "(spec.sessions.backend: ray)")
+        backend.start(name, argv, cwd=cwd, env=env, log=log, absent=absent,  # type: ignore[call-arg]
+                      workspace=workspace)
+
+    def collect(self, name: str, log_token: str = "") -> dict[str, Any] | None:
+        """What a node-workspace agent left on its node (None: no such agent there)."""
+        backend = self.backend(name)
+        found = getattr(backend, "collect", None)
+        return found(name, log_token) if backend is not self.local and found else None
 
     def stop(self, name: str) -> None:
         self.backend(name).stop(name)

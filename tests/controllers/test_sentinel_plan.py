@@ -331,3 +331,36 @@ def test_agents_on_other_machines_are_looked_at_every_few_seconds() -> None:
     assert plan_sentinel(view([writ()], [outpost()], spec=remote)).requeue_after == REMOTE_POLL
     assert plan_sentinel(view([writ()], [outpost()], spec=replace(remote, sessions=SessionsSpec()))
                 ).requeue_after is None
+
+
+# ---- requests an agent left on its node (workspace: node) ------------------------------
+
+
+def test_a_resolve_from_its_node_is_applied_and_its_ended_session_is_no_death() -> None:
+    from reconciler.controllers.sentinel_plan import OutboxView
+
+    asked = OutboxView("resolve", "r1", "s1", head="abc123", ahead=2)
+    done = replace(outpost(session=False), outbox=(asked,))
+    [action] = plan_sentinel(view([writ()], [done])).actions
+    assert action.kind == "resolve-from-node"
+    assert action.data["head"] == "abc123" and action.data["ahead"] == 2
+    # Without the request the same dead session is a death.
+    assert kinds(view([writ()], [outpost(session=False)])) == ["record-death"]
+
+
+def test_a_request_of_an_earlier_session_is_stale_and_ignored() -> None:
+    from reconciler.controllers.sentinel_plan import OutboxView
+
+    stale = OutboxView("resolve", "r1", "s0", head="abc123")
+    assert kinds(view([writ()], [replace(outpost(session=False), outbox=(stale,))])) == [
+        "record-death"]
+
+
+def test_an_escalation_from_its_node_is_recorded_once() -> None:
+    from reconciler.controllers.sentinel_plan import OutboxView
+
+    asked = OutboxView("escalate", "e1", "s1", message="the spec contradicts the tests")
+    live = replace(outpost(last_output=NOW), outbox=(asked,))
+    [action] = plan_sentinel(view([writ()], [live])).actions
+    assert action.kind == "escalate-from-node" and "contradicts" in action.data["message"]
+    assert kinds(view([writ(nodeRequests=["e1"])], [live])) == []

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -53,6 +54,11 @@ def sentinel_pass(home: Home) -> float:
         return float(json.loads((home.run / f"sentinel-{W}.pass").read_text())["at"])
     except (OSError, ValueError, KeyError):
         return 0.0
+
+
+def shown(repo: Path, spec: str) -> str | None:
+    done = subprocess.run(["git", "show", spec], cwd=repo, capture_output=True, text=True)
+    return done.stdout.strip() if done.returncode == 0 else None
 
 
 def phase(home: Home, name: str) -> str | None:
@@ -112,3 +118,49 @@ def test_a_ray_world_lands_survives_a_daemon_kill_and_a_lost_node(
     assert len(git(sol_home.repo(W), "log", "--format=%H", "--grep=Sol-Writ: shop/held",
                    "main").split()) == 1
     assert len(events(sol_home, "merged", "held")) == 1
+
+
+def test_a_node_workspace_clones_on_its_node_and_is_recast_from_its_last_push(
+        sol_home: Home, repo: Path, tmp_path: Path, cluster: RayCluster) -> None:
+    """workspace: node: each agent works in a clone on its node's own disk and reaches
+    the store only through its actor; its node lost, it is cast again from the commit it
+    pushed, and its writ lands once."""
+    spec = (f"sessions: {{backend: ray, address: '{cluster.address}', workspace: node, "
+            f"resources: {{{EXTRA_RESOURCE}: 0.01}}}}\n")
+    again = ("if [ -f one.txt ]; then echo \"$(cat one.txt) then again\" > two.txt\n"
+             "else echo one > one.txt; git add one.txt; git commit -qm one; sleep 600; fi")
+    specs = write_specs(tmp_path / "specs", world_yaml(W, repo, extra=spec),
+                        writ_yaml("quick", W, "echo quick > quick.txt; echo said-on-node"),
+                        writ_yaml("held", W, again))
+    ray = RaySessions(cluster.address, f"sol-{sol_home.socket_name}", sol_home.socket_name)
+    backup = sol_home.repo(W).parent / "backup.git"
+    with daemon_commands(sol_home, tmp_path) as sol:
+        assert sol("up", "-f", str(specs)).returncode == 0
+        poll(lambda: phase(sol_home, "quick") == "Merged", timeout=90, interval=0.5,
+             what="writ quick landed from a clone on its node")
+        quick_agent = events(sol_home, "cast", "quick")[0].data["agent"]
+        [clone] = cluster.root.glob(f"*-disk/{sol_home.socket_name}/{W}/{quick_agent}")
+        assert (clone / "worktree" / ".git").is_dir()  # a clone of its own, not a worktree
+        assert not sol_home.worktree(W, quick_agent).exists()
+        assert "said-on-node" in sol("logs", quick_agent).stdout  # mirrored back
+
+        held = poll(lambda: (r := writ_status(sol_home, W, "held")) and r.phase == "Working"
+                    and r, timeout=60, what="writ held working")
+        session = f"sol-{W}-{held.status['agent']}"
+        poll(lambda: shown(backup, "sol/held:one.txt") == "one",
+             timeout=60, what="the agent's commit pushed from its node")
+        holder = ray.where(session)["raylet_pid"]
+        spare = cluster.add_node("spare3", {EXTRA_RESOURCE: 1})
+        cluster.kill_node(holder)
+        poll(lambda: (ray.where(session) or {}).get("raylet_pid") == spare, timeout=90,
+             interval=0.5, what="the agent cast again on the other node")
+        poll(lambda: phase(sol_home, "held") == "Merged", timeout=90, interval=0.5,
+             what="writ held landed after its node was lost")
+    main = sol_home.repo(W)
+    assert git(main, "show", "main:two.txt") == "one then again"  # from the pushed commit
+    assert len(git(main, "log", "--format=%H", "--grep=Sol-Writ: shop/held",
+                   "main").split()) == 1
+    assert len(events(sol_home, "merged", "held")) == 1
+    assert (cluster.node_root("spare3") / sol_home.socket_name / W / held.status["agent"]
+            / "worktree" / ".git").is_dir()
+    assert git(backup, "branch", "--list", "sol/*") == ""  # landed branches dropped

@@ -128,8 +128,13 @@ class RayCluster:
         env = {k: v for k, v in os.environ.items()
                if not k.startswith("RAY_") and k not in ("TMUX", "TMUX_PANE")}
         env.update(SOL_TEST_RAY_CLUSTER=self.marker, SOL_TEST_RAY_NODE=node,
-                   TMUX_TMPDIR=str(self.tmux_dir), RAY_USAGE_STATS_ENABLED="0")
+                   TMUX_TMPDIR=str(self.tmux_dir), RAY_USAGE_STATS_ENABLED="0",
+                   SOL_NODE_ROOT=str(self.node_root(node)))
         return env
+
+    def node_root(self, node: str) -> Path:
+        """Where a node keeps agents' outposts in a node workspace: its own disk."""
+        return self.root / f"{node}-disk"
 
     def _ray_start(self, node: str, *args: str) -> subprocess.Popen[str]:
         temp = self.root / node

@@ -1,0 +1,251 @@
+"""An agent's outpost on a node that shares no disk with the daemon (`spec.sessions.workspace:
+node`).
+
+Why: on machines that share nothing, the daemon's outpost under SOL_HOME does not exist
+where the agent runs. So the agent works in a clone on its own node, and everything
+crosses between the two sides through git and through its session's actor, never
+through a shared path:
+
+- The daemon creates the writ's branch in the world's *remote* (a bare repository every
+  node can reach: the world's backup by default) before the session starts. The node
+  clones it (or, for an outpost it already holds, fast-forwards to it), so an agent cast
+  again after its node was lost starts from its last pushed commit.
+- A post-commit hook in the node's clone pushes every commit to the remote at once (the
+  backup's own hook, pointed there).
+- The tether travels with the start call and is written on the node; the agent's
+  `sol prime` reads it there. The daemon keeps its own copy, the one that counts.
+- `sol resolve` and `sol escalate` on the node cannot write the store: they push the
+  branch and leave a request in the node outpost's `outbox/`. The sentinel collects the
+  outbox and the hooks' activity through the actor each pass (`collect`) and applies
+  them (sentinel_act), so the writ moves exactly as it does for a local agent.
+
+Paths the daemon computed for its own outpost (in argv, env, cwd) are rewritten to the
+node's outpost (`rewrite`), so runtimes build one launch for both.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from reconciler.core.errors import SolError
+from reconciler.drivers import git, worktrees
+
+OUTBOX = "outbox"
+LOG_TOKEN = "node-log.token"
+"""In the daemon's outpost: which node log, and how much of it, is mirrored already."""
+COLLECTED = ("activity.json",)
+"""Files of the node outpost the daemon mirrors back each pass, besides the outbox."""
+MAX_COLLECT = 256 * 1024
+"""Bytes of one collected file at most: a runaway file must not flood the cluster."""
+
+HOOK = """#!/bin/sh
+# Installed by sol: each commit of this agent's branch is pushed at once to the world's
+# remote, so losing this node loses no committed work.
+branch=$(git symbolic-ref -q --short HEAD) || exit 0
+case "$branch" in
+  sol/*) git push -q --no-verify --force origin "HEAD:refs/heads/$branch" \\
+           >/dev/null 2>&1 || true ;;
+esac
+exit 0
+"""
+
+
+@dataclass(frozen=True)
+class NodeWorkspace:
+    """What the actor needs to make the agent's outpost on its node."""
+
+    world: str
+    agent: str
+    remote: str                  # the git URL or path every node can reach
+    branch: str                  # sol/<writ>, already in the remote
+    local_outpost: str           # the daemon's outpost path, rewritten to the node's
+    files: dict[str, str] = field(default_factory=dict)  # outpost-relative path: text
+    exclude: tuple[str, ...] = ()  # lines for the clone's info/exclude (sol's own files)
+
+
+def node_root() -> Path:
+    """Where this node keeps outposts: $SOL_NODE_ROOT, else ~/.local/share/sol/nodes."""
+    configured = os.environ.get("SOL_NODE_ROOT")
+    return Path(configured) if configured else Path.home() / ".local/share/sol/nodes"
+
+
+def node_outpost(socket_name: str, world: str, agent: str) -> Path:
+    return node_root() / socket_name / world / agent
+
+
+def rewrite(value: str, local: str, node: str) -> str:
+    """`value` with the daemon's outpost path replaced by the node's."""
+    return value.replace(local, node) if local else value
+
+
+def prepare(ws: NodeWorkspace, socket_name: str) -> Path:
+    """Make (or bring up to date) the agent's outpost on this node; its path.
+
+    A clone this node already holds keeps its uncommitted files (a respawn here, as in
+    a local worktree) and is fast-forwarded to the remote's branch when that moved on."""
+    outpost = node_outpost(socket_name, ws.world, ws.agent)
+    outpost.mkdir(mode=0o700, parents=True, exist_ok=True)
+    worktree = outpost / "worktree"
+    what = f"cannot prepare {ws.agent}'s worktree on this node from {ws.remote}"
+    if not (worktree / ".git").exists():
+        temp = Path(tempfile.mkdtemp(prefix=".clone-", dir=outpost))
+        git.run(outpost, "clone", "--quiet", "--no-tags", "--branch", ws.branch, ws.remote,
+                str(temp / "worktree"), what=what)
+        (temp / "worktree").replace(worktree)
+        temp.rmdir()
+    else:
+        git.run(worktree, "fetch", "--quiet", "origin",
+                f"+refs/heads/{ws.branch}:refs/remotes/origin/{ws.branch}", what=what)
+        if git.run(worktree, "symbolic-ref", "-q", "--short", "HEAD",
+                   check=False).out.strip() != ws.branch:
+            git.run(worktree, "checkout", "--quiet", ws.branch, what=what)
+        git.run(worktree, "merge", "--quiet", "--ff-only", f"origin/{ws.branch}",
+                check=False)  # not a fast-forward: its own commits stay, pushed next commit
+    if ws.exclude:
+        info = worktree / ".git" / "info" / "exclude"
+        info.parent.mkdir(parents=True, exist_ok=True)
+        have = info.read_text().splitlines() if info.exists() else []
+        info.write_text("\n".join([*have, *(e for e in ws.exclude if e not in have)]) + "\n")
+    hook = worktree / ".git" / "hooks" / "post-commit"
+    hook.parent.mkdir(parents=True, exist_ok=True)
+    hook.write_text(HOOK)
+    hook.chmod(0o700)
+    (outpost / OUTBOX).mkdir(mode=0o700, exist_ok=True)  # requests name their session
+    for rel, text in ws.files.items():
+        path = (outpost / rel).resolve()
+        if outpost.resolve() not in path.parents:
+            raise SolError(f"refusing to write {rel} outside {ws.agent}'s outpost")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_private(path, rewrite(text, ws.local_outpost, str(outpost)))
+    return outpost
+
+
+def collect(outpost: Path) -> dict[str, str]:
+    """The node outpost's files the daemon mirrors: hooks' activity and the outbox."""
+    found: dict[str, str] = {}
+    for rel in (*COLLECTED, *(f"{OUTBOX}/{p.name}" for p in sorted(
+            (outpost / OUTBOX).glob("*.json")) if (outpost / OUTBOX).is_dir())):
+        try:
+            with (outpost / rel).open("rb") as handle:
+                found[rel] = handle.read(MAX_COLLECT).decode("utf-8", "replace")
+        except OSError:
+            continue
+    return found
+
+
+def write_private(path: Path, text: str) -> None:
+    temp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    temp.replace(path)
+
+
+# ---- the agent's side: `sol resolve` and `sol escalate` on a node --------------------
+
+
+def outbox() -> Path | None:
+    """The session's outbox when it runs in a node outpost ($SOL_OUTBOX), else None."""
+    value = os.environ.get("SOL_OUTBOX")
+    return Path(value) if value else None
+
+
+def request(box: Path, kind: str, session: str, **data: Any) -> dict[str, Any]:
+    """Leave a request for the daemon (resolve, escalate); it is applied once."""
+    entry = {"id": uuid.uuid4().hex[:12], "kind": kind, "session": session,
+             "at": time.time(), **data}
+    box.mkdir(mode=0o700, parents=True, exist_ok=True)
+    write_private(box / f"{int(entry['at'] * 1000):015d}-{kind}-{entry['id']}.json",
+                   json.dumps(entry))
+    return entry
+
+
+def push(worktree: Path, branch: str) -> str:
+    """Push the branch to the remote (origin); the commit pushed."""
+    head = git.run(worktree, "rev-parse", "HEAD", what="cannot read HEAD").out.strip()
+    git.run(worktree, "push", "--quiet", "--no-verify", "--force", "origin",
+            f"HEAD:refs/heads/{branch}",
+            what=f"cannot push {branch} to the world's remote "
+                 f"({shlex.quote(_origin(worktree))})")
+    return head
+
+
+def _origin(worktree: Path) -> str:
+    return git.run(worktree, "remote", "get-url", "origin", check=False).out.strip()
+
+
+def parse_outbox(files: dict[str, str]) -> list[dict[str, Any]]:
+    """The requests among collected files, oldest first; unreadable ones skipped."""
+    found = []
+    for rel in sorted(files):
+        if not rel.startswith(f"{OUTBOX}/"):
+            continue
+        try:
+            entry = json.loads(files[rel])
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and entry.get("kind") in ("resolve", "escalate") \
+                and entry.get("id") and entry.get("session"):
+            found.append(entry)
+    return found
+
+
+# ---- the daemon's side: the branch in the remote, and back -------------------------
+
+
+def remote_of(repo: Path, configured: str) -> str:
+    """The world's remote: `spec.sessions.remote`, else its backup repository."""
+    if configured:
+        return configured
+    from reconciler.drivers import backup
+
+    return str(backup.ensure(repo).absolute())
+
+
+def publish_branch(repo: Path, remote: str, branch: str, target: str) -> str:
+    """Make sure `branch` is in the remote before a node clones it; its base on `target`.
+
+    The remote is where a node-workspace agent's commits go, so a branch it holds wins:
+    the clone takes it (an agent cast again continues from its last pushed commit). A
+    new branch starts at the target's tip in the clone and is pushed."""
+    what = f"cannot publish {branch} to the world's remote {remote}"
+    held = git.run(repo, "ls-remote", "--heads", remote, f"refs/heads/{branch}",
+                   what=what).out.split()
+    if held:
+        fetch_branch(repo, remote, branch)
+    elif worktrees.rev(repo, f"refs/heads/{branch}") is None:
+        tip = worktrees.rev(repo, f"refs/heads/{target}")
+        if tip is None:
+            raise SolError(f"cannot make {branch}: branch {target} is not in {repo}; fetch "
+                           "the world and retry")
+        git.run(repo, "branch", "--no-track", branch, tip, what=what)
+    if not held:
+        git.run(repo, "push", "--quiet", "--no-verify", remote,
+                f"refs/heads/{branch}:refs/heads/{branch}", what=what)
+    return worktrees.merge_base(repo, branch, f"refs/heads/{target}")
+
+
+def fetch_branch(repo: Path, remote: str, branch: str) -> str:
+    """The remote's `branch` into the clone (forced: the node's pushes are the truth for
+    a branch no local worktree holds); its commit."""
+    git.run(repo, "fetch", "--quiet", "--no-tags", remote,
+            f"+refs/heads/{branch}:refs/heads/{branch}",
+            what=f"cannot fetch {branch} from the world's remote {remote}")
+    found = worktrees.rev(repo, f"refs/heads/{branch}")
+    if found is None:
+        raise SolError(f"branch {branch} is not in the world's remote {remote}")
+    return found
+
+
+def drop_branch(repo: Path, remote: str, branch: str) -> None:
+    """Delete a landed writ's branch from the remote; best effort (it is on the target)."""
+    git.run(repo, "push", "--quiet", "--no-verify", remote, f":refs/heads/{branch}",
+            check=False)

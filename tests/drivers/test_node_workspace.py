@@ -1,0 +1,131 @@
+"""An agent's outpost on a node that shares no disk with the daemon, without Ray: the
+branch published to the remote, the node's clone made from it (and pushing each commit
+back), the agent's `sol resolve` and `sol escalate` leaving requests in its outbox, and
+what the daemon collects. Real git throughout; the Ray path is tests/daemon/test_ray_world.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from conftest import git
+
+from reconciler.core import tether
+from reconciler.core.errors import SolError
+from reconciler.core.model import Runtime
+from reconciler.drivers import agent, node_outposts, node_workspace
+from reconciler.drivers.node_workspace import NodeWorkspace
+
+SOCKET = "sol-test"
+
+
+@pytest.fixture
+def sides(repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+          ) -> tuple[Path, str, Path]:
+    """The daemon's managed clone, the world's remote, and a node's own disk."""
+    clone = tmp_path / "daemon" / "repo"
+    git(tmp_path, "clone", "-q", "--bare", str(repo), str(clone))
+    remote = tmp_path / "remote.git"
+    git(tmp_path, "init", "-q", "--bare", str(remote))
+    node = tmp_path / "node-disk"
+    monkeypatch.setenv("SOL_NODE_ROOT", str(node))
+    return clone, str(remote), node
+
+
+def workspace(remote: str, local: Path, tether_text: str = "{}") -> NodeWorkspace:
+    return NodeWorkspace("shop", "vega", remote, "sol/a", str(local),
+                         {"tether.json": tether_text.replace("@", str(local)),
+                          "worktree/NOTES.md": f"see {local}/tether.json\n"},
+                         ("/NOTES.md",))
+
+
+def commit(worktree: Path, name: str, text: str) -> None:
+    (worktree / name).write_text(text)
+    git(worktree, "add", name)
+    git(worktree, "-c", "user.name=t", "-c", "user.email=t@x", "commit", "-qm", name)
+
+
+def test_the_node_clones_the_published_branch_and_pushes_each_commit(
+        sides: tuple[Path, str, Path], tmp_path: Path) -> None:
+    clone, remote, node = sides
+    base = node_workspace.publish_branch(clone, remote, "sol/a", "main")
+    assert base == git(clone, "rev-parse", "main")
+    assert git(Path(remote), "rev-parse", "sol/a") == base
+
+    local = tmp_path / "daemon" / "outposts" / "vega"
+    outpost = node_workspace.prepare(workspace(remote, local), SOCKET)
+    assert outpost == node / SOCKET / "shop" / "vega"
+    assert (outpost / "worktree" / ".git").is_dir()  # a clone, not a worktree of the daemon's
+    assert (outpost / "worktree" / "NOTES.md").read_text() == f"see {outpost}/tether.json\n"
+    assert (outpost / "tether.json").stat().st_mode & 0o077 == 0
+
+    commit(outpost / "worktree", "one.txt", "one")
+    head = git(outpost / "worktree", "rev-parse", "HEAD")
+    assert git(Path(remote), "rev-parse", "sol/a") == head  # pushed by the hook, at once
+    assert node_workspace.fetch_branch(clone, remote, "sol/a") == head
+
+
+def test_another_node_starts_from_the_last_push_and_a_respawn_here_keeps_its_files(
+        sides: tuple[Path, str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    clone, remote, node = sides
+    node_workspace.publish_branch(clone, remote, "sol/a", "main")
+    local = tmp_path / "daemon" / "outposts" / "vega"
+    first = node_workspace.prepare(workspace(remote, local), SOCKET) / "worktree"
+    commit(first, "one.txt", "one")
+    (first / "draft.txt").write_text("not committed")
+    again = node_workspace.prepare(workspace(remote, local), SOCKET) / "worktree"
+    assert again == first and (first / "draft.txt").read_text() == "not committed"
+
+    # The branch is published again (a recast): the remote's commits win.
+    assert node_workspace.publish_branch(clone, remote, "sol/a", "main") == \
+        git(clone, "rev-parse", "main")
+    assert git(clone, "rev-parse", "sol/a") == git(first, "rev-parse", "HEAD")
+    monkeypatch.setenv("SOL_NODE_ROOT", str(tmp_path / "other-node"))
+    other = node_workspace.prepare(workspace(remote, local), SOCKET) / "worktree"
+    assert (other / "one.txt").read_text() == "one"
+    assert not (other / "draft.txt").exists()
+
+
+def test_resolve_and_escalate_on_a_node_leave_requests_and_push(
+        sides: tuple[Path, str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    clone, remote, node = sides
+    base = node_workspace.publish_branch(clone, remote, "sol/a", "main")
+    local = tmp_path / "daemon" / "outposts" / "vega"
+    t = tether.Tether(world="shop", writ="a", agent="vega", session="s1", branch="sol/a",
+                      base=base, title="Writ a", description="Do it.", generation="g1",
+                      attempt=1, kind="code")
+    outpost = node_workspace.prepare(workspace(remote, local, t.to_json()), SOCKET)
+    worktree = outpost / "worktree"
+    for key, value in {"SOL_TETHER": outpost / "tether.json", "SOL_OUTBOX": outpost / "outbox",
+                       "SOL_WORKTREE": worktree, "SOL_HOME": outpost / "home"}.items():
+        monkeypatch.setenv(key, str(value))
+    monkeypatch.chdir(worktree)
+    with pytest.raises(SolError, match="no commit beyond its base"):
+        agent.resolve()
+    assert "escalated writ shop/a" in agent.escalate("stuck on the tests")
+    (worktree / "work.txt").write_text("done\n")  # left uncommitted: resolve commits it
+    said = agent.resolve()
+    assert "sol/a pushed (1 commit(s))" in said
+    head = git(worktree, "rev-parse", "HEAD")
+    assert git(Path(remote), "rev-parse", "sol/a") == head
+    assert not (outpost / "home" / "sol.db").exists()  # the node never touches a store
+
+    (outpost / "activity.json").write_text(json.dumps({"state": "idle", "at": 1.0}))
+    (outpost / "outbox" / "junk.json").write_text("{not json")
+    found = node_workspace.collect(outpost)
+    assert json.loads(found["activity.json"])["state"] == "idle"
+    requests = node_workspace.parse_outbox(found)
+    assert [(r["kind"], r["session"]) for r in requests] == [("escalate", "s1"),
+                                                             ("resolve", "s1")]
+    assert requests[0]["message"] == "stuck on the tests"
+    assert requests[1]["head"] == head and requests[1]["ahead"] == 1
+    assert all(os.stat(p).st_mode & 0o077 == 0 for p in (outpost / "outbox").glob("0*.json"))
+
+
+def test_only_runtimes_that_need_no_outpost_of_the_daemon_run_on_a_node() -> None:
+    node_outposts.check_runtime(Runtime(name="script"))
+    with pytest.raises(SolError, match="cannot run in a node workspace yet"):
+        node_outposts.check_runtime(Runtime(name="claude"))
