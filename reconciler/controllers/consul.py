@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import suppress
 
 from reconciler.controllers import recovery
 from reconciler.controllers.base import Reconciler, Scope
@@ -102,6 +103,9 @@ def _retether(sphere: Sphere, action: Action) -> bool:
     current.title, current.description = spec.title, spec.description
     current.generation, current.updated_at = writ.generation, time.time()
     tether.write(path, current)
+    with suppress(SolError):  # an agent on its own node reads its copy there
+        sphere.sessions.deliver(session_name(world, current.agent),
+                                {"tether.json": current.to_json()}, path.parent)
     sphere.store.event("retethered", kind="Writ", world=world, name=name,
                        message=action.description, generation=writ.generation)
     if current.runtime.get("name") in NUDGED_RUNTIMES:

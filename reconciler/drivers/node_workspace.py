@@ -119,13 +119,19 @@ def prepare(ws: NodeWorkspace, socket_name: str) -> Path:
     hook.write_text(HOOK)
     hook.chmod(0o700)
     (outpost / OUTBOX).mkdir(mode=0o700, exist_ok=True)  # requests name their session
-    for rel, text in ws.files.items():
+    put_files(outpost, ws.files, ws.local_outpost)
+    return outpost
+
+
+def put_files(outpost: Path, files: dict[str, str], local_outpost: str) -> None:
+    """Write files (outpost-relative) into a node outpost, 0600, the daemon's outpost
+    path in them rewritten to this one."""
+    for rel, text in files.items():
         path = (outpost / rel).resolve()
         if outpost.resolve() not in path.parents:
-            raise SolError(f"refusing to write {rel} outside {ws.agent}'s outpost")
+            raise SolError(f"refusing to write {rel} outside the outpost {outpost}")
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_private(path, rewrite(text, ws.local_outpost, str(outpost)))
-    return outpost
+        write_private(path, rewrite(text, local_outpost, str(outpost)))
 
 
 def collect(outpost: Path) -> dict[str, str]:

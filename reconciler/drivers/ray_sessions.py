@@ -232,6 +232,15 @@ class SessionActor:
     def alive(self, name: str) -> bool:
         return self.tmux.is_alive(name)
 
+    def deliver(self, name: str, files: dict[str, str], local_outpost: str) -> bool:
+        """Write files into the session's node outpost (a tether changed by the
+        daemon); False when this actor made no node outpost."""
+        outpost = self.outposts.get(name)
+        if outpost is None:
+            return False
+        node_workspace.put_files(outpost, files, local_outpost)
+        return True
+
     def collect(self, name: str, log_token: str) -> dict[str, Any]:
         """A node outpost's files for the daemon's mirror, and its log past `log_token`
         (at most MAX_COLLECT bytes). The token names the log file and an offset in it, so
@@ -608,6 +617,13 @@ class RaySessions(SessionBackend):
         _check_name(name)
         found, result = self._ask(name, "collect", name, log_token)
         return result if found else None
+
+    def deliver(self, name: str, files: dict[str, str], local_outpost: str) -> bool:
+        """Files for the session's node outpost (node_workspace.put_files); False when
+        its actor is gone or keeps no node outpost."""
+        _check_name(name)
+        found, done = self._ask(name, "deliver", name, files, local_outpost)
+        return bool(found and done)
 
     def send_text(self, name: str, text: str) -> None:
         _check_name(name)

@@ -88,6 +88,14 @@ class RoutedSessions:
         found = getattr(backend, "collect", None)
         return found(name, log_token) if backend is not self.local and found else None
 
+    def deliver(self, name: str, files: dict[str, str], local_outpost: Path) -> bool:
+        """Files for a node-workspace agent's outpost on its node (a changed tether);
+        False for an agent whose outpost is the daemon's own (nothing to carry)."""
+        backend = self.backend(name)
+        found = getattr(backend, "deliver", None)
+        return bool(backend is not self.local and found
+                    and found(name, files, str(local_outpost)))
+
     def stop(self, name: str) -> None:
         self.backend(name).stop(name)
 

@@ -149,6 +149,14 @@ def test_a_node_workspace_clones_on_its_node_and_is_recast_from_its_last_push(
         session = f"sol-{W}-{held.status['agent']}"
         poll(lambda: shown(backup, "sol/held:one.txt") == "one",
              timeout=60, what="the agent's commit pushed from its node")
+        # The spec changes: the daemon's tether is rewritten, and so is the node's copy.
+        write_specs(tmp_path / "specs", world_yaml(W, repo, extra=spec),
+                    writ_yaml("quick", W, "echo quick > quick.txt; echo said-on-node"),
+                    writ_yaml("held", W, again, title="Held, renamed"))
+        [node_tether] = cluster.root.glob(
+            f"*-disk/{sol_home.socket_name}/{W}/{held.status['agent']}/tether.json")
+        poll(lambda: "Held, renamed" in node_tether.read_text(), timeout=30,
+             what="the changed tether delivered to the agent's node")
         holder = ray.where(session)["raylet_pid"]
         spare = cluster.add_node("spare3", {EXTRA_RESOURCE: 1})
         cluster.kill_node(holder)
