@@ -13,7 +13,7 @@ from rich.table import Table
 from reconciler.cli.common import console
 from reconciler.core.errors import SolError
 from reconciler.core.home import Home
-from reconciler.core.model import Runtime
+from reconciler.core.model import Runtime, SessionsSpec
 from reconciler.drivers import git
 
 
@@ -89,6 +89,8 @@ def _store_checks(home: Home) -> list[tuple[str, bool, str]]:
         clusters = sorted({str((w.spec.get("sessions") or {}).get("address") or "auto")
                            for w in worlds
                            if (w.spec.get("sessions") or {}).get("backend") == "ray"})
+        on_nodes = {w.name: SessionsSpec.from_spec(w.spec.get("sessions")) for w in worlds
+                    if SessionsSpec.from_spec(w.spec.get("sessions")).on_nodes}
         specs += [w.spec["runtime"] for w in store.list("Writ") if w.spec.get("runtime")]
     except SolError as exc:
         return [("database", False, exc.message)]
@@ -106,12 +108,15 @@ def _store_checks(home: Home) -> list[tuple[str, bool, str]]:
             rows.append((f"runtime {name}", True, "found"))
         except Exception as exc:  # noqa: BLE001 - reported as a row, never raised
             rows.append((f"runtime {name}", False, getattr(exc, "message", str(exc))))
-    return rows + [_ray_check(address) for address in clusters]
+    rows += [_ray_check(address) for address in clusters]
+    for world, sessions in sorted(on_nodes.items()):
+        rows += _node_checks(home, world, sessions)
+    return rows
 
 
 def _ray_check(address: str) -> tuple[str, bool, str]:
     """A Ray cluster a world's agents run on: reachable, with its alive nodes."""
-    from reconciler.drivers.ray_sessions import nodes
+    from reconciler.drivers.ray_connect import nodes
 
     try:
         alive = nodes(address)
@@ -122,6 +127,20 @@ def _ray_check(address: str) -> tuple[str, bool, str]:
     shown = ", ".join(f"{n['hostname'] or n['node_ip']} ({n['resources'].get('CPU', 0):g} CPU)"
                       for n in alive)
     return f"ray {address}", True, f"{len(alive)} node(s) alive: {shown}"
+
+
+def _node_checks(home: Home, world: str, sessions: SessionsSpec) -> list[tuple[str, bool, str]]:
+    """A world whose agents work on their nodes: each node must run sol's Python and
+    reach the world's remote, or its agents fail there."""
+    from reconciler.drivers import backup
+    from reconciler.drivers.ray_connect import probe
+
+    remote = sessions.remote or str(backup.path_of(home.repo(world)).absolute())
+    try:
+        found = probe(sessions.address, remote, sys.executable)
+    except SolError as exc:
+        return [(f"nodes of {world}", False, exc.message)]
+    return [(f"node {name} ({world})", ok, detail) for name, ok, detail in found]
 
 
 @click.command()

@@ -17,8 +17,9 @@ Without it, an agent whose node's raylet crashed would keep working while its wr
 recast elsewhere.
 
 Every node needs sol (with the `ray` extra) installed: the actor's code is this module.
-`ray` is imported only here and only when a Ray world is driven: it is an optional
-extra.
+`ray` is imported (by ray_connect.py) only when a Ray world is driven: it is an
+optional extra. With `spec.sessions.workspace: node` the actor also makes the agent's
+outpost on its node and carries its requests back (node_workspace.py).
 """
 
 from __future__ import annotations
@@ -30,31 +31,29 @@ import shlex
 import socket
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from reconciler.core.errors import SolError
 from reconciler.drivers import node_workspace
 from reconciler.drivers.node_workspace import NodeWorkspace, rewrite
+from reconciler.drivers.ray_connect import (
+    CALL_TIMEOUT,
+    bounded,
+    connect,
+    first_line,
+    machine,
+    nodes,
+)
 from reconciler.drivers.sessions import Ending, SessionBackend, TmuxSessions, _check_name
 
 if TYPE_CHECKING:
     from types import ModuleType
 
-_T = TypeVar("_T")
-
 START_TIMEOUT = 60.0
 """Seconds a new session's actor may take to be placed and start its tmux session; a
 cluster with no node that has the resources asked for would otherwise wait for ever."""
-
-CALL_TIMEOUT = 15.0
-"""Seconds any other call to an actor or to the cluster may take."""
-
-CONNECT_TIMEOUT = 5.0
-"""Seconds to open a TCP connection to the cluster's address before ray.init."""
 
 LIST_TIMEOUT = 5.0
 """Seconds `list` waits for all its actors at once; one that has not answered by then
@@ -62,135 +61,6 @@ LIST_TIMEOUT = 5.0
 
 START_ATTEMPTS = 3
 """Placements tried for one start when the chosen node turns out lost."""
-
-KEEP_DRIVER = ("RAY_gcs_rpc_server_reconnect_timeout_s", str(10**9))
-"""A Ray driver whose cluster head is unreachable for 60 s exits its whole process:
-that would take the sol daemon down with a cluster. So sol's driver waits for ever, and
-bounds each call itself (_bounded)."""
-
-_CONNECT_LOCK = threading.Lock()
-_stuck: list[threading.Thread] = []
-"""Calls to the cluster that have not returned: while one hangs, others fail at once
-instead of piling up threads."""
-_connected: str | None = None
-"""The address this process's Ray driver is connected to (Ray allows one per process)."""
-
-
-def _ray() -> ModuleType:
-    try:
-        import ray
-    except ImportError as exc:
-        raise SolError("this world's sessions run on Ray: pip install 'sol[ray]'") from exc
-    return ray
-
-
-def connect(address: str, namespace: str | None = None) -> ModuleType:
-    """The `ray` module, connected to `address` (once per process)."""
-    global _connected
-    ray = _ray()
-    with _CONNECT_LOCK:
-        if _connected is not None and ray.is_initialized():
-            if _connected != address:
-                raise SolError(
-                    f"this process is already connected to the Ray cluster at {_connected}; "
-                    f"it cannot also drive the one at {address} (one cluster per sol process)"
-                )
-            return ray
-        if ray.is_initialized():  # someone else connected (a test, an embedding tool)
-            _connected = address
-            return ray
-        _reachable(address)
-        os.environ.setdefault(*KEEP_DRIVER)
-        try:
-            ray.init(address=address, namespace=namespace, log_to_driver=False,
-                     logging_level="ERROR", configure_logging=False)
-        except Exception as exc:  # ConnectionError, ValueError, RuntimeError: all "cannot"
-            raise SolError(
-                f"cannot reach the Ray cluster at {address}: {_first_line(exc)}; check that "
-                "it runs (`ray status` on its head) and that `address` in the world's spec "
-                "sessions names it"
-            ) from exc
-        _connected = address
-    return ray
-
-
-def _reachable(address: str) -> None:
-    """Fail fast on a host:port (or ray://host:port) nobody listens on: ray.init would
-    retry it for minutes, hanging the daemon or `sol doctor`."""
-    hostport = address.removeprefix("ray://")
-    host, _, port = hostport.rpartition(":")
-    if address == "auto" or not host or not port.isdigit():
-        return
-    try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT):
-            pass
-    except OSError as exc:
-        raise SolError(
-            f"cannot reach the Ray cluster at {address}: {exc.strerror or exc}; check that "
-            "it runs (`ray status` on its head) and that `address` in the world's spec "
-            "sessions names it"
-        ) from exc
-
-
-def _bounded(call: Callable[[], _T], what: str, address: str,
-             timeout: float = CALL_TIMEOUT) -> _T:
-    """call() with a deadline, for Ray calls that take none (they go to the cluster's
-    head and block while it is unreachable). It runs in a daemon thread; one that does
-    not return is left behind and makes the next calls fail at once until it does."""
-    _stuck[:] = [thread for thread in _stuck if thread.is_alive()]
-    if _stuck:
-        raise SolError(f"{what}: the Ray cluster at {address} has not answered an earlier "
-                       "call yet; check it with `sol doctor`")
-    box: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            box["value"] = call()
-        except BaseException as exc:  # handed to the caller's thread
-            box["error"] = exc
-
-    thread = threading.Thread(target=run, name="sol-ray-call", daemon=True)
-    thread.start()
-    thread.join(timeout)
-    if thread.is_alive():
-        _stuck.append(thread)
-        raise SolError(f"{what}: no answer from the Ray cluster at {address} in "
-                       f"{timeout:g}s; check it with `sol doctor`")
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
-
-
-def nodes(address: str) -> list[dict[str, Any]]:
-    """The cluster's alive nodes with their resources (for `sol doctor`), or a SolError
-    saying why the cluster cannot be reached."""
-    ray = connect(address)
-    try:
-        found = _bounded(ray.nodes, "listing the cluster's nodes", address)
-    except SolError:
-        raise
-    except Exception as exc:
-        raise SolError(f"cannot list the nodes of the Ray cluster at {address}: "
-                       f"{_first_line(exc)}") from exc
-    return [{"node_id": node["NodeID"], "node_ip": node["NodeManagerAddress"],
-             "hostname": node.get("NodeManagerHostname", ""),
-             "resources": dict(node.get("Resources", {}))}
-            for node in found if node.get("Alive")]
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-def _machine() -> str:
-    """What makes a pid mean the same process: one kernel boot and one pid namespace."""
-    try:
-        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-        pidns = os.readlink("/proc/self/ns/pid")
-    except OSError:
-        return socket.gethostname()
-    return f"{boot}/{pidns}"
 
 
 class _NodeLost(Exception):
@@ -252,7 +122,7 @@ class SessionActor:
         try:
             with (outpost / "session.log").open("rb") as handle:
                 stat = os.fstat(handle.fileno())
-                ident = f"{_machine()}:{stat.st_dev}:{stat.st_ino}"
+                ident = f"{machine()}:{stat.st_dev}:{stat.st_ino}"
                 seen, _, at = log_token.rpartition("@")
                 offset = int(at) if seen == ident and at.isdigit() else 0
                 offset = 0 if stat.st_size < offset else offset
@@ -290,7 +160,7 @@ class SessionActor:
                 "node_ip": ray.util.get_node_ip_address(),
                 "hostname": socket.gethostname(),
                 "raylet_pid": int(raylet) if raylet.isdigit() else None,
-                "machine": _machine()}
+                "machine": machine()}
 
 
 def _spawn_reaper(worker: int, socket_name: str, name: str, pane: int) -> None:
@@ -373,7 +243,7 @@ class RaySessions(SessionBackend):
             if isinstance(cause, SolError):
                 raise SolError(cause.message) from None
             raise SolError(f"{what} failed on the Ray cluster at {self.address}: "
-                           f"{_first_line(cause or exc)}") from exc
+                           f"{first_line(cause or exc)}") from exc
         except GetTimeoutError as exc:
             raise SolError(f"{what}: no answer from the Ray cluster at {self.address} in "
                            f"{timeout:g}s; check it with `sol doctor`") from exc
@@ -383,7 +253,7 @@ class RaySessions(SessionBackend):
         or dead: Ray frees a dead detached actor's name)."""
         ray = self._connect()
         try:
-            return _bounded(lambda: ray.get_actor(name, namespace=self.namespace),
+            return bounded(lambda: ray.get_actor(name, namespace=self.namespace),
                             f"looking up session {name}", self.address)
         except ValueError:
             return None
@@ -391,7 +261,7 @@ class RaySessions(SessionBackend):
             raise
         except Exception as exc:
             raise SolError(f"cannot look up session {name} on the Ray cluster at "
-                           f"{self.address}: {_first_line(exc)}") from exc
+                           f"{self.address}: {first_line(exc)}") from exc
 
     def _ask(self, name: str, method: str, *args: Any) -> tuple[bool, Any]:
         """(True, result) of one actor method; (False, None) when the actor is missing
@@ -455,7 +325,7 @@ class RaySessions(SessionBackend):
                     raise SolError(
                         f"session {name} could not start on the Ray cluster at "
                         f"{self.address}: its node was lost {START_ATTEMPTS} times "
-                        f"({_first_line(exc.__cause__ or exc)}); check it with `sol doctor`"
+                        f"({first_line(exc.__cause__ or exc)}); check it with `sol doctor`"
                     ) from exc
 
     def _create(self, name: str, argv: list[str], cwd: Path, env: dict[str, str],
@@ -472,7 +342,7 @@ class RaySessions(SessionBackend):
             **options)
         launch_dir = str(self.launch_dir) if self.launch_dir else None
         try:
-            handle = _bounded(lambda: actor.remote(self.socket_name, launch_dir),
+            handle = bounded(lambda: actor.remote(self.socket_name, launch_dir),
                               f"creating session {name}", self.address)
         except ValueError as exc:
             raise SolError(f"session {name} is already running on the Ray cluster at "
@@ -493,7 +363,7 @@ class RaySessions(SessionBackend):
             if isinstance(exc, RayActorError):
                 raise SolError(
                     f"session {name} could not start on the Ray cluster at {self.address}: "
-                    f"{_first_line(exc)}; every node needs sol installed "
+                    f"{first_line(exc)}; every node needs sol installed "
                     "(pip install 'sol[ray]')") from exc
             raise
 
@@ -526,7 +396,7 @@ class RaySessions(SessionBackend):
 
     def _kill(self, handle: Any, name: str) -> None:
         ray = self._connect()
-        _bounded(lambda: ray.kill(handle, no_restart=True), f"ending session {name}",
+        bounded(lambda: ray.kill(handle, no_restart=True), f"ending session {name}",
                  self.address)
 
     def stop(self, name: str) -> None:
@@ -547,13 +417,13 @@ class RaySessions(SessionBackend):
     def list(self, prefix: str = "sol-") -> dict[str, bool]:
         ray = self._connect()
         try:
-            named = _bounded(lambda: ray.util.list_named_actors(all_namespaces=True),
+            named = bounded(lambda: ray.util.list_named_actors(all_namespaces=True),
                              "listing sessions", self.address)
         except SolError:
             raise
         except Exception as exc:
             raise SolError(f"cannot list sessions on the Ray cluster at {self.address}: "
-                           f"{_first_line(exc)}") from exc
+                           f"{first_line(exc)}") from exc
         names = [entry["name"] for entry in named
                  if entry.get("namespace") == self.namespace
                  and entry["name"].startswith(prefix)]
@@ -649,7 +519,7 @@ class RaySessions(SessionBackend):
             if node is None:
                 return None
             self._machines[key] = node["machine"]
-        if self._machines[key] != _machine():
+        if self._machines[key] != machine():
             return None
         return self._ask(name, "pane_pid", name)[1]
 
@@ -660,7 +530,7 @@ class RaySessions(SessionBackend):
             raise SolError(f"session {name} does not exist; nothing to attach to")
         tmux = ["env", "-u", "TMUX", "-u", "TMUX_PANE", "tmux", "-L", self.socket_name,
                 "attach-session", "-t", f"={name}"]
-        if node.get("machine") == _machine():
+        if node.get("machine") == machine():
             return tmux
         return ["ssh", "-t", str(node["node_ip"]), shlex.join(tmux)]
 

@@ -143,6 +143,8 @@ def test_a_node_workspace_clones_on_its_node_and_is_recast_from_its_last_push(
         assert (clone / "worktree" / ".git").is_dir()  # a clone of its own, not a worktree
         assert not sol_home.worktree(W, quick_agent).exists()
         assert "said-on-node" in sol("logs", quick_agent).stdout  # mirrored back
+        doctor = sol("doctor").stdout
+        assert f"reaches {backup}" in doctor, doctor  # asked of each node
 
         held = poll(lambda: (r := writ_status(sol_home, W, "held")) and r.phase == "Working"
                     and r, timeout=60, what="writ held working")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -129,3 +130,15 @@ def test_only_runtimes_that_need_no_outpost_of_the_daemon_run_on_a_node() -> Non
     node_outposts.check_runtime(Runtime(name="script"))
     with pytest.raises(SolError, match="cannot run in a node workspace yet"):
         node_outposts.check_runtime(Runtime(name="claude"))
+
+
+def test_the_doctor_probe_names_a_remote_a_node_cannot_reach(tmp_path: Path) -> None:
+    from reconciler.drivers.ray_connect import _probe_here
+
+    remote = tmp_path / "remote.git"
+    ok, said = _probe_here(str(remote), sys.executable)
+    assert not ok and said.startswith(f"cannot reach the remote {remote}")
+    git(tmp_path, "init", "-q", "--bare", str(remote))
+    assert _probe_here(str(remote), sys.executable) == (True, f"reaches {remote}")
+    ok, said = _probe_here(str(remote), str(tmp_path / "no-python"))
+    assert not ok and "install sol at the same path" in said

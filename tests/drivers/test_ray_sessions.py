@@ -22,7 +22,7 @@ from conftest import ROOT, poll  # noqa: E402
 from ray_cluster import EXTRA_RESOURCE, RayCluster, free_port  # noqa: E402
 
 from reconciler.core.errors import SolError  # noqa: E402
-from reconciler.drivers import ray_sessions  # noqa: E402
+from reconciler.drivers import ray_connect  # noqa: E402
 from reconciler.drivers.ray_sessions import RaySessions, nodes  # noqa: E402
 from reconciler.drivers.sessions import Ending, SessionBackend  # noqa: E402
 
@@ -177,7 +177,7 @@ def test_sessions_outlive_their_driver_and_their_node(
 def test_no_ray_and_no_cluster_are_sol_errors_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
     began = time.monotonic()
     with pytest.raises(SolError, match="cannot reach the Ray cluster at 127.0.0.1"):
-        ray_sessions._reachable(f"127.0.0.1:{free_port()}")
+        ray_connect._reachable(f"127.0.0.1:{free_port()}")
     with pytest.raises(SolError, match="cannot reach|already connected to the Ray cluster"):
         nodes(f"127.0.0.1:{free_port()}")  # "already": this process drives a test cluster
     assert time.monotonic() - began < 5
