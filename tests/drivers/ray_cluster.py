@@ -80,6 +80,8 @@ class RayCluster:
     root: Path
     marker: str
     tmux_dir: Path
+    client_port: int = 0
+    """The head's Ray Client server (`ray://`), for a driver outside the cluster."""
     head_raylet: int = 0
     extra_raylet: int = 0
     timings: dict[str, float] = field(default_factory=dict)
@@ -92,7 +94,7 @@ class RayCluster:
         root = Path(tempfile.mkdtemp(prefix="solray-", dir="/tmp"))
         port = free_port()
         cluster = cls(address=f"127.0.0.1:{port}", root=root, marker=uuid.uuid4().hex,
-                      tmux_dir=root / "tmux")
+                      tmux_dir=root / "tmux", client_port=free_port())
         cluster.tmux_dir.mkdir()
         try:
             # Both at once: the extra node waits for the head's GCS by itself, and the
@@ -100,6 +102,7 @@ class RayCluster:
             began = time.monotonic()
             head = cluster._ray_start(
                 "head", "--head", "--port", str(port), "--num-cpus", str(num_cpus),
+                "--ray-client-server-port", str(cluster.client_port),
                 "--disable-usage-stats", "--include-dashboard=false",
                 "--system-config", json.dumps(HEALTH_CHECK))
             extra = cluster._ray_start(
@@ -131,6 +134,10 @@ class RayCluster:
                    TMUX_TMPDIR=str(self.tmux_dir), RAY_USAGE_STATS_ENABLED="0",
                    SOL_NODE_ROOT=str(self.node_root(node)))
         return env
+
+    @property
+    def client_address(self) -> str:
+        return f"ray://127.0.0.1:{self.client_port}"
 
     def node_root(self, node: str) -> Path:
         """Where a node keeps agents' outposts in a node workspace: its own disk."""

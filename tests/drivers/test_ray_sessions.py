@@ -125,20 +125,25 @@ def test_a_session_runs_in_an_actor_like_a_tmux_session(
 
 def test_sessions_outlive_their_driver_and_their_node(
         sessions: RaySessions, cluster: RayCluster, tmp_path: Path) -> None:
-    # A driver that starts a session and exits, as a daemon that crashes.
+    # A driver that starts a session and exits, as a daemon that crashes. It reaches
+    # the cluster through Ray Client (ray://), as a daemon on a machine outside it does.
     name = "sol-w-kept"
     script = (
         "import sys\nfrom pathlib import Path\n"
         "from reconciler.drivers.ray_sessions import RaySessions\n"
-        "RaySessions(sys.argv[1], sys.argv[2], sys.argv[3], "
-        "launch_dir=Path(sys.argv[5]) / 'launch').start(sys.argv[4], "
-        "['sh', '-c', 'echo up; cat'], cwd=Path(sys.argv[5]), env={}, "
-        "log=Path(sys.argv[5]) / 'kept.log')\n")
+        "s = RaySessions(sys.argv[1], sys.argv[2], sys.argv[3], "
+        "launch_dir=Path(sys.argv[5]) / 'launch')\n"
+        "s.start(sys.argv[4], ['sh', '-c', 'echo up; cat'], cwd=Path(sys.argv[5]), env={}, "
+        "log=Path(sys.argv[5]) / 'kept.log')\n"
+        "print('listed', s.list('sol-w-kept'), 'on', s.where(sys.argv[4])['hostname'])\n")
     began = time.monotonic()
-    subprocess.run([sys.executable, "-c", script, cluster.address, sessions.namespace,
-                    SOCKET, name, str(tmp_path)], check=True, timeout=90, cwd=ROOT,
-                   env={k: v for k, v in os.environ.items() if not k.startswith("RAY_")})
-    print(f"\ndriver that started a session and exited: {time.monotonic() - began:.1f}s")
+    done = subprocess.run([sys.executable, "-c", script, cluster.client_address,
+                           sessions.namespace, SOCKET, name, str(tmp_path)], check=True,
+                          timeout=90, cwd=ROOT, capture_output=True, text=True,
+                          env={k: v for k, v in os.environ.items() if not k.startswith("RAY_")})
+    assert f"listed {{'{name}': True}} on " in done.stdout, done.stdout + done.stderr
+    print(f"\ndriver (Ray Client) that started a session and exited: "
+          f"{time.monotonic() - began:.1f}s")
     found = RaySessions(cluster.address, sessions.namespace, SOCKET,
                         launch_dir=tmp_path / "launch")
     assert found.is_alive(name)
