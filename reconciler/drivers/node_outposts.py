@@ -4,24 +4,26 @@ node_workspace.py): the daemon's half of it, beside outposts.py's local cast."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 from reconciler.core import tether
 from reconciler.core.errors import SolError
+from reconciler.core.files import write_private
 from reconciler.core.home import session_name
 from reconciler.core.model import Runtime, WorldSpec
-from reconciler.drivers import node_workspace, runtimes, session_log
+from reconciler.drivers import hook, node_workspace, runtimes, session_log
 from reconciler.drivers.sphere import Sphere
 
-NODE_RUNTIMES = ("script", "command")
-"""Runtimes an agent in a node workspace can run: claude and codex keep config,
-transcripts and hooks in the daemon's outpost, which such a node does not see."""
+NODE_RUNTIMES = ("script", "command", "claude")
+"""Runtimes an agent in a node workspace can run. Codex keeps its home (config and
+rollouts) sphere-wide under SOL_HOME, not in the outpost that travels to the node."""
 
 
 def check_runtime(runtime: Runtime) -> None:
     if runtime.name not in NODE_RUNTIMES:
         raise SolError(f"runtime {runtime.name} cannot run in a node workspace yet "
-                       f"(spec.sessions.workspace: node runs {' and '.join(NODE_RUNTIMES)}); "
+                       f"(spec.sessions.workspace: node runs {', '.join(NODE_RUNTIMES)}); "
                        "use workspace: shared, with SOL_HOME on a disk every node sees")
 
 
@@ -39,7 +41,7 @@ def start(sphere: Sphere, wspec: WorldSpec, t: tether.Tether, runtime: Runtime,
     env = {**launch.env, "SOL_HOME": str(outpost / "home"),
            "SOL_OUTBOX": str(outpost / node_workspace.OUTBOX),
            "SOL_WORKTREE": str(worktree)}
-    files = {"tether.json": t.to_json(),
+    files = {**_station_files(outpost), "tether.json": t.to_json(),
              **{f"worktree/{rel}": text for rel, text in launch.files.items()}}
     repo = home.repo(t.world)
     workspace = node_workspace.NodeWorkspace(
@@ -58,33 +60,54 @@ def start(sphere: Sphere, wspec: WorldSpec, t: tether.Tether, runtime: Runtime,
         sphere.store.set_status(("Writ", t.world, t.writ), node=node or None)
 
 
+def _station_files(outpost: Path) -> dict[str, str]:
+    """The daemon's outpost as the node needs it: the CLI's config the launch seeded,
+    and what earlier sessions mirrored back (transcripts, so a conversation resumes on
+    any node). The worktree, scratch and the mirror's own state stay here."""
+    files: dict[str, str] = {}
+    for path in sorted(outpost.rglob("*")):
+        rel = path.relative_to(outpost)
+        if rel.parts[0] in node_workspace.STAYS or not path.is_file() or path.is_symlink():
+            continue
+        try:
+            files[str(rel)] = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue  # not text: the CLI makes it again if it needs it
+    return files
+
+
 def mirror(sphere: Sphere, world: str, agent: str) -> list[dict[str, Any]] | None:
-    """Bring back what an agent on its node left there: its log (appended to the
-    daemon's copy, so `sol logs` and pane-silence stall detection see it), its hooks'
-    activity, and its outbox requests (returned, oldest first). None when its actor is
-    gone (its node lost): nothing new to bring."""
+    """Bring back what an agent on its node left there, into the daemon's outpost as if
+    it had worked here: its session log (appended to the daemon's copy, for `sol logs`
+    and pane-silence stall detection), its hooks' state, its CLI's transcripts (for the
+    ledger and budgets), the node's paths in them rewritten to the daemon's. Returns its
+    outbox requests, oldest first; None when its actor is gone (its node lost)."""
     outpost = sphere.home.outpost(world, agent)
-    token_file = outpost / node_workspace.LOG_TOKEN
-    try:
-        token = token_file.read_text()
-    except OSError:
-        token = ""
-    found = sphere.sessions.collect(session_name(world, agent), token)
+    state_file = outpost / node_workspace.MIRROR_STATE
+    state = hook.read(state_file) or {}
+    tokens = state.get("tokens") if isinstance(state.get("tokens"), dict) else {}
+    found = sphere.sessions.collect(session_name(world, agent), tokens)
     if found is None:
         return None
-    chunk = found.get("log") or b""
-    if chunk:
-        log = sphere.home.agent_log(world, agent)
-        log.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        with log.open("ab") as handle:
-            handle.write(chunk)
-    if found.get("token") and found["token"] != token:
-        outpost.mkdir(mode=0o700, parents=True, exist_ok=True)
-        node_workspace.write_private(token_file, str(found["token"]))
+    node, local = str(found.get("outpost") or ""), str(outpost)
+    for rel, chunk in (found.get("appends") or {}).items():
+        if rel == node_workspace.SESSION_LOG:
+            path, data = sphere.home.agent_log(world, agent), chunk
+        else:
+            path = outpost / node_workspace.rewrite(rel, node, local)
+            data = node_workspace.rewrite(chunk.decode("utf-8", "replace"), node,
+                                          local).encode()
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fresh = rel in (found.get("fresh") or ()) and rel != node_workspace.SESSION_LOG
+        with path.open("wb" if fresh else "ab") as handle:
+            handle.write(data)
     files = dict(found.get("files") or {})
-    for rel in node_workspace.COLLECTED:
+    for rel in node_workspace.WHOLE:
         if rel in files:
+            text = node_workspace.rewrite(files[rel], node, local)
             path = outpost / rel
-            if not path.exists() or path.read_text(errors="replace") != files[rel]:
-                node_workspace.write_private(path, files[rel])
+            if not path.exists() or path.read_text(errors="replace") != text:
+                write_private(path, text)
+    if found.get("tokens") != tokens:
+        hook.write(state_file, {"tokens": found.get("tokens") or {}})
     return node_workspace.parse_outbox(files)

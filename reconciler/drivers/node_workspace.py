@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import tempfile
 import time
@@ -36,15 +37,27 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.core.errors import SolError
+from reconciler.core.files import write_private
 from reconciler.drivers import git, worktrees
 
 OUTBOX = "outbox"
-LOG_TOKEN = "node-log.token"
-"""In the daemon's outpost: which node log, and how much of it, is mirrored already."""
-COLLECTED = ("activity.json",)
-"""Files of the node outpost the daemon mirrors back each pass, besides the outbox."""
+MIRROR_STATE = "node-mirror.json"
+"""In the daemon's outpost: for each file it mirrors by appending, which node file and
+how much of it is mirrored already."""
+WHOLE = ("activity.json", "claude-session.json")
+"""Small files of the node outpost the daemon mirrors whole (hooks' state), besides the
+outbox."""
+SESSION_LOG = "session.log"
+APPENDED = ("claude/projects/*/*.jsonl",)
+"""Files mirrored by appending what is new (the CLI's transcripts: the ledger reads the
+daemon's copy), besides the session log. Read to the last whole line, so a path in
+them is never cut between two collections."""
+STAYS = frozenset({"worktree", "tmp", "home", OUTBOX, MIRROR_STATE})
+"""What of the daemon's outpost never goes to a node: the node has its own."""
 MAX_COLLECT = 256 * 1024
-"""Bytes of one collected file at most: a runaway file must not flood the cluster."""
+"""Bytes of one file per collection at most: a runaway file must not flood the cluster."""
+MAX_BATCH = 4 * 1024 * 1024
+"""Bytes of all appended files per collection at most; the rest comes next pass."""
 
 HOOK = """#!/bin/sh
 # Installed by sol: each commit of this agent's branch is pushed at once to the world's
@@ -82,8 +95,16 @@ def node_outpost(socket_name: str, world: str, agent: str) -> Path:
 
 
 def rewrite(value: str, local: str, node: str) -> str:
-    """`value` with the daemon's outpost path replaced by the node's."""
-    return value.replace(local, node) if local else value
+    """`value` with the daemon's outpost path replaced by the node's (or back), also in
+    the form Claude Code names a project directory after a path (each character that is
+    not a letter or digit a dash)."""
+    if not local or local == node:
+        return value
+    return value.replace(local, node).replace(mangled(local), mangled(node))
+
+
+def mangled(path: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]", "-", path)
 
 
 def prepare(ws: NodeWorkspace, socket_name: str) -> Path:
@@ -119,40 +140,79 @@ def prepare(ws: NodeWorkspace, socket_name: str) -> Path:
     hook.write_text(HOOK)
     hook.chmod(0o700)
     (outpost / OUTBOX).mkdir(mode=0o700, exist_ok=True)  # requests name their session
+    (outpost / "tmp").mkdir(mode=0o700, exist_ok=True)  # the CLI's TMPDIR
     put_files(outpost, ws.files, ws.local_outpost)
     return outpost
 
 
 def put_files(outpost: Path, files: dict[str, str], local_outpost: str) -> None:
     """Write files (outpost-relative) into a node outpost, 0600, the daemon's outpost
-    path in them rewritten to this one."""
+    path in their names and texts rewritten to this one."""
     for rel, text in files.items():
-        path = (outpost / rel).resolve()
+        path = (outpost / rewrite(rel, local_outpost, str(outpost))).resolve()
         if outpost.resolve() not in path.parents:
             raise SolError(f"refusing to write {rel} outside the outpost {outpost}")
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         write_private(path, rewrite(text, local_outpost, str(outpost)))
 
 
-def collect(outpost: Path) -> dict[str, str]:
-    """The node outpost's files the daemon mirrors: hooks' activity and the outbox."""
-    found: dict[str, str] = {}
-    for rel in (*COLLECTED, *(f"{OUTBOX}/{p.name}" for p in sorted(
-            (outpost / OUTBOX).glob("*.json")) if (outpost / OUTBOX).is_dir())):
+def collect(outpost: Path, tokens: dict[str, str], machine: str) -> dict[str, Any]:
+    """What the daemon mirrors from a node outpost: small files whole (`files`), what is
+    new in the session log and the transcripts (`appends`, with `fresh` naming the files
+    read from their start because they are not the ones `tokens` name), and the tokens
+    to pass next time. `machine` tells this node's files from another's."""
+    files: dict[str, str] = {}
+    box = outpost / OUTBOX
+    for rel in (*WHOLE, *(f"{OUTBOX}/{p.name}" for p in sorted(box.glob("*.json")))):
         try:
             with (outpost / rel).open("rb") as handle:
-                found[rel] = handle.read(MAX_COLLECT).decode("utf-8", "replace")
+                files[rel] = handle.read(MAX_COLLECT).decode("utf-8", "replace")
         except OSError:
             continue
-    return found
+    appends: dict[str, bytes] = {}
+    fresh: list[str] = []
+    new_tokens = dict(tokens)
+    budget = MAX_BATCH
+    named = [SESSION_LOG, *sorted(str(p.relative_to(outpost)) for pattern in APPENDED
+                                  for p in outpost.glob(pattern))]
+    for rel in named:
+        if budget <= 0:
+            break
+        found = _tail(outpost / rel, tokens.get(rel, ""), machine, min(budget, MAX_COLLECT),
+                      whole_lines=rel != SESSION_LOG)
+        if found is None:
+            continue
+        chunk, token, restarted = found
+        new_tokens[rel] = token
+        budget -= len(chunk)
+        if chunk:
+            appends[rel] = chunk
+        if restarted and rel in tokens:
+            fresh.append(rel)
+    return {"files": files, "appends": appends, "fresh": fresh, "tokens": new_tokens,
+            "outpost": str(outpost)}
 
 
-def write_private(path: Path, text: str) -> None:
-    temp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    temp.replace(path)
+def _tail(path: Path, token: str, machine: str, limit: int, *, whole_lines: bool
+          ) -> tuple[bytes, str, bool] | None:
+    """The bytes of `path` past `token` (at most `limit`, to a line end when asked), the
+    new token, and whether the file was read from its start because the token names
+    another file or a longer one (cut). None when there is no such file."""
+    try:
+        with path.open("rb") as handle:
+            stat = os.fstat(handle.fileno())
+            ident = f"{machine}:{stat.st_dev}:{stat.st_ino}"
+            seen, _, at = token.rpartition("@")
+            offset = int(at) if seen == ident and at.isdigit() else 0
+            restarted = seen != ident or stat.st_size < offset
+            offset = 0 if stat.st_size < offset else offset
+            handle.seek(offset)
+            chunk = handle.read(limit)
+    except OSError:
+        return None
+    if whole_lines:
+        chunk = chunk[:chunk.rfind(b"\n") + 1]
+    return chunk, f"{ident}@{offset + len(chunk)}", restarted
 
 
 # ---- the agent's side: `sol resolve` and `sol escalate` on a node --------------------

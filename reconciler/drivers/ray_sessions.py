@@ -111,27 +111,13 @@ class SessionActor:
         node_workspace.put_files(outpost, files, local_outpost)
         return True
 
-    def collect(self, name: str, log_token: str) -> dict[str, Any]:
-        """A node outpost's files for the daemon's mirror, and its log past `log_token`
-        (at most MAX_COLLECT bytes). The token names the log file and an offset in it, so
-        a log on another node, or one cut, is read from its start."""
+    def collect(self, name: str, tokens: dict[str, str]) -> dict[str, Any]:
+        """What the daemon mirrors from the session's node outpost (node_workspace.collect);
+        nothing for a session that has none."""
         outpost = self.outposts.get(name)
         if outpost is None:
-            return {"files": {}, "log": b"", "token": log_token}
-        chunk, token = b"", log_token
-        try:
-            with (outpost / "session.log").open("rb") as handle:
-                stat = os.fstat(handle.fileno())
-                ident = f"{machine()}:{stat.st_dev}:{stat.st_ino}"
-                seen, _, at = log_token.rpartition("@")
-                offset = int(at) if seen == ident and at.isdigit() else 0
-                offset = 0 if stat.st_size < offset else offset
-                handle.seek(offset)
-                chunk = handle.read(node_workspace.MAX_COLLECT)
-                token = f"{ident}@{offset + len(chunk)}"
-        except OSError:
-            pass
-        return {"files": node_workspace.collect(outpost), "log": chunk, "token": token}
+            return {"files": {}, "appends": {}, "fresh": [], "tokens": tokens, "outpost": ""}
+        return node_workspace.collect(outpost, tokens, machine())
 
     def exists(self, name: str) -> bool:
         return self.tmux.exists(name)
@@ -481,11 +467,11 @@ class RaySessions(SessionBackend):
             return None
         return data if isinstance(data, dict) and data.get("node_id") else None
 
-    def collect(self, name: str, log_token: str = "") -> dict[str, Any] | None:
-        """What the agent left in its node outpost (node_workspace.collect) and its log
-        past `log_token`; None when its actor is gone."""
+    def collect(self, name: str, tokens: dict[str, str]) -> dict[str, Any] | None:
+        """What the agent left in its node outpost (node_workspace.collect), past
+        `tokens`; None when its actor is gone."""
         _check_name(name)
-        found, result = self._ask(name, "collect", name, log_token)
+        found, result = self._ask(name, "collect", name, tokens)
         return result if found else None
 
     def deliver(self, name: str, files: dict[str, str], local_outpost: str) -> bool:

@@ -82,11 +82,11 @@ class RoutedSessions:
         backend.start(name, argv, cwd=cwd, env=env, log=log, absent=absent,  # type: ignore[call-arg]
                       workspace=workspace)
 
-    def collect(self, name: str, log_token: str = "") -> dict[str, Any] | None:
+    def collect(self, name: str, tokens: dict[str, str]) -> dict[str, Any] | None:
         """What a node-workspace agent left on its node (None: no such agent there)."""
         backend = self.backend(name)
         found = getattr(backend, "collect", None)
-        return found(name, log_token) if backend is not self.local and found else None
+        return found(name, tokens) if backend is not self.local and found else None
 
     def deliver(self, name: str, files: dict[str, str], local_outpost: Path) -> bool:
         """Files for a node-workspace agent's outpost on its node (a changed tether);

@@ -22,6 +22,11 @@ pytest.importorskip("ray")
 from conftest import git, poll  # noqa: E402
 from helpers import world_yaml, writ_status, writ_yaml, write_specs  # noqa: E402
 from ray_cluster import EXTRA_RESOURCE, RayCluster  # noqa: E402
+from test_claude_real import commit, first_request, scripted_model  # noqa: E402
+from test_claude_real import world as claude_world  # noqa: E402
+from test_claude_real import writ as claude_writ  # noqa: E402
+from test_ledger_real import cost as ledger_cost  # noqa: E402
+from test_ledger_real import expected  # noqa: E402
 from test_prefect import daemon_commands  # noqa: E402
 
 from reconciler.core.home import Home  # noqa: E402
@@ -29,6 +34,8 @@ from reconciler.core.store import Store  # noqa: E402
 from reconciler.daemon.procs import read_pid  # noqa: E402
 from reconciler.drivers.processes import pid_alive  # noqa: E402
 from reconciler.drivers.ray_sessions import RaySessions  # noqa: E402
+from reconciler.drivers.runtimes.claude import RESUMED  # noqa: E402
+from tests.fakes.anthropic_server import AnthropicServer  # noqa: E402
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(240)]
 W = "shop"
@@ -38,6 +45,12 @@ W = "shop"
 def cluster() -> Iterator[RayCluster]:
     with RayCluster.start() as started:
         yield started
+
+
+@pytest.fixture
+def model(monkeypatch: pytest.MonkeyPatch) -> Iterator[AnthropicServer]:
+    with scripted_model(monkeypatch) as server:
+        yield server
 
 
 def events(home: Home, kind: str, name: str | None = None) -> list:
@@ -174,3 +187,48 @@ def test_a_node_workspace_clones_on_its_node_and_is_recast_from_its_last_push(
     assert (cluster.node_root("spare3") / sol_home.socket_name / W / held.status["agent"]
             / "worktree" / ".git").is_dir()
     assert git(backup, "branch", "--list", "sol/*") == ""  # landed branches dropped
+
+
+def test_claude_on_its_node_lands_resumes_elsewhere_and_its_usage_is_counted(
+        sol_home: Home, repo: Path, tmp_path: Path, cluster: RayCluster,
+        model: AnthropicServer) -> None:
+    """The real Claude Code CLI in a node workspace: its config travels to the node, its
+    transcript comes back (the ledger counts exactly what the model answered); its node
+    lost mid-conversation, it resumes that conversation on another node."""
+    model.script("writ `nodal`", [commit("one.txt", "one", resolve=False),
+                                  {"text": "Committed one.txt; more to do."},
+                                  commit("two.txt", "two")])
+    spec = json.loads(claude_world(repo).split("\n")[0])
+    spec["spec"]["sessions"] = {"backend": "ray", "address": cluster.address,
+                                "workspace": "node", "resources": {EXTRA_RESOURCE: 0.01}}
+    specs = write_specs(tmp_path / "specs", json.dumps(spec) + "\n", claude_writ("nodal"))
+    ray = RaySessions(cluster.address, f"sol-{sol_home.socket_name}", sol_home.socket_name)
+    with daemon_commands(sol_home, tmp_path) as sol:
+        assert sol("up", "-f", str(specs)).returncode == 0
+        record = poll(lambda: (r := writ_status(sol_home, W, "nodal")) and r.phase == "Working"
+                      and r, timeout=60, what="writ nodal working")
+        agent = record.status["agent"]
+        local = sol_home.outpost(W, agent)
+        # The first turn ended: its transcript is mirrored back, in the daemon's terms.
+        poll(lambda: any("Committed one.txt" in p.read_text()
+                         for p in (local / "claude" / "projects").rglob("*.jsonl")),
+             timeout=120, interval=0.5, what="the node's transcript mirrored back")
+        mirrored = "".join(p.read_text() for p in (local / "claude/projects").rglob("*.jsonl"))
+        assert str(local / "worktree") in mirrored and "-disk" not in mirrored
+        session = f"sol-{W}-{agent}"
+        holder = ray.where(session)["raylet_pid"]
+        spare = cluster.add_node("spare4", {EXTRA_RESOURCE: 1})
+        cluster.kill_node(holder)
+        poll(lambda: (ray.where(session) or {}).get("raylet_pid") == spare, timeout=90,
+             interval=0.5, what="claude cast again on the other node")
+        poll(lambda: phase(sol_home, "nodal") == "Merged", timeout=120, interval=0.5,
+             what="writ nodal landed after its node was lost")
+        writs, models = expected(model)
+        assert ledger_cost(sol, "writ") == writs
+
+    resumed = first_request(model, RESUMED)
+    assert "Committed one.txt" in json.dumps(resumed["messages"])  # the same conversation
+    main = sol_home.repo(W)
+    assert git(main, "show", "main:one.txt") == "one"
+    assert git(main, "show", "main:two.txt") == "two"
+    assert len(events(sol_home, "merged", "nodal")) == 1

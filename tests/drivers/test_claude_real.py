@@ -15,6 +15,7 @@ import re
 import signal
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,12 @@ pytestmark = pytest.mark.timeout(300)
 
 @pytest.fixture
 def model(monkeypatch: pytest.MonkeyPatch) -> Iterator[AnthropicServer]:
+    with scripted_model(monkeypatch) as server:
+        yield server
+
+
+@contextmanager
+def scripted_model(monkeypatch: pytest.MonkeyPatch) -> Iterator[AnthropicServer]:
     """The scripted model, and an environment in which `sol up` finds the real CLI."""
     if not (CLAUDE_BIN / "claude").exists():
         message = f"the claude CLI is not installed in {CLAUDE_BIN}: run tests/clis/install"

@@ -116,7 +116,7 @@ def test_resolve_and_escalate_on_a_node_leave_requests_and_push(
 
     (outpost / "activity.json").write_text(json.dumps({"state": "idle", "at": 1.0}))
     (outpost / "outbox" / "junk.json").write_text("{not json")
-    found = node_workspace.collect(outpost)
+    found = node_workspace.collect(outpost, {}, "m1")["files"]
     assert json.loads(found["activity.json"])["state"] == "idle"
     requests = node_workspace.parse_outbox(found)
     assert [(r["kind"], r["session"]) for r in requests] == [("escalate", "s1"),
@@ -129,7 +129,7 @@ def test_resolve_and_escalate_on_a_node_leave_requests_and_push(
 def test_only_runtimes_that_need_no_outpost_of_the_daemon_run_on_a_node() -> None:
     node_outposts.check_runtime(Runtime(name="script"))
     with pytest.raises(SolError, match="cannot run in a node workspace yet"):
-        node_outposts.check_runtime(Runtime(name="claude"))
+        node_outposts.check_runtime(Runtime(name="codex"))
 
 
 def test_the_doctor_probe_names_a_remote_a_node_cannot_reach(tmp_path: Path) -> None:
@@ -142,3 +142,34 @@ def test_the_doctor_probe_names_a_remote_a_node_cannot_reach(tmp_path: Path) -> 
     assert _probe_here(str(remote), sys.executable) == (True, f"reaches {remote}")
     ok, said = _probe_here(str(remote), str(tmp_path / "no-python"))
     assert not ok and "install sol at the same path" in said
+
+
+def test_logs_and_transcripts_come_back_in_whole_lines_once_and_a_new_file_afresh(
+        tmp_path: Path) -> None:
+    outpost = tmp_path / "node" / "vega"
+    project = outpost / "claude" / "projects" / node_workspace.mangled(f"{outpost}/worktree")
+    project.mkdir(parents=True)
+    (outpost / "session.log").write_bytes(b"partial output")
+    transcript = project / "s1.jsonl"
+    transcript.write_text(f'{{"cwd": "{outpost}/worktree"}}\n{{"half": ')
+    first = node_workspace.collect(outpost, {}, "m1")
+    rel = str(transcript.relative_to(outpost))
+    assert first["appends"] == {"session.log": b"partial output",
+                                rel: f'{{"cwd": "{outpost}/worktree"}}\n'.encode()}
+    assert first["fresh"] == []
+    again = node_workspace.collect(outpost, first["tokens"], "m1")
+    assert again["appends"] == {}  # nothing new; the half line waits for its end
+    with transcript.open("a") as handle:
+        handle.write('"line"}\n')
+    more = node_workspace.collect(outpost, again["tokens"], "m1")
+    assert more["appends"] == {rel: b'{"half": "line"}\n'}
+    # The same names on another machine (the agent cast again elsewhere): read afresh.
+    other = node_workspace.collect(outpost, more["tokens"], "m2")
+    assert set(other["fresh"]) == {"session.log", rel}
+
+    # Back in the daemon's terms: the node's path, in texts and in project names.
+    local = str(tmp_path / "daemon" / "outposts" / "vega")
+    back = node_workspace.rewrite(rel, str(outpost), local)
+    assert back == f"claude/projects/{node_workspace.mangled(local + '/worktree')}/s1.jsonl"
+    assert node_workspace.rewrite(first["appends"][rel].decode(), str(outpost), local) == \
+        f'{{"cwd": "{local}/worktree"}}\n'
