@@ -18,6 +18,7 @@ from typing import Any
 
 from reconciler.core.errors import SolError
 from reconciler.core.model import SessionsSpec
+from reconciler.drivers.envoy_names import is_envoy
 from reconciler.drivers.node_workspace import NodeWorkspace
 from reconciler.drivers.sessions import Ending, SessionBackend
 
@@ -51,8 +52,10 @@ class RoutedSessions:
         return found
 
     def backend(self, name: str) -> SessionBackend:
+        """The world's backend; envoys (planners a person talks to, working in the
+        daemon's clone) always run on this machine's tmux."""
         spec = self.spec_of(name)
-        if spec is None or spec.backend == "tmux":
+        if spec is None or spec.backend == "tmux" or _is_envoy_session(name):
             return self.local
         return self._for(spec)
 
@@ -153,3 +156,7 @@ def _match(specs: dict[str, SessionsSpec], name: str) -> SessionsSpec | None:
         if name.startswith(f"sol-{world}-"):
             return specs[world]
     return None
+
+
+def _is_envoy_session(name: str) -> bool:
+    return is_envoy(name.rpartition("-")[2])

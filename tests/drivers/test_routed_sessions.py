@@ -55,10 +55,13 @@ def routed(sol_home: Home, tmp_path: Path):  # noqa: ANN201 - (sphere, router, l
 def test_each_session_runs_on_its_worlds_backend(routed, tmp_path: Path) -> None:
     router, local, far, made = routed
     names = {w: session_name(w, "vega") for w in ("near", "far", "far-east")}
-    for name in names.values():
+    envoy = session_name("far", "envoy_planner")
+    for name in [*names.values(), envoy]:
         router.start(name, ["sh", "-c", "echo up; exec sleep 30"], cwd=tmp_path, env={},
                      log=tmp_path / f"{name}.log")
-    assert set(local.list()) == {names["near"], names["far-east"]}  # a-b is not a's
+    # a-b is not a's; an envoy, a planner a person talks to, stays on this machine
+    assert set(local.list()) == {names["near"], names["far-east"], envoy}
+    router.stop(envoy)
     assert set(far.list()) == {names["far"]}
     assert made == [SessionsSpec("ray", "x:1")]
     assert router.list() == {name: True for name in names.values()}
