@@ -3,6 +3,7 @@ node_workspace.py): the daemon's half of it, beside outposts.py's local cast."""
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -27,8 +28,8 @@ def check_runtime(runtime: Runtime) -> None:
                        "use workspace: shared, with SOL_HOME on a disk every node sees")
 
 
-def start(sphere: Sphere, wspec: WorldSpec, t: tether.Tether, runtime: Runtime,
-                   *, absent: bool) -> None:
+def start(sphere: Sphere, wspec: WorldSpec, t: tether.Tether, runtime: Runtime, *,
+          absent: bool) -> None:
     """Start an agent whose outpost is made on its node (node_workspace.py): the tether
     and launch files travel with the start call; its resolve and escalate come back
     through its outbox, its output through the sentinel's mirror."""
@@ -94,13 +95,13 @@ def mirror(sphere: Sphere, world: str, agent: str) -> list[dict[str, Any]] | Non
         if rel == node_workspace.SESSION_LOG:
             path, data = sphere.home.agent_log(world, agent), chunk
         else:
-            path = outpost / node_workspace.rewrite(rel, node, local)
+            path = (outpost / node_workspace.rewrite(rel, node, local)).resolve()
+            if outpost.resolve() not in path.parents:
+                continue  # not a file of the outpost: nothing of ours to mirror
             data = node_workspace.rewrite(chunk.decode("utf-8", "replace"), node,
                                           local).encode()
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         fresh = rel in (found.get("fresh") or ()) and rel != node_workspace.SESSION_LOG
-        with path.open("wb" if fresh else "ab") as handle:
-            handle.write(data)
+        _append(path, data, fresh=fresh)
     files = dict(found.get("files") or {})
     for rel in node_workspace.WHOLE:
         if rel in files:
@@ -108,6 +109,17 @@ def mirror(sphere: Sphere, world: str, agent: str) -> list[dict[str, Any]] | Non
             path = outpost / rel
             if not path.exists() or path.read_text(errors="replace") != text:
                 write_private(path, text)
-    if found.get("tokens") != tokens:
+    if found.get("tokens") != tokens:  # after the appends: a crash between repeats a
+        # chunk (the ledger counts each message once), it never loses one
         hook.write(state_file, {"tokens": found.get("tokens") or {}})
     return node_workspace.parse_outbox(files)
+
+
+def _append(path: Path, data: bytes, *, fresh: bool) -> None:
+    """Add `data` to a mirrored file (0600, like everything under SOL_HOME); `fresh`
+    starts it over (the node's file is another one now)."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if fresh else os.O_APPEND)
+    fd = os.open(path, flags, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)

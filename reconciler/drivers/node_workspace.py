@@ -110,12 +110,18 @@ def mangled(path: str) -> str:
 def prepare(ws: NodeWorkspace, socket_name: str) -> Path:
     """Make (or bring up to date) the agent's outpost on this node; its path.
 
-    A clone this node already holds keeps its uncommitted files (a respawn here, as in
-    a local worktree) and is fast-forwarded to the remote's branch when that moved on."""
+    A clone this node already holds for this branch keeps its uncommitted files (a
+    respawn here, as in a local worktree) and is fast-forwarded to the remote's branch
+    when that moved on. One left by an earlier writ of this agent name is moved aside
+    (`worktree.<time>`), never deleted: it may hold what nobody committed."""
     outpost = node_outpost(socket_name, ws.world, ws.agent)
     outpost.mkdir(mode=0o700, parents=True, exist_ok=True)
     worktree = outpost / "worktree"
     what = f"cannot prepare {ws.agent}'s worktree on this node from {ws.remote}"
+    if (worktree / ".git").exists() and git.run(
+            worktree, "symbolic-ref", "-q", "--short", "HEAD",
+            check=False).out.strip() != ws.branch:
+        worktree.replace(outpost / f"worktree.{time.strftime('%Y%m%dT%H%M%S')}")
     if not (worktree / ".git").exists():
         temp = Path(tempfile.mkdtemp(prefix=".clone-", dir=outpost))
         git.run(outpost, "clone", "--quiet", "--no-tags", "--branch", ws.branch, ws.remote,
@@ -125,9 +131,6 @@ def prepare(ws: NodeWorkspace, socket_name: str) -> Path:
     else:
         git.run(worktree, "fetch", "--quiet", "origin",
                 f"+refs/heads/{ws.branch}:refs/remotes/origin/{ws.branch}", what=what)
-        if git.run(worktree, "symbolic-ref", "-q", "--short", "HEAD",
-                   check=False).out.strip() != ws.branch:
-            git.run(worktree, "checkout", "--quiet", ws.branch, what=what)
         git.run(worktree, "merge", "--quiet", "--ff-only", f"origin/{ws.branch}",
                 check=False)  # not a fast-forward: its own commits stay, pushed next commit
     if ws.exclude:

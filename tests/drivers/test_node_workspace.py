@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -88,6 +89,15 @@ def test_another_node_starts_from_the_last_push_and_a_respawn_here_keeps_its_fil
     other = node_workspace.prepare(workspace(remote, local), SOCKET) / "worktree"
     assert (other / "one.txt").read_text() == "one"
     assert not (other / "draft.txt").exists()
+
+    # The agent name serves another writ later: the old clone is moved aside, not lost.
+    node_workspace.publish_branch(clone, remote, "sol/b", "main")
+    monkeypatch.setenv("SOL_NODE_ROOT", str(node))
+    later = replace(workspace(remote, local), branch="sol/b")
+    fresh = node_workspace.prepare(later, SOCKET) / "worktree"
+    assert git(fresh, "symbolic-ref", "--short", "HEAD") == "sol/b"
+    [aside] = fresh.parent.glob("worktree.*")
+    assert (aside / "draft.txt").read_text() == "not committed"
 
 
 def test_resolve_and_escalate_on_a_node_leave_requests_and_push(
