@@ -37,7 +37,7 @@ from reconciler.drivers.ray_sessions import RaySessions  # noqa: E402
 from reconciler.drivers.runtimes.claude import RESUMED  # noqa: E402
 from tests.fakes.anthropic_server import AnthropicServer  # noqa: E402
 
-pytestmark = [pytest.mark.ray, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(240), pytest.mark.xdist_group("ray")]
 W = "shop"
 
 

@@ -26,7 +26,7 @@ from reconciler.drivers import ray_connect  # noqa: E402
 from reconciler.drivers.ray_sessions import RaySessions, nodes  # noqa: E402
 from reconciler.drivers.sessions import Ending, SessionBackend  # noqa: E402
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.xdist_group("ray")]  # one cluster at a time
 
 SOCKET = "soltest-ray"
 SECRET = "s3cr3t-" + uuid.uuid4().hex[:8]
