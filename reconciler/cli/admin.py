@@ -89,8 +89,8 @@ def _store_checks(home: Home) -> list[tuple[str, bool, str]]:
         clusters = sorted({str((w.spec.get("sessions") or {}).get("address") or "auto")
                            for w in worlds
                            if (w.spec.get("sessions") or {}).get("backend") == "ray"})
-        on_nodes = {w.name: SessionsSpec.from_spec(w.spec.get("sessions")) for w in worlds
-                    if SessionsSpec.from_spec(w.spec.get("sessions")).on_nodes}
+        on_ray = {w.name: SessionsSpec.from_spec(w.spec.get("sessions")) for w in worlds
+                  if SessionsSpec.from_spec(w.spec.get("sessions")).backend == "ray"}
         specs += [w.spec["runtime"] for w in store.list("Writ") if w.spec.get("runtime")]
     except SolError as exc:
         return [("database", False, exc.message)]
@@ -109,7 +109,7 @@ def _store_checks(home: Home) -> list[tuple[str, bool, str]]:
         except Exception as exc:  # noqa: BLE001 - reported as a row, never raised
             rows.append((f"runtime {name}", False, getattr(exc, "message", str(exc))))
     rows += [_ray_check(address) for address in clusters]
-    for world, sessions in sorted(on_nodes.items()):
+    for world, sessions in sorted(on_ray.items()):
         rows += _node_checks(home, world, sessions)
     return rows
 
@@ -130,14 +130,19 @@ def _ray_check(address: str) -> tuple[str, bool, str]:
 
 
 def _node_checks(home: Home, world: str, sessions: SessionsSpec) -> list[tuple[str, bool, str]]:
-    """A world whose agents work on their nodes: each node must run sol's Python and
-    reach the world's remote, or its agents fail there."""
+    """Each node of a Ray world must run sol's Python and reach the agents' work: the
+    world's remote (workspace: node) or SOL_HOME at the same path (shared), or its
+    agents fail there."""
     from reconciler.drivers import backup
     from reconciler.drivers.ray_connect import probe
 
-    remote = sessions.remote or str(backup.path_of(home.repo(world)).absolute())
     try:
-        found = probe(sessions.address, remote, sys.executable)
+        if sessions.on_nodes:
+            remote = sessions.remote or str(backup.path_of(home.repo(world)).absolute())
+            found = probe(sessions.address, sys.executable, remote=remote)
+        else:
+            found = probe(sessions.address, sys.executable,
+                          shared=str(home.outposts(world).absolute()))
     except SolError as exc:
         return [(f"nodes of {world}", False, exc.message)]
     return [(f"node {name} ({world})", ok, detail) for name, ok, detail in found]

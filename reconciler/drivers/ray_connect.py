@@ -161,15 +161,22 @@ PROBE_TIMEOUT = 20.0
 """Seconds `sol doctor` waits for every node's answer at once."""
 
 
-def _probe_here(remote: str, python: str) -> tuple[bool, str]:
-    """On one node: can an agent there start (sol's Python) and push (the remote)?"""
+def _probe_here(python: str, remote: str | None, shared: str | None) -> tuple[bool, str]:
+    """On one node: can an agent start here (sol's Python) and reach its work (the
+    world's remote with node workspaces, SOL_HOME's outposts with shared ones)?"""
     import subprocess
 
     if not Path(python).exists():
         return False, f"no {python} here: install sol at the same path as on the daemon's machine"
+    if shared is not None:
+        if not Path(shared).is_dir():
+            return False, (f"does not see {shared}: put SOL_HOME on a disk every node "
+                           "mounts at the same path, or set spec.sessions.workspace: node")
+        return True, f"sees {shared}"
     try:
-        done = subprocess.run(["git", "ls-remote", "--heads", remote], capture_output=True,
-                              text=True, timeout=10, stdin=subprocess.DEVNULL)
+        done = subprocess.run(["git", "ls-remote", "--heads", str(remote)],
+                              capture_output=True, text=True, timeout=10,
+                              stdin=subprocess.DEVNULL)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return False, f"git ls-remote {remote}: {exc}"
     if done.returncode != 0:
@@ -178,8 +185,9 @@ def _probe_here(remote: str, python: str) -> tuple[bool, str]:
     return True, f"reaches {remote}"
 
 
-def probe(address: str, remote: str, python: str) -> list[tuple[str, bool, str]]:
-    """Ask every alive node whether a node-workspace agent could work there: (node, ok,
+def probe(address: str, python: str, *, remote: str | None = None,
+          shared: str | None = None) -> list[tuple[str, bool, str]]:
+    """Ask every alive node whether an agent could work there (_probe_here): (node, ok,
     detail), one row per node, each answer bounded."""
     ray = connect(address)
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -187,7 +195,7 @@ def probe(address: str, remote: str, python: str) -> list[tuple[str, bool, str]]
     alive = nodes(address)
     task = ray.remote(num_cpus=0)(_probe_here)
     refs = {task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
-        node["node_id"], soft=False)).remote(remote, python): node for node in alive}
+        node["node_id"], soft=False)).remote(python, remote, shared): node for node in alive}
     ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=PROBE_TIMEOUT)
     rows = []
     for ref, node in refs.items():

@@ -104,6 +104,7 @@ def test_a_ray_world_lands_survives_a_daemon_kill_and_a_lost_node(
         doctor = sol("doctor")
         assert f"ray {cluster.address}" in doctor.stdout, doctor.stdout
         assert "node(s) alive" in doctor.stdout, doctor.stdout
+        assert f"sees {sol_home.outposts(W)}" in doctor.stdout, doctor.stdout  # each node
 
         # The daemon killed: the actor runs on; a new daemon finds it by name.
         prefect = read_pid(sol_home.run / "prefect.pid")
@@ -179,6 +180,8 @@ def test_a_node_workspace_clones_on_its_node_and_is_recast_from_its_last_push(
              interval=0.5, what="the agent cast again on the other node")
         poll(lambda: phase(sol_home, "held") == "Merged", timeout=90, interval=0.5,
              what="writ held landed after its node was lost")
+        poll(lambda: git(backup, "branch", "--list", "sol/*") == "", timeout=30,
+             what="the landed branches dropped from the remote")  # the forge's cleanup
     main = sol_home.repo(W)
     assert git(main, "show", "main:two.txt") == "one then again"  # from the pushed commit
     assert len(git(main, "log", "--format=%H", "--grep=Sol-Writ: shop/held",
@@ -186,7 +189,6 @@ def test_a_node_workspace_clones_on_its_node_and_is_recast_from_its_last_push(
     assert len(events(sol_home, "merged", "held")) == 1
     assert (cluster.node_root("spare3") / sol_home.socket_name / W / held.status["agent"]
             / "worktree" / ".git").is_dir()
-    assert git(backup, "branch", "--list", "sol/*") == ""  # landed branches dropped
 
 
 def test_claude_on_its_node_lands_resumes_elsewhere_and_its_usage_is_counted(

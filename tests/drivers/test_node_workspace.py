@@ -142,16 +142,19 @@ def test_only_runtimes_that_need_no_outpost_of_the_daemon_run_on_a_node() -> Non
         node_outposts.check_runtime(Runtime(name="codex"))
 
 
-def test_the_doctor_probe_names_a_remote_a_node_cannot_reach(tmp_path: Path) -> None:
+def test_the_doctor_probe_names_what_a_node_cannot_reach(tmp_path: Path) -> None:
     from reconciler.drivers.ray_connect import _probe_here
 
     remote = tmp_path / "remote.git"
-    ok, said = _probe_here(str(remote), sys.executable)
+    ok, said = _probe_here(sys.executable, str(remote), None)
     assert not ok and said.startswith(f"cannot reach the remote {remote}")
     git(tmp_path, "init", "-q", "--bare", str(remote))
-    assert _probe_here(str(remote), sys.executable) == (True, f"reaches {remote}")
-    ok, said = _probe_here(str(remote), str(tmp_path / "no-python"))
+    assert _probe_here(sys.executable, str(remote), None) == (True, f"reaches {remote}")
+    ok, said = _probe_here(str(tmp_path / "no-python"), str(remote), None)
     assert not ok and "install sol at the same path" in said
+    ok, said = _probe_here(sys.executable, None, str(tmp_path / "home" / "outposts"))
+    assert not ok and "set spec.sessions.workspace: node" in said
+    assert _probe_here(sys.executable, None, str(tmp_path)) == (True, f"sees {tmp_path}")
 
 
 def test_logs_and_transcripts_come_back_in_whole_lines_once_and_a_new_file_afresh(
