@@ -145,7 +145,8 @@ def test_a_node_workspace_clones_on_its_node_and_is_recast_from_its_last_push(
              "else echo one > one.txt; git add one.txt; git commit -qm one; sleep 600; fi")
     specs = write_specs(tmp_path / "specs", world_yaml(W, repo, extra=spec),
                         writ_yaml("quick", W, "echo quick > quick.txt; echo said-on-node"),
-                        writ_yaml("held", W, again))
+                        writ_yaml("held", W, again),
+                        writ_yaml("stuck", W, "sol escalate cannot-do-it; sleep 600"))
     ray = RaySessions(cluster.address, f"sol-{sol_home.socket_name}", sol_home.socket_name)
     backup = sol_home.repo(W).parent / "backup.git"
     with daemon_commands(sol_home, tmp_path) as sol:
@@ -159,6 +160,10 @@ def test_a_node_workspace_clones_on_its_node_and_is_recast_from_its_last_push(
         assert "said-on-node" in sol("logs", quick_agent).stdout  # mirrored back
         doctor = sol("doctor").stdout
         assert f"reaches {backup}" in doctor, doctor  # asked of each node
+        # An agent's `sol escalate` on its node reaches the writ through its outbox.
+        [escalated, *_] = poll(lambda: events(sol_home, "escalated", "stuck"), timeout=60,
+                               what="the escalation from the node")
+        assert "cannot-do-it" in escalated.message, escalated.message
 
         held = poll(lambda: (r := writ_status(sol_home, W, "held")) and r.phase == "Working"
                     and r, timeout=60, what="writ held working")
@@ -168,7 +173,8 @@ def test_a_node_workspace_clones_on_its_node_and_is_recast_from_its_last_push(
         # The spec changes: the daemon's tether is rewritten, and so is the node's copy.
         write_specs(tmp_path / "specs", world_yaml(W, repo, extra=spec),
                     writ_yaml("quick", W, "echo quick > quick.txt; echo said-on-node"),
-                    writ_yaml("held", W, again, title="Held, renamed"))
+                    writ_yaml("held", W, again, title="Held, renamed"),
+                    writ_yaml("stuck", W, "sol escalate cannot-do-it; sleep 600"))
         [node_tether] = cluster.root.glob(
             f"*-disk/{sol_home.socket_name}/{W}/{held.status['agent']}/tether.json")
         poll(lambda: "Held, renamed" in node_tether.read_text(), timeout=30,
@@ -180,8 +186,8 @@ def test_a_node_workspace_clones_on_its_node_and_is_recast_from_its_last_push(
              interval=0.5, what="the agent cast again on the other node")
         poll(lambda: phase(sol_home, "held") == "Merged", timeout=90, interval=0.5,
              what="writ held landed after its node was lost")
-        poll(lambda: git(backup, "branch", "--list", "sol/*") == "", timeout=30,
-             what="the landed branches dropped from the remote")  # the forge's cleanup
+        poll(lambda: git(backup, "branch", "--list", "sol/quick", "sol/held") == "",
+             timeout=30, what="the landed branches dropped from the remote")  # cleanup
     main = sol_home.repo(W)
     assert git(main, "show", "main:two.txt") == "one then again"  # from the pushed commit
     assert len(git(main, "log", "--format=%H", "--grep=Sol-Writ: shop/held",
