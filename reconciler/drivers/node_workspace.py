@@ -285,7 +285,8 @@ def publish_branch(repo: Path, remote: str, branch: str, target: str) -> str:
     The remote is where a node-workspace agent's commits go, so a branch it holds wins:
     the clone takes it (an agent cast again continues from its last pushed commit). A
     new branch starts at the target's tip in the clone and is pushed."""
-    what = f"cannot publish {branch} to the world's remote {remote}"
+    what = (f"cannot publish {branch} to the world's remote {remote} (spec.sessions.remote: "
+            "this machine and every node must reach it)")
     held = git.run(repo, "ls-remote", "--heads", remote, f"refs/heads/{branch}",
                    what=what).out.split()
     if held:

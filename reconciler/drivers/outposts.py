@@ -351,8 +351,12 @@ def _fail(sphere: Sphere, writ: Record, message: str) -> None:
 
 
 def _undo(sphere: Sphere, world: str, agent: str, writ: str, made: list[str]) -> None:
-    """Reverse a half-made cast, newest step first; the branch is always kept."""
-    sphere.sessions.stop(session_name(world, agent))
+    """Reverse a half-made cast, newest step first; the branch is always kept. Never
+    raises: a backend that cannot be reached (a Ray cluster down) must not keep the
+    writ from going back to Pending with its reason; a session it half started was
+    ended by its own start."""
+    with suppress(SolError):
+        sphere.sessions.stop(session_name(world, agent))
     if "tether" in made:
         tether.clear(sphere.home.tether(world, agent))
     if "worktree" in made:

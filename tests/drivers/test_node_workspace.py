@@ -14,14 +14,25 @@ from pathlib import Path
 
 import pytest
 from conftest import git
+from helpers import world_yaml, writ_status, writ_yaml, write_specs
 
 from reconciler.core import tether
 from reconciler.core.errors import SolError
+from reconciler.core.home import Home
 from reconciler.core.model import Runtime
+from reconciler.core.store import Store
 from reconciler.drivers import agent, node_outposts, node_workspace
 from reconciler.drivers.node_workspace import NodeWorkspace
 
 SOCKET = "sol-test"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 @pytest.fixture
@@ -186,3 +197,24 @@ def test_logs_and_transcripts_come_back_in_whole_lines_once_and_a_new_file_afres
     assert back == f"claude/projects/{node_workspace.mangled(local + '/worktree')}/s1.jsonl"
     assert node_workspace.rewrite(first["appends"][rel].decode(), str(outpost), local) == \
         f'{{"cwd": "{local}/worktree"}}\n'
+
+
+def test_a_remote_nobody_reaches_leaves_the_writ_pending_with_one_reason(
+        sol_home: Home, repo: Path, tmp_path: Path, sol) -> None:
+    """Nothing half-made wedges a node-workspace cast: with the remote unreachable (and
+    the cluster too), the writ waits with one sentence and one event, pass after pass."""
+    sessions = (f"sessions: {{backend: ray, address: '127.0.0.1:{free_port()}', "
+                f"workspace: node, remote: '{tmp_path / 'nowhere.git'}'}}\n")
+    specs = write_specs(tmp_path / "specs", world_yaml("shop", repo, extra=sessions),
+                        writ_yaml("a", "shop", "echo a > a.txt"))
+    sol("apply", "-f", str(specs), check=True)
+    for _ in range(2):
+        sol("reconcile", "--once", "-f", str(specs), check=True)
+    record = writ_status(sol_home, "shop", "a")
+    assert (record.phase, record.reason) == ("Pending", "CastFailed")
+    assert f"cannot publish sol/a to the world's remote {tmp_path / 'nowhere.git'}" in \
+        record.message and "spec.sessions.remote" in record.message
+    store = Store(sol_home.db)
+    assert len(store.events(types=["cast-failed"])) == 1
+    store.close()
+    assert not list(sol_home.outposts("shop").glob("*/tether.json"))
