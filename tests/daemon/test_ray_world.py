@@ -74,6 +74,16 @@ def shown(repo: Path, spec: str) -> str | None:
     return done.stdout.strip() if done.returncode == 0 else None
 
 
+def lose_its_node(cluster: RayCluster, ray: RaySessions, session: str, joining: str) -> None:
+    """A node joins, then the node holding `session` is lost: wait for the agent to be
+    cast again on the node that joined."""
+    holder = ray.where(session)["raylet_pid"]
+    spare = cluster.add_node(joining, {EXTRA_RESOURCE: 1})
+    cluster.kill_node(holder)
+    poll(lambda: (ray.where(session) or {}).get("raylet_pid") == spare, timeout=90,
+         interval=0.5, what=f"{session} cast again on the node that joined")
+
+
 def phase(home: Home, name: str) -> str | None:
     record = writ_status(home, W, name)
     return record.phase if record else None
@@ -179,11 +189,7 @@ def test_a_node_workspace_clones_on_its_node_and_is_recast_from_its_last_push(
             f"*-disk/{sol_home.socket_name}/{W}/{held.status['agent']}/tether.json")
         poll(lambda: "Held, renamed" in node_tether.read_text(), timeout=30,
              what="the changed tether delivered to the agent's node")
-        holder = ray.where(session)["raylet_pid"]
-        spare = cluster.add_node("spare3", {EXTRA_RESOURCE: 1})
-        cluster.kill_node(holder)
-        poll(lambda: (ray.where(session) or {}).get("raylet_pid") == spare, timeout=90,
-             interval=0.5, what="the agent cast again on the other node")
+        lose_its_node(cluster, ray, session, "spare3")
         poll(lambda: phase(sol_home, "held") == "Merged", timeout=90, interval=0.5,
              what="writ held landed after its node was lost")
         poll(lambda: git(backup, "branch", "--list", "sol/quick", "sol/held") == "",
@@ -224,11 +230,7 @@ def test_claude_on_its_node_lands_resumes_elsewhere_and_its_usage_is_counted(
         mirrored = "".join(p.read_text() for p in (local / "claude/projects").rglob("*.jsonl"))
         assert str(local / "worktree") in mirrored and "-disk" not in mirrored
         session = f"sol-{W}-{agent}"
-        holder = ray.where(session)["raylet_pid"]
-        spare = cluster.add_node("spare4", {EXTRA_RESOURCE: 1})
-        cluster.kill_node(holder)
-        poll(lambda: (ray.where(session) or {}).get("raylet_pid") == spare, timeout=90,
-             interval=0.5, what="claude cast again on the other node")
+        lose_its_node(cluster, ray, session, "spare4")
         poll(lambda: phase(sol_home, "nodal") == "Merged", timeout=120, interval=0.5,
              what="writ nodal landed after its node was lost")
         writs, models = expected(model)
