@@ -29,6 +29,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import tempfile
 import time
 import uuid
@@ -112,16 +113,15 @@ def prepare(ws: NodeWorkspace, socket_name: str) -> Path:
 
     A clone this node already holds for this branch keeps its uncommitted files (a
     respawn here, as in a local worktree) and is fast-forwarded to the remote's branch
-    when that moved on. One left by an earlier writ of this agent name is moved aside
-    (`worktree.<time>`), never deleted: it may hold what nobody committed."""
+    when that moved on. One left by an earlier writ of this agent name is removed when
+    all of it was pushed, else moved aside (`worktree.<time>`): it may hold what nobody
+    pushed."""
     outpost = node_outpost(socket_name, ws.world, ws.agent)
     outpost.mkdir(mode=0o700, parents=True, exist_ok=True)
     worktree = outpost / "worktree"
     what = f"cannot prepare {ws.agent}'s worktree on this node from {ws.remote}"
-    if (worktree / ".git").exists() and git.run(
-            worktree, "symbolic-ref", "-q", "--short", "HEAD",
-            check=False).out.strip() != ws.branch:
-        worktree.replace(outpost / f"worktree.{time.strftime('%Y%m%dT%H%M%S')}")
+    if (worktree / ".git").exists():
+        _clear_earlier(worktree, ws.branch)
     if not (worktree / ".git").exists():
         temp = Path(tempfile.mkdtemp(prefix=".clone-", dir=outpost))
         git.run(outpost, "clone", "--quiet", "--no-tags", "--branch", ws.branch, ws.remote,
@@ -146,6 +146,21 @@ def prepare(ws: NodeWorkspace, socket_name: str) -> Path:
     (outpost / "tmp").mkdir(mode=0o700, exist_ok=True)  # the CLI's TMPDIR
     put_files(outpost, ws.files, ws.local_outpost)
     return outpost
+
+
+def _clear_earlier(worktree: Path, branch: str) -> None:
+    """Make way for `branch` when the clone holds another writ's branch: removed if it
+    is clean and all pushed (the hook pushes each commit), else moved aside."""
+    held = git.run(worktree, "symbolic-ref", "-q", "--short", "HEAD", check=False).out.strip()
+    if held == branch:
+        return
+    clean = git.run(worktree, "status", "--porcelain", check=False)
+    pushed = git.run(worktree, "rev-list", "--count", f"refs/remotes/origin/{held}..HEAD",
+                     check=False)
+    if held and clean.ok and not clean.out.strip() and pushed.ok and pushed.out.strip() == "0":
+        shutil.rmtree(worktree)
+    else:
+        worktree.replace(worktree.with_name(f"worktree.{time.strftime('%Y%m%dT%H%M%S')}"))
 
 
 def put_files(outpost: Path, files: dict[str, str], local_outpost: str) -> None:

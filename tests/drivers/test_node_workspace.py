@@ -101,12 +101,15 @@ def test_another_node_starts_from_the_last_push_and_a_respawn_here_keeps_its_fil
     assert (other / "one.txt").read_text() == "one"
     assert not (other / "draft.txt").exists()
 
-    # The agent name serves another writ later: the old clone is moved aside, not lost.
-    node_workspace.publish_branch(clone, remote, "sol/b", "main")
+    # The agent name serves other writs later: a clone holding something not pushed is
+    # moved aside, never lost; one whose work is all pushed is removed.
     monkeypatch.setenv("SOL_NODE_ROOT", str(node))
-    later = replace(workspace(remote, local), branch="sol/b")
-    fresh = node_workspace.prepare(later, SOCKET) / "worktree"
-    assert git(fresh, "symbolic-ref", "--short", "HEAD") == "sol/b"
+    for branch in ("sol/b", "sol/c"):
+        node_workspace.publish_branch(clone, remote, branch, "main")
+        later = replace(workspace(remote, local), branch=branch)
+        fresh = node_workspace.prepare(later, SOCKET) / "worktree"
+        assert git(fresh, "symbolic-ref", "--short", "HEAD") == branch
+        commit(fresh, f"{branch[-1]}.txt", "pushed by the hook")
     [aside] = fresh.parent.glob("worktree.*")
     assert (aside / "draft.txt").read_text() == "not committed"
 
