@@ -52,14 +52,16 @@ def _activity(sphere: Sphere, world: str, agent: str) -> ActivityView | None:
 
 
 def _codex_activity(sphere: Sphere, world: str, agent: str, view: TetherView,
-                    writ: Record | None) -> ActivityView | None:
+                    writ: Record | None, on_nodes: bool = False) -> ActivityView | None:
     """A live Codex agent's rollout, read as its hooks would speak (`codex.activity`), but
     only while it matters: rate limited now, or RateLimited still on its writ (so working
     again clears it). Otherwise None: pane silence judges a codex stall, as before."""
     home = sphere.home
     begun = (hook.read(home.outpost(world, agent) / codex.CONVERSATION) or {}).get("since")
     since = view.updated_at
-    found = codex.activity(home.codex_home.absolute(), home.worktree(world, agent), since,
+    directory = node_outposts.codex_home(home.outpost(world, agent)) if on_nodes \
+        else home.codex_home
+    found = codex.activity(directory.absolute(), home.worktree(world, agent), since,
                            min(begun, since) if isinstance(begun, int | float) else since)
     limited = writ is not None and writ.name == view.writ and writ.status.get("rateLimit")
     if found is None or found.at < since or not (found.state == "rate-limited" or limited):
@@ -117,7 +119,8 @@ def observe(sphere: Sphere, world: str) -> SentinelView:
         alive = sessions.get(agent)
         activity = None
         if alive and view is not None and view.runtime == "codex":
-            activity = _codex_activity(sphere, world, agent, view, writs.get(view.writ))
+            activity = _codex_activity(sphere, world, agent, view, writs.get(view.writ),
+                                       spec is not None and spec.sessions.on_nodes)
         elif alive:
             activity = _activity(sphere, world, agent)
         outposts[agent] = OutpostView(

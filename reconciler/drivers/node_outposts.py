@@ -9,23 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.core import tether
-from reconciler.core.errors import SolError
 from reconciler.core.files import write_private
 from reconciler.core.home import session_name
 from reconciler.core.model import Runtime, WorldSpec
 from reconciler.drivers import hook, node_workspace, runtimes, session_log
 from reconciler.drivers.sphere import Sphere
-
-NODE_RUNTIMES = ("script", "command", "claude")
-"""Runtimes an agent in a node workspace can run. Codex keeps its home (config and
-rollouts) sphere-wide under SOL_HOME, not in the outpost that travels to the node."""
-
-
-def check_runtime(runtime: Runtime) -> None:
-    if runtime.name not in NODE_RUNTIMES:
-        raise SolError(f"runtime {runtime.name} cannot run in a node workspace yet "
-                       f"(spec.sessions.workspace: node runs {', '.join(NODE_RUNTIMES)}); "
-                       "use workspace: shared, with SOL_HOME on a disk every node sees")
 
 
 def start(sphere: Sphere, wspec: WorldSpec, t: tether.Tether, runtime: Runtime, *,
@@ -33,12 +21,11 @@ def start(sphere: Sphere, wspec: WorldSpec, t: tether.Tether, runtime: Runtime, 
     """Start an agent whose outpost is made on its node (node_workspace.py): the tether
     and launch files travel with the start call; its resolve and escalate come back
     through its outbox, its output through the sentinel's mirror."""
-    check_runtime(runtime)
     home, outpost = sphere.home, sphere.home.outpost(t.world, t.agent)
     worktree = outpost / "worktree"
     launch = runtimes.launch(runtime, tether=t, home=home, agent=t.agent,
                              tether_path=home.tether(t.world, t.agent), worktree=worktree,
-                             target=wspec.branch)
+                             target=wspec.branch, codex_home=codex_home(outpost))
     env = {**launch.env, "SOL_HOME": str(outpost / "home"),
            "SOL_OUTBOX": str(outpost / node_workspace.OUTBOX),
            "SOL_WORKTREE": str(worktree)}
@@ -59,6 +46,11 @@ def start(sphere: Sphere, wspec: WorldSpec, t: tether.Tether, runtime: Runtime, 
     node = sphere.sessions.node(name)
     if node or (writ is not None and writ.status.get("node")):
         sphere.store.set_status(("Writ", t.world, t.writ), node=node or None)
+
+
+def codex_home(outpost: Path) -> Path:
+    """An agent's own CODEX_HOME when it works on its node: the sphere's is not there."""
+    return outpost / "codex"
 
 
 def _station_files(outpost: Path) -> dict[str, str]:

@@ -49,7 +49,7 @@ WHOLE = ("activity.json", "claude-session.json")
 """Small files of the node outpost the daemon mirrors whole (hooks' state), besides the
 outbox."""
 SESSION_LOG = "session.log"
-APPENDED = ("claude/projects/*/*.jsonl",)
+APPENDED = ("claude/projects/*/*.jsonl", "codex/sessions/*/*/*/rollout-*.jsonl")
 """Files mirrored by appending what is new (the CLI's transcripts: the ledger reads the
 daemon's copy), besides the session log. Read to the last whole line, so a path in
 them is never cut between two collections."""

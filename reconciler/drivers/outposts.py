@@ -308,7 +308,6 @@ def _cast_locked(sphere: Sphere, world: Record, wspec: WorldSpec, writ_name: str
         repo = sphere.home.repo(world_name)
         worktree = sphere.home.worktree(world_name, agent)
         if wspec.sessions.on_nodes:  # the worktree is a clone on the agent's node
-            node_outposts.check_runtime(runtime)
             base = node_workspace.publish_branch(
                 repo, node_workspace.remote_of(repo, wspec.sessions.remote),
                 f"sol/{writ_name}", wspec.branch)

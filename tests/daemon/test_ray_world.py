@@ -25,6 +25,8 @@ from ray_cluster import EXTRA_RESOURCE, RayCluster  # noqa: E402
 from test_claude_real import commit, first_request, scripted_model  # noqa: E402
 from test_claude_real import world as claude_world  # noqa: E402
 from test_claude_real import writ as claude_writ  # noqa: E402
+from test_codex_real import scripted_codex  # noqa: E402
+from test_codex_real import world as codex_world  # noqa: E402
 from test_ledger_real import cost as ledger_cost  # noqa: E402
 from test_ledger_real import expected  # noqa: E402
 from test_prefect import daemon_commands  # noqa: E402
@@ -36,6 +38,7 @@ from reconciler.drivers.processes import pid_alive  # noqa: E402
 from reconciler.drivers.ray_sessions import RaySessions  # noqa: E402
 from reconciler.drivers.runtimes.claude import RESUMED  # noqa: E402
 from tests.fakes.anthropic_server import AnthropicServer  # noqa: E402
+from tests.fakes.openai_server import OpenAIServer, usage_for  # noqa: E402
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(240), pytest.mark.xdist_group("ray")]
 W = "shop"
@@ -50,6 +53,12 @@ def cluster() -> Iterator[RayCluster]:
 @pytest.fixture
 def model(monkeypatch: pytest.MonkeyPatch) -> Iterator[AnthropicServer]:
     with scripted_model(monkeypatch) as server:
+        yield server
+
+
+@pytest.fixture
+def codex_model(monkeypatch: pytest.MonkeyPatch) -> Iterator[OpenAIServer]:
+    with scripted_codex(monkeypatch) as server:
         yield server
 
 
@@ -242,3 +251,29 @@ def test_claude_on_its_node_lands_resumes_elsewhere_and_its_usage_is_counted(
     assert git(main, "show", "main:one.txt") == "one"
     assert git(main, "show", "main:two.txt") == "two"
     assert len(events(sol_home, "merged", "nodal")) == 1
+
+
+def test_codex_on_its_node_lands_with_its_own_codex_home_and_its_usage_counted(
+        sol_home: Home, repo: Path, tmp_path: Path, cluster: RayCluster,
+        codex_model: OpenAIServer) -> None:
+    """The real Codex CLI in a node workspace: a CODEX_HOME of the agent's own goes to
+    its node, and its rollout comes back for the ledger (the sphere's is not used)."""
+    codex_model.script("writ `coded`", [commit("coded.txt", "from-codex")])
+    spec = json.loads(codex_world(repo).split("\n")[0])
+    spec["spec"]["sessions"] = {"backend": "ray", "address": cluster.address,
+                                "workspace": "node", "resources": {EXTRA_RESOURCE: 0.01}}
+    specs = write_specs(tmp_path / "specs", json.dumps(spec) + "\n", claude_writ("coded"))
+    with daemon_commands(sol_home, tmp_path) as sol:
+        assert sol("up", "-f", str(specs)).returncode == 0
+        poll(lambda: phase(sol_home, "coded") == "Merged", timeout=120, interval=0.5,
+             what="writ coded landed from its node")
+        main = [r for r in codex_model.messages_requests() if r["tools"]]
+        done = sol("cost", "--by", "writ", "-o", "json")
+    [item] = json.loads(done.stdout)["items"]
+    assert item["responses"] == len(main)
+    assert item["tokens"]["output"] == sum(usage_for(r["slot"])["output_tokens"] for r in main)
+    assert git(sol_home.repo(W), "show", "main:coded.txt") == "from-codex"
+    agent = events(sol_home, "cast", "coded")[0].data["agent"]
+    assert list((sol_home.outpost(W, agent) / "codex" / "sessions").rglob("rollout-*.jsonl"))
+    assert not list((sol_home.codex_home / "sessions").rglob("rollout-*.jsonl"))
+

@@ -14,6 +14,7 @@ import signal
 import threading
 import tomllib
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,12 @@ pytestmark = pytest.mark.timeout(300)
 
 @pytest.fixture
 def model(monkeypatch: pytest.MonkeyPatch) -> Iterator[OpenAIServer]:
+    with scripted_codex(monkeypatch) as server:
+        yield server
+
+
+@contextmanager
+def scripted_codex(monkeypatch: pytest.MonkeyPatch) -> Iterator[OpenAIServer]:
     """The scripted model, and an environment in which `sol up` finds the real CLI."""
     if not (CODEX_BIN / "codex").exists():
         message = f"the codex CLI is not installed in {CODEX_BIN}: run tests/clis/install"

@@ -19,9 +19,8 @@ from helpers import world_yaml, writ_status, writ_yaml, write_specs
 from reconciler.core import tether
 from reconciler.core.errors import SolError
 from reconciler.core.home import Home
-from reconciler.core.model import Runtime
 from reconciler.core.store import Store
-from reconciler.drivers import agent, node_outposts, node_workspace
+from reconciler.drivers import agent, node_workspace
 from reconciler.drivers.node_workspace import NodeWorkspace
 
 SOCKET = "sol-test"
@@ -148,12 +147,6 @@ def test_resolve_and_escalate_on_a_node_leave_requests_and_push(
     assert requests[0]["message"] == "stuck on the tests"
     assert requests[1]["head"] == head and requests[1]["ahead"] == 1
     assert all(os.stat(p).st_mode & 0o077 == 0 for p in (outpost / "outbox").glob("0*.json"))
-
-
-def test_only_runtimes_that_need_no_outpost_of_the_daemon_run_on_a_node() -> None:
-    node_outposts.check_runtime(Runtime(name="script"))
-    with pytest.raises(SolError, match="cannot run in a node workspace yet"):
-        node_outposts.check_runtime(Runtime(name="codex"))
 
 
 def test_the_doctor_probe_names_what_a_node_cannot_reach(tmp_path: Path) -> None:

@@ -163,9 +163,12 @@ def persona_files(runtime: Runtime, worktree: Path, text: str
 
 
 def cli_launch(runtime: Runtime, *, env: dict[str, str], station: Path, worktree: Path,
-               home: Home, text: str, prompt: str, resume: str | None = None) -> Launch:
+               home: Home, text: str, prompt: str, resume: str | None = None,
+               codex_home: Path | None = None) -> Launch:
     """claude or codex, unattended: persona file, config, argv with no secret and no
-    assignment text in it (`text` goes to a file, `prompt` is a fixed sentence)."""
+    assignment text in it (`text` goes to a file, `prompt` is a fixed sentence).
+    `codex_home`: the agent's own CODEX_HOME instead of the sphere's (an agent on its
+    node takes its whole outpost there)."""
     files, exclude, owned = persona_files(runtime, worktree, text)
     if runtime.name == "claude":
         directory = claude.config_dir(station)
@@ -178,14 +181,15 @@ def cli_launch(runtime: Runtime, *, env: dict[str, str], station: Path, worktree
             env["SOL_PERSONA_CONTEXT"] = str(station / "persona.md")
         return Launch(claude.argv(runtime.model, prompt=prompt, resume=resume), env, files,
                       exclude)
-    directory = home.codex_home.absolute()
+    directory = (codex_home or home.codex_home).absolute()
     codex.seed(directory, worktree=Path(worktree).absolute(), env=env)
     return Launch(codex.argv(runtime.model, prompt=prompt, resume=resume),
                   codex.session_env(env, directory), files, exclude)
 
 
 def _agent_launch(runtime: Runtime, tether: Tether, env: dict[str, str],
-                  worktree: Path, target: str | None, station: Path, home: Home) -> Launch:
+                  worktree: Path, target: str | None, station: Path, home: Home,
+                  codex_home: Path | None) -> Launch:
     """claude and codex for a writ: a respawn of the same attempt resumes the CLI's
     conversation; a new attempt starts a fresh one, its feedback in the persona."""
     resume = None
@@ -195,17 +199,20 @@ def _agent_launch(runtime: Runtime, tether: Tether, env: dict[str, str],
             resume = str(seen.get("id") or "") or None
         prompt = claude.RESUMED if resume else claude.KICKOFF
     else:
-        resume = codex.resume_id(station, home.codex_home.absolute(), Path(worktree),
-                                 tether.writ, tether.attempt)
+        resume = codex.resume_id(station, (codex_home or home.codex_home).absolute(),
+                                 Path(worktree), tether.writ, tether.attempt)
         prompt = codex.RESUMED if resume else codex.KICKOFF
     return cli_launch(runtime, env=env, station=station, worktree=worktree, home=home,
-                      text=persona(tether, target=target), prompt=prompt, resume=resume)
+                      text=persona(tether, target=target), prompt=prompt, resume=resume,
+                      codex_home=codex_home)
 
 
 def launch(runtime: Runtime, *, tether: Tether, home: Home, agent: str, tether_path: Path,
-           worktree: Path, target: str | None = None) -> Launch:
+           worktree: Path, target: str | None = None,
+           codex_home: Path | None = None) -> Launch:
     """The session's argv, env and persona file for `runtime`; nothing is run here.
-    `target` names the world's target branch in the persona when the tether does not."""
+    `target` names the world's target branch in the persona when the tether does not;
+    `codex_home` gives the agent a CODEX_HOME of its own (cli_launch)."""
     env = _env(tether, home, agent, tether_path)
     if runtime.name == "script":
         # -P: a worktree that holds a `reconciler` package must not shadow sol's own.
@@ -218,5 +225,5 @@ def launch(runtime: Runtime, *, tether: Tether, home: Home, agent: str, tether_p
         if refusal:
             raise SolError(refusal)
         return _agent_launch(runtime, tether, env, worktree, target,
-                             Path(tether_path).parent, home)
+                             Path(tether_path).parent, home, codex_home)
     raise SolError(f"runtime {runtime.name} is unknown: use one of {', '.join(NAMES)}")
