@@ -25,3 +25,14 @@ def test_demo_lands_every_writ_and_exits_zero(sol_home, tmp_path) -> None:
     assert log.index("Add a command line") < log.index("Add multiplication")
     assert "5 Merged, 1 Done" in out
     assert "Traceback" not in result.stderr
+
+
+def test_demo_without_pytest_says_what_to_install_and_starts_nothing(tmp_path) -> None:
+    code = ("import runpy, sys; sys.modules['pytest'] = None; sys.argv = ['sol', 'demo']; "
+            "runpy.run_module('reconciler', run_name='__main__')")
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60, env=env)
+    assert result.returncode == 1
+    assert "pip install 'sol[demo]'" in result.stdout and "Traceback" not in result.stderr
+    assert not list(tmp_path.glob("sol-demo-*"))
