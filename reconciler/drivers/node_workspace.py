@@ -124,10 +124,12 @@ def prepare(ws: NodeWorkspace, socket_name: str) -> Path:
         _clear_earlier(worktree, ws.branch)
     if not (worktree / ".git").exists():
         temp = Path(tempfile.mkdtemp(prefix=".clone-", dir=outpost))
-        git.run(outpost, "clone", "--quiet", "--no-tags", "--branch", ws.branch, ws.remote,
-                str(temp / "worktree"), what=what)
-        (temp / "worktree").replace(worktree)
-        temp.rmdir()
+        try:  # a clone cut short never stands where a worktree is looked for
+            git.run(outpost, "clone", "--quiet", "--no-tags", "--branch", ws.branch,
+                    ws.remote, str(temp / "worktree"), what=what)
+            (temp / "worktree").replace(worktree)
+        finally:
+            shutil.rmtree(temp, ignore_errors=True)
     else:
         git.run(worktree, "fetch", "--quiet", "origin",
                 f"+refs/heads/{ws.branch}:refs/remotes/origin/{ws.branch}", what=what)
