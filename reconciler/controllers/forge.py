@@ -304,9 +304,12 @@ def cleanup(sphere: Sphere, world: str, spec: WorldSpec, writ: str) -> None:
                                    f"sol/{writ}")
     if agent is not None:
         store.free_agent(world, agent.name)
+    what = (f"branch sol/{writ} removed here and from the world's remote (the clone on "
+            "the agent's node is cleared when its name serves another writ)"
+            if spec.sessions.on_nodes else
+            f"worktree{' of ' + agent.name if agent else ''} and branch sol/{writ} removed")
     store.event("cleaned-up", kind="Writ", world=world, name=writ,
-                message=f"worktree{' of ' + agent.name if agent else ''} and branch sol/{writ} "
-                "removed; the work is on the target", agent=agent.name if agent else "")
+                message=f"{what}; the work is on the target", agent=agent.name if agent else "")
 
 
 def _clear_stale_locks(sphere: Sphere, world: str) -> None:

@@ -203,6 +203,7 @@ def test_a_node_workspace_clones_on_its_node_and_is_recast_from_its_last_push(
              what="writ held landed after its node was lost")
         poll(lambda: git(backup, "branch", "--list", "sol/quick", "sol/held") == "",
              timeout=30, what="the landed branches dropped from the remote")  # cleanup
+        assert "from the world's remote" in events(sol_home, "cleaned-up", "held")[0].message
     main = sol_home.repo(W)
     assert git(main, "show", "main:two.txt") == "one then again"  # from the pushed commit
     assert len(git(main, "log", "--format=%H", "--grep=Sol-Writ: shop/held",
