@@ -61,3 +61,59 @@ def end(procs: list[psutil.Process], grace: float = 1.0, *, after: int | None = 
     for proc in left:
         with suppress(psutil.Error):
             proc.kill()
+
+
+MARK = "SOL_SESSION"
+"""The variable every agent process inherits from its session's launch (the sol session
+id): what finds a tool command started after the session's tree was listed."""
+
+
+def session_mark(pid: int) -> str | None:
+    """The sol session id in a session process's environment, None without one."""
+    with suppress(psutil.Error):
+        value = psutil.Process(pid).environ().get(MARK)
+        return value or None
+    return None
+
+
+def marked(mark: str) -> list[psutil.Process]:
+    """Every process (but this one and its ancestors) whose environment carries the
+    session id `mark`: what a session left running, wherever it was re-parented. Reads
+    /proc's environ files raw where there is /proc (a stop must stay cheap with many
+    processes), else asks psutil."""
+    mine = {os.getpid()}
+    with suppress(psutil.Error):
+        mine |= {p.pid for p in psutil.Process().parents()}
+    needle = f"{MARK}={mark}".encode()
+    found = []
+    for pid in psutil.pids():
+        if pid in mine:
+            continue
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as handle:
+                carries = needle in handle.read().split(b"\0")
+        except FileNotFoundError:
+            carries = _carries(pid, mark)  # no such process now, or no /proc at all
+        except OSError:
+            continue  # another user's, or gone
+        if carries:
+            with suppress(psutil.Error):
+                found.append(psutil.Process(pid))
+    return found
+
+
+def _carries(pid: int, mark: str) -> bool:
+    with suppress(psutil.Error):
+        return psutil.Process(pid).environ().get(MARK) == mark
+    return False
+
+
+def end_marked(mark: str, rounds: int = 3) -> None:
+    """End what carries the session id `mark`; again while a round finds more (a shell
+    being ended may still have started one)."""
+    for _ in range(rounds):
+        left = marked(mark)
+        if not left:
+            return
+        end(left)
+

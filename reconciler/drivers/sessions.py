@@ -41,7 +41,7 @@ if TYPE_CHECKING:  # libtmux is imported when a session is first driven, not by 
 from reconciler.core.errors import SolError
 from reconciler.core.home import private
 from reconciler.drivers import launcher
-from reconciler.drivers.processes import descendants, end
+from reconciler.drivers.processes import descendants, end, end_marked, session_mark
 
 HISTORY_LIMIT = 100_000
 """Scrollback lines kept per pane, so recent_output and `sol attach` see long runs."""
@@ -374,11 +374,14 @@ class TmuxSessions(SessionBackend):
         _check_name(name)
         pid = self.pane_pid(name)
         tree = descendants(pid) if pid else []
+        mark = session_mark(pid) if pid else None
         result = self._run("kill-session", "-t", f"={name}")
         if result.returncode != 0 and not _absent(" ".join(result.stderr)):
             raise self._failed(f"stop session {name}", result)
         if tree:
             end(tree, after=pid)
+        if mark:  # a tool command started after the tree was listed, re-parented since
+            end_marked(mark)
 
     def is_alive(self, name: str) -> bool:
         _check_name(name)

@@ -193,6 +193,22 @@ def test_stop_is_idempotent(tmux: TmuxSessions, tmp_path: Path) -> None:
     assert tmux.list() == {"sol-w-keep": True}
 
 
+def test_stop_ends_what_the_session_left_out_of_its_tree(tmux: TmuxSessions,
+                                                         tmp_path: Path) -> None:
+    """A tool command the agent started and that left its tree (re-parented: a daemon
+    of its own, or one started as the session was being listed) is found by the session
+    id every agent process inherits, and ended with the session."""
+    from reconciler.drivers.processes import marked
+
+    mark = f"mark-{os.getpid()}-{tmp_path.name}"
+    start_sh(tmux, "sol-w-left", "setsid -f sleep 300; exec sleep 301", tmp_path,
+             env={"PATH": os.environ["PATH"], "SOL_SESSION": mark})
+    poll(lambda: len(marked(mark)) == 2, what="the session and its re-parented tool")
+    assert any(p.ppid() != tmux.pane_pid("sol-w-left") for p in marked(mark))
+    tmux.stop("sol-w-left")
+    assert marked(mark) == []
+
+
 def test_send_text_arrives_verbatim_and_is_not_executed(
     tmux: TmuxSessions, tmp_path: Path
 ) -> None:
