@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -65,17 +66,30 @@ def connect(address: str, namespace: str | None = None) -> ModuleType:
             return ray
         _reachable(address)
         os.environ.setdefault(*KEEP_DRIVER)
-        try:
-            ray.init(address=address, namespace=namespace, log_to_driver=False,
-                     logging_level="ERROR", configure_logging=False)
-        except Exception as exc:  # ConnectionError, ValueError, RuntimeError: all "cannot"
-            raise SolError(
-                f"cannot reach the Ray cluster at {address}: {first_line(exc)}; check that "
-                "it runs (`ray status` on its head) and that `address` in the world's spec "
-                "sessions names it"
-            ) from exc
+        for attempt in range(CLIENT_ATTEMPTS if address.startswith("ray://") else 1):
+            try:
+                ray.init(address=address, namespace=namespace, log_to_driver=False,
+                         logging_level="ERROR", configure_logging=False)
+                break
+            except ConnectionAbortedError as exc:  # the client server's own start failed
+                if attempt == CLIENT_ATTEMPTS - 1:
+                    raise _unreachable(address, exc) from exc
+                time.sleep(1.0)
+            except Exception as exc:  # ConnectionError, ValueError, RuntimeError: "cannot"
+                raise _unreachable(address, exc) from exc
         _connected = address
     return ray
+
+
+CLIENT_ATTEMPTS = 3
+"""Tries of a Ray Client connection: the head's client server starts a server process
+per connection, and one that dies at its start (seen under load) fails only that try."""
+
+
+def _unreachable(address: str, exc: BaseException) -> SolError:
+    return SolError(f"cannot reach the Ray cluster at {address}: {first_line(exc)}; check "
+                    "that it runs (`ray status` on its head) and that `address` in the "
+                    "world's spec sessions names it")
 
 
 def _reachable(address: str) -> None:
