@@ -46,14 +46,14 @@ class Agent:
         self.record = tmp_path / "sol-calls.jsonl"
 
     def run(self, description: str, title: str = "Make the change", attempt: int = 1,
-            timeout: float = 60) -> subprocess.CompletedProcess[str]:
+            timeout: float = 60, **env_extra: str) -> subprocess.CompletedProcess[str]:
         tether = Tether(world="shop", writ="demo", agent="a1", title=title,
                         description=description, kind="code", branch="sol/demo",
                         base=self.start, attempt=attempt, generation="g", session="s1")
         write(self.tether_path, tether)
         spec = launch(Runtime("script"), tether=tether, home=self.home, agent="a1",
                       tether_path=self.tether_path, worktree=self.worktree)
-        env = dict(spec.env, SOL_RECORD=str(self.record))
+        env = dict(spec.env, SOL_RECORD=str(self.record), **env_extra)
         env["PATH"] = f"{self.bindir}{os.pathsep}{env['PATH']}"
         return subprocess.run(spec.argv, env=env, cwd=self.worktree, capture_output=True,
                               text=True, timeout=timeout)
@@ -265,10 +265,14 @@ def test_tilde_fence_is_not_closed_by_backticks() -> None:
     assert block.code == "echo a\n```\necho b\n"
 
 
-def test_a_block_can_kill_its_agent(agent: Agent) -> None:
-    done = agent.run("```sh\necho x > x.txt\nkill -9 $PPID\nsleep 1\n```\n", timeout=30)
+def test_a_block_can_kill_its_agent(agent: Agent, tmp_path: Path) -> None:
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    done = agent.run("```sh\necho x > x.txt\nkill -9 $PPID\nsleep 1\n```\n", timeout=30,
+                     TMPDIR=str(scratch))
     assert done.returncode == -9
     assert agent.calls() == [] and agent.head() == agent.start
+    assert list(scratch.iterdir()) == []  # a killed agent leaves no block file behind
 
 
 def test_a_background_process_does_not_hold_the_agent(agent: Agent) -> None:
@@ -278,16 +282,20 @@ def test_a_background_process_does_not_hold_the_agent(agent: Agent) -> None:
     assert git(agent.worktree, "log", "-1", "--format=%s") == "Make the change"
 
 
-def test_a_blocks_text_never_reaches_a_command_line(tmp_path: Path) -> None:
-    """`ps` shows every argv to every local user: the block runs from a 0600 file, which
-    is gone afterwards."""
+def test_a_blocks_text_never_reaches_a_command_line_or_a_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`ps` shows every argv to every local user: the block reaches bash through an
+    anonymous file (memfd), which only this user's processes can open and which leaves
+    nothing behind in the temporary directory."""
+    import tempfile
+
     from reconciler.drivers.runtimes.script import run_block
 
-    [block] = blocks("```sh\n# MARKER-secret-words\nps -o args= -p $$\n"
-                     "stat -c %a \"$0\"\n```\n")
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    [block] = blocks("```sh\n# MARKER-secret-words\nps -o args= -p $$\n```\n")
     code, tail = run_block(block, 1)
     assert code == 0
-    argv, mode = tail[-2], tail[-1]
-    assert "MARKER" not in argv and argv.startswith("bash -e ")
-    assert mode == "600"
-    assert not Path(argv.split()[-1]).exists()
+    assert "MARKER" not in tail[-1] and tail[-1].startswith("bash -e /dev/fd/")
+    assert list(scratch.iterdir()) == []

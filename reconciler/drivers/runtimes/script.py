@@ -94,26 +94,40 @@ def _pump(stream: IO[bytes], tail: deque[str]) -> None:
         tail.append(line.rstrip("\n"))
 
 
+def _block_file(code: str) -> tuple[int, str]:
+    """An open descriptor holding `code`, and the path bash reads it by."""
+    if hasattr(os, "memfd_create"):
+        fd = os.memfd_create("sol-block", 0)  # not inheritable: passed to bash by pass_fds
+        path = f"/dev/fd/{fd}"
+    else:
+        fd, path = tempfile.mkstemp(prefix="sol-block-", suffix=".sh")
+    with open(fd, "wb", closefd=False) as handle:
+        handle.write(code.encode())
+    return fd, path
+
+
 def run_block(block: Block, total: int) -> tuple[int, list[str]]:
     """Run one block with `bash -e`, streaming its output; its exit code and output tail."""
     _say(f"--- block {block.number}/{total} ({block.language}) ---")
     tail: deque[str] = deque(maxlen=TAIL_LINES)
-    # The block is text from a manifest: it goes to bash in a 0600 file, never on argv
-    # (where `ps` shows it to every local user); stdin stays closed for its commands.
-    fd, script = tempfile.mkstemp(prefix="sol-block-", suffix=".sh")
+    # The block is text from a manifest: it goes to bash in a file only we can read,
+    # never on argv (where `ps` shows it to every local user); stdin stays closed for its
+    # commands. On Linux that file is anonymous (memfd), so an agent stopped mid-block
+    # (SIGHUP skips `finally`) leaves nothing behind in /tmp.
+    fd, script = _block_file(block.code)
     try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(block.code)
         proc = subprocess.Popen(
             ["bash", "-e", script], stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, pass_fds=(fd,),
         )
         assert proc.stdout is not None
         reader = threading.Thread(target=_pump, args=(proc.stdout, tail), daemon=True)
         reader.start()
         code = proc.wait()
     finally:
-        os.unlink(script)
+        os.close(fd)
+        if not script.startswith("/dev/fd/"):
+            os.unlink(script)
     # A process the block left in the background may hold the pipe open: do not wait on it.
     reader.join(timeout=DRAIN_SECONDS)
     return code, list(tail)
