@@ -133,12 +133,12 @@ def _node_checks(home: Home, world: str, sessions: SessionsSpec) -> list[tuple[s
     """Each node of a Ray world must run sol's Python and reach the agents' work: the
     world's remote (workspace: node) or SOL_HOME at the same path (shared), or its
     agents fail there."""
-    from reconciler.drivers import backup
+    from reconciler.drivers.node_workspace import remote_of
     from reconciler.drivers.ray_connect import probe
 
     try:
         if sessions.on_nodes:
-            remote = sessions.remote or str(backup.path_of(home.repo(world)).absolute())
+            remote = remote_of(home.repo(world), sessions.remote, make=False)
             found = probe(sessions.address, sys.executable, remote=remote)
         else:
             found = probe(sessions.address, sys.executable,

@@ -20,8 +20,9 @@ from reconciler.drivers import git
 from reconciler.drivers.worktrees import rev
 
 HOOK = """#!/bin/sh
-# Installed by sol: every commit of an agent or envoy branch is also kept in the
-# world's backup repository, so deleting this clone loses no work.
+# Installed by sol: every commit of an agent or envoy branch is pushed at once to a
+# repository of the world's (its backup, or the remote of a node's clone), so losing
+# this clone loses no committed work.
 branch=$(git symbolic-ref -q --short HEAD) || exit 0
 case "$branch" in
   sol/*|envoy/*) git push -q --no-verify --force {backup} "HEAD:refs/heads/$branch" \\

@@ -39,7 +39,7 @@ from typing import Any
 
 from reconciler.core.errors import SolError
 from reconciler.core.files import write_private
-from reconciler.drivers import git, worktrees
+from reconciler.drivers import backup, git, worktrees
 
 OUTBOX = "outbox"
 MIRROR_STATE = "node-mirror.json"
@@ -59,18 +59,6 @@ MAX_COLLECT = 256 * 1024
 """Bytes of one file per collection at most: a runaway file must not flood the cluster."""
 MAX_BATCH = 4 * 1024 * 1024
 """Bytes of all appended files per collection at most; the rest comes next pass."""
-
-HOOK = """#!/bin/sh
-# Installed by sol: each commit of this agent's branch is pushed at once to the world's
-# remote, so losing this node loses no committed work.
-branch=$(git symbolic-ref -q --short HEAD) || exit 0
-case "$branch" in
-  sol/*) git push -q --no-verify --force origin "HEAD:refs/heads/$branch" \\
-           >/dev/null 2>&1 || true ;;
-esac
-exit 0
-"""
-
 
 @dataclass(frozen=True)
 class NodeWorkspace:
@@ -142,7 +130,7 @@ def prepare(ws: NodeWorkspace, socket_name: str) -> Path:
         info.write_text("\n".join([*have, *(e for e in ws.exclude if e not in have)]) + "\n")
     hook = worktree / ".git" / "hooks" / "post-commit"
     hook.parent.mkdir(parents=True, exist_ok=True)
-    hook.write_text(HOOK)
+    hook.write_text(backup.HOOK.format(backup="origin"))  # every commit to the remote
     hook.chmod(0o700)
     (outpost / OUTBOX).mkdir(mode=0o700, exist_ok=True)  # requests name their session
     (outpost / "tmp").mkdir(mode=0o700, exist_ok=True)  # the CLI's TMPDIR
@@ -287,13 +275,12 @@ def parse_outbox(files: dict[str, str]) -> list[dict[str, Any]]:
 # ---- the daemon's side: the branch in the remote, and back -------------------------
 
 
-def remote_of(repo: Path, configured: str) -> str:
-    """The world's remote: `spec.sessions.remote`, else its backup repository."""
+def remote_of(repo: Path, configured: str, *, make: bool = True) -> str:
+    """The world's remote: `spec.sessions.remote`, else its backup repository (made
+    when missing, unless `make` is false: `sol doctor` only looks)."""
     if configured:
         return configured
-    from reconciler.drivers import backup
-
-    return str(backup.ensure(repo).absolute())
+    return str((backup.ensure(repo) if make else backup.path_of(repo)).absolute())
 
 
 def publish_branch(repo: Path, remote: str, branch: str, target: str) -> str:
