@@ -4,7 +4,6 @@ node_workspace.py): the daemon's half of it, beside outposts.py's local cast."""
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -12,12 +11,12 @@ from reconciler.core import tether
 from reconciler.core.files import write_private
 from reconciler.core.home import session_name
 from reconciler.core.model import Runtime, WorldSpec
-from reconciler.drivers import hook, node_workspace, runtimes, session_log
+from reconciler.drivers import hook, node_workspace, runtimes
 from reconciler.drivers.sphere import Sphere
 
 
 def start(sphere: Sphere, wspec: WorldSpec, t: tether.Tether, runtime: Runtime, *,
-          absent: bool) -> None:
+          log: Path, absent: bool) -> None:
     """Start an agent whose outpost is made on its node (node_workspace.py): the tether
     and launch files travel with the start call; its resolve and escalate come back
     through its outbox, its output through the sentinel's mirror."""
@@ -35,17 +34,8 @@ def start(sphere: Sphere, wspec: WorldSpec, t: tether.Tether, runtime: Runtime, 
     workspace = node_workspace.NodeWorkspace(
         t.world, t.agent, node_workspace.remote_of(repo, wspec.sessions.remote), t.branch,
         str(outpost), files, tuple(launch.exclude))
-    log = home.agent_log(t.world, t.agent)
-    writ = sphere.store.get("Writ", t.world, t.writ)
-    session_log.append(log, session_log.header(
-        t.world, t.writ, attempt=t.attempt, session=t.session, at=time.time(),
-        respawn=int(writ.status.get("respawns") or 0) if writ else 0))
-    name = session_name(t.world, t.agent)
-    sphere.sessions.start_on_node(name, launch.argv, cwd=worktree, env=env, log=log,
-                                  workspace=workspace, absent=absent)
-    node = sphere.sessions.node(name)
-    if node or (writ is not None and writ.status.get("node")):
-        sphere.store.set_status(("Writ", t.world, t.writ), node=node or None)
+    sphere.sessions.start_on_node(session_name(t.world, t.agent), launch.argv, cwd=worktree,
+                                  env=env, log=log, workspace=workspace, absent=absent)
 
 
 def codex_home(outpost: Path) -> Path:

@@ -203,10 +203,25 @@ def start_session(sphere: Sphere, world: Record, t: tether.Tether, *,
     wspec = WorldSpec.from_spec(world.spec)
     runtime = Runtime.from_spec({**t.runtime, "name": t.runtime.get("name")
                                  or wspec.runtime.name}) if t.runtime else wspec.runtime
+    log = sphere.home.agent_log(t.world, t.agent)
+    writ = sphere.store.get("Writ", t.world, t.writ)  # a respawn has counted itself there
+    session_log.append(log, session_log.header(
+        t.world, t.writ, attempt=t.attempt, session=t.session, at=time.time(),
+        respawn=int(writ.status.get("respawns") or 0) if writ else 0))
+    name = session_name(t.world, t.agent)
+    if wspec.sessions.on_nodes:  # its outpost is made on its node
+        node_outposts.start(sphere, wspec, t, runtime, log=log, absent=absent)
+    else:
+        _start_here(sphere, wspec, t, runtime, log=log, absent=absent)
+    node = sphere.sessions.node(name)
+    if node or (writ is not None and writ.status.get("node")):
+        sphere.store.set_status(("Writ", t.world, t.writ), node=node or None)
+
+
+def _start_here(sphere: Sphere, wspec: WorldSpec, t: tether.Tether, runtime: Runtime, *,
+                log: Path, absent: bool) -> None:
+    """The agent in its outpost under SOL_HOME (this machine, or a shared disk)."""
     worktree = sphere.home.worktree(t.world, t.agent)
-    if wspec.sessions.on_nodes:
-        node_outposts.start(sphere, wspec, t, runtime, absent=absent)
-        return
     cleared = clear_git_locks(worktree, t.branch)
     if cleared:
         sphere.store.event("git-locks-removed", kind="Writ", world=t.world, name=t.writ,
@@ -222,18 +237,8 @@ def start_session(sphere: Sphere, world: Record, t: tether.Tether, *,
         path = worktree / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(content)
-    log = sphere.home.agent_log(t.world, t.agent)
-    writ = sphere.store.get("Writ", t.world, t.writ)  # a respawn has counted itself there
-    session_log.append(log, session_log.header(
-        t.world, t.writ, attempt=t.attempt, session=t.session, at=time.time(),
-        respawn=int(writ.status.get("respawns") or 0) if writ else 0))
-    name = session_name(t.world, t.agent)
-    sphere.sessions.start(name, launch.argv, cwd=worktree, env=launch.env, log=log,
-                          absent=absent)
-    node = sphere.sessions.node(name)
-    if node or (writ is not None and writ.status.get("node")):
-        sphere.store.set_status(("Writ", t.world, t.writ), node=node or None)
-
+    sphere.sessions.start(session_name(t.world, t.agent), launch.argv, cwd=worktree,
+                          env=launch.env, log=log, absent=absent)
 
 
 def cast_writs(sphere: Sphere, world_name: str, writ_names: list[str]) -> list[SolError]:
